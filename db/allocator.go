@@ -1,0 +1,107 @@
+package db
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/devalloc/devalloc/db/dbsqlc"
+)
+
+// Allocator is one devalloc instance's view of the database: the acquire,
+// renew and release operations, and the background services that keep
+// leases and devices moving (listener, re-checker, reaper, health checker).
+// Any number of allocators may share one database; PostgreSQL keeps them
+// correct.
+type Allocator struct {
+	pool     *pgxpool.Pool
+	q        *dbsqlc.Queries
+	cfg      Config
+	log      *slog.Logger
+	hub      *Hub
+	listener *listener
+	// recheckNow asks the re-checker for an immediate full pass (after a
+	// listener reconnect, when notifications may have been missed).
+	recheckNow chan struct{}
+
+	mu      sync.Mutex
+	stop    context.CancelFunc
+	running sync.WaitGroup
+}
+
+// New returns an allocator on pool. Call Start before serving acquires that
+// wait, and Stop when done.
+func New(pool *pgxpool.Pool, cfg Config) *Allocator {
+	cfg = cfg.withDefaults()
+	a := &Allocator{
+		pool:       pool,
+		q:          dbsqlc.New(pool),
+		cfg:        cfg,
+		log:        cfg.Logger,
+		hub:        NewHub(),
+		recheckNow: make(chan struct{}, 1),
+	}
+	a.listener = newListener(pool.Config().ConnConfig, a.hub, a.log, a.requestRecheck)
+	return a
+}
+
+// Config returns the effective configuration (defaults filled in).
+func (a *Allocator) Config() Config { return a.cfg }
+
+// Start launches the background services. They run until Stop.
+func (a *Allocator) Start(ctx context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.stop != nil {
+		return errors.New("allocator already started")
+	}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	a.stop = cancel
+	services := []func(context.Context){a.listener.run, a.runRechecker, a.runReaper, a.runHealthChecker}
+	for _, run := range services {
+		a.running.Add(1)
+		go func() {
+			defer a.running.Done()
+			run(ctx)
+		}()
+	}
+	return nil
+}
+
+// Stop ends the background services and waits for them.
+func (a *Allocator) Stop() {
+	a.mu.Lock()
+	stop := a.stop
+	a.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	a.running.Wait()
+}
+
+// Ready reports whether this instance can serve: the database answers and
+// the listener is connected (without it waiters would hear of freed devices
+// only through the slower re-check).
+func (a *Allocator) Ready(ctx context.Context) error {
+	if err := a.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	if !a.listener.connected() {
+		return errors.New("listener: not connected")
+	}
+	return nil
+}
+
+// Hub exposes the waiter hub (for pool summaries and tests).
+func (a *Allocator) Hub() *Hub { return a.hub }
+
+func (a *Allocator) requestRecheck() {
+	select {
+	case a.recheckNow <- struct{}{}:
+	default:
+	}
+}

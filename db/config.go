@@ -1,0 +1,64 @@
+package db
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/devalloc/devalloc/db/probe"
+)
+
+// Config tunes one allocator instance. Zero values take the defaults below.
+type Config struct {
+	// ProbeTimeout bounds one probe, and so how long the acquire
+	// transaction holds a device's row lock for it.
+	ProbeTimeout time.Duration
+	// ProbeCandidates bounds how many devices one acquire transaction probes
+	// before it gives up (each failure takes that device offline).
+	ProbeCandidates int
+	// DefaultTTL is a lease's lifetime when the client names none; MaxTTL caps
+	// what a client may ask for.
+	DefaultTTL time.Duration
+	MaxTTL     time.Duration
+	// MaxWait caps how long an acquire may long-poll.
+	MaxWait time.Duration
+	// ReapInterval is how often this instance looks for expired leases.
+	ReapInterval time.Duration
+	// RecheckInterval is how often (jittered) each pool with waiters is
+	// re-read, in case a notification was lost.
+	RecheckInterval time.Duration
+	// HealthInterval is how often offline devices due for a probe are looked
+	// for; HealthBackoffMin/Max bound the per-device backoff between probes.
+	HealthInterval   time.Duration
+	HealthBackoffMin time.Duration
+	HealthBackoffMax time.Duration
+	// Prober checks devices; nil means the real network prober.
+	Prober probe.Prober
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.ProbeTimeout, 2*time.Second)
+	def(&c.DefaultTTL, 10*time.Minute)
+	def(&c.MaxTTL, 24*time.Hour)
+	def(&c.MaxWait, 15*time.Minute)
+	def(&c.ReapInterval, time.Second)
+	def(&c.RecheckInterval, time.Second)
+	def(&c.HealthInterval, 2*time.Second)
+	def(&c.HealthBackoffMin, 2*time.Second)
+	def(&c.HealthBackoffMax, 5*time.Minute)
+	if c.ProbeCandidates <= 0 {
+		c.ProbeCandidates = 3
+	}
+	if c.Prober == nil {
+		c.Prober = &probe.Network{Timeout: c.ProbeTimeout}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}

@@ -1,0 +1,65 @@
+package db
+
+import (
+	"fmt"
+
+	"github.com/devalloc/devalloc/db/dbsqlc"
+)
+
+func deviceFromRow(r dbsqlc.DevallocDevice) (Device, error) {
+	labels, err := decodeLabels(r.Labels)
+	if err != nil {
+		return Device{}, fmt.Errorf("device %q labels: %w", r.Name, err)
+	}
+	return Device{
+		Name:         r.Name,
+		Pool:         r.Pool,
+		Labels:       labels,
+		Address:      r.Address,
+		Probe:        r.Probe,
+		State:        r.State,
+		StateReason:  r.StateReason,
+		LeaseID:      r.LeaseID,
+		FencingToken: r.FencingToken,
+		LastProbeAt:  r.LastProbeAt,
+		LastProbeOK:  r.LastProbeOk,
+		CreatedAt:    r.CreatedAt,
+		UpdatedAt:    r.UpdatedAt,
+	}, nil
+}
+
+func devicesFromRows(rows []dbsqlc.DevallocDevice) ([]Device, error) {
+	out := make([]Device, 0, len(rows))
+	for _, r := range rows {
+		d, err := deviceFromRow(r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// leaseFromRow builds a lease; dev supplies the device's labels and address,
+// which the lease row does not copy. dev may be nil when the device was
+// deleted since.
+func leaseFromRow(r dbsqlc.DevallocLease, dev *Device) Lease {
+	l := Lease{
+		ID:           r.ID,
+		Device:       LeaseDevice{Name: r.DeviceName, Pool: r.Pool, Labels: Labels{}},
+		Owner:        r.Owner,
+		Holder:       r.Holder,
+		FencingToken: r.FencingToken,
+		AcquiredAt:   r.AcquiredAt,
+		ExpiresAt:    r.ExpiresAt,
+		ReleasedAt:   r.ReleasedAt,
+	}
+	if r.EndReason != nil {
+		l.EndReason = *r.EndReason
+	}
+	if dev != nil {
+		l.Device.Labels = dev.Labels
+		l.Device.Address = dev.Address
+	}
+	return l
+}

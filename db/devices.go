@@ -1,0 +1,196 @@
+package db
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/devalloc/devalloc/db/dbsqlc"
+)
+
+// DeviceSpec registers a device.
+type DeviceSpec struct {
+	Name    string
+	Pool    string
+	Labels  Labels
+	Address string
+	Probe   string
+}
+
+// CreateDevice registers a device as idle. Registering wakes waiters
+// (through the devices trigger) like any device becoming idle.
+func (a *Allocator) CreateDevice(ctx context.Context, spec DeviceSpec) (Device, error) {
+	r, err := a.q.CreateDevice(ctx, dbsqlc.CreateDeviceParams{
+		Name:    spec.Name,
+		Pool:    spec.Pool,
+		Labels:  spec.Labels.encode(),
+		Address: spec.Address,
+		Probe:   spec.Probe,
+	})
+	if isUniqueViolation(err) {
+		return Device{}, ErrDeviceExists
+	}
+	if err != nil {
+		return Device{}, fmt.Errorf("create device %q: %w", spec.Name, err)
+	}
+	return deviceFromRow(r)
+}
+
+// GetDevice returns the device by name.
+func (a *Allocator) GetDevice(ctx context.Context, name string) (Device, error) {
+	r, err := a.q.GetDevice(ctx, name)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Device{}, ErrNotFound
+	}
+	if err != nil {
+		return Device{}, fmt.Errorf("get device %q: %w", name, err)
+	}
+	return deviceFromRow(r)
+}
+
+// DeviceFilter narrows ListDevices; empty fields match everything.
+type DeviceFilter struct {
+	Pool  string
+	State string
+	Limit int
+}
+
+// ListDevices returns devices by name.
+func (a *Allocator) ListDevices(ctx context.Context, f DeviceFilter) ([]Device, error) {
+	rows, err := a.q.ListDevices(ctx, dbsqlc.ListDevicesParams{
+		Pool:    optional(f.Pool),
+		State:   optional(f.State),
+		MaxRows: listLimit(f.Limit),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	return devicesFromRows(rows)
+}
+
+// DevicePatch changes a device; nil fields stay as they are. State may be
+// StateMaintenance (take it out of rotation) or StateIdle (put it back).
+type DevicePatch struct {
+	Labels  *Labels
+	Address *string
+	Probe   *string
+	State   *string
+	Reason  string
+}
+
+// UpdateDevice applies patch under the device's row lock. A state change on
+// a leased device fails with ErrDeviceLeased: the holder's lease must end
+// first, so a device is never pulled from under its holder silently.
+func (a *Allocator) UpdateDevice(ctx context.Context, name string, patch DevicePatch) (Device, error) {
+	var out Device
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		q := a.q.WithTx(tx)
+		row, err := q.LockDevice(ctx, name)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if patch.Labels != nil || patch.Address != nil || patch.Probe != nil {
+			var labels []byte
+			if patch.Labels != nil {
+				labels = patch.Labels.encode()
+			}
+			if row, err = q.UpdateDeviceSpec(ctx, dbsqlc.UpdateDeviceSpecParams{
+				ID: row.ID, Labels: labels, Address: patch.Address, Probe: patch.Probe,
+			}); err != nil {
+				return err
+			}
+		}
+		if patch.State != nil && *patch.State != row.State {
+			if row.State == StateLeased {
+				return ErrDeviceLeased
+			}
+			if row, err = q.SetDeviceState(ctx, dbsqlc.SetDeviceStateParams{
+				ID: row.ID, State: *patch.State, StateReason: patch.Reason,
+			}); err != nil {
+				return err
+			}
+		}
+		out, err = deviceFromRow(row)
+		return err
+	})
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrDeviceLeased) {
+		return Device{}, err
+	}
+	if err != nil {
+		return Device{}, fmt.Errorf("update device %q: %w", name, err)
+	}
+	return out, nil
+}
+
+// DeleteDevice removes a device. A leased device fails with
+// ErrDeviceLeased unless force is set; then its lease ends first with
+// end_reason device_removed. The lease history stays.
+func (a *Allocator) DeleteDevice(ctx context.Context, name string, force bool) error {
+	dev, err := a.GetDevice(ctx, name)
+	if err != nil {
+		return err
+	}
+	if dev.LeaseID != nil {
+		if !force {
+			return ErrDeviceLeased
+		}
+		// End the lease first, locking lease then device like every release.
+		if _, err := a.q.EndLease(ctx, dbsqlc.EndLeaseParams{ID: *dev.LeaseID, EndReason: EndDeviceRemoved}); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("delete device %q: end its lease: %w", name, err)
+		}
+	}
+	err = pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		q := a.q.WithTx(tx)
+		row, err := q.LockDevice(ctx, name)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		n, err := q.DeleteDevice(ctx, row.ID)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			// Leased again since we looked.
+			return ErrDeviceLeased
+		}
+		return nil
+	})
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrDeviceLeased) {
+		return err
+	}
+	if err != nil {
+		return fmt.Errorf("delete device %q: %w", name, err)
+	}
+	return nil
+}
+
+// Pools summarises every pool's devices by state, with this instance's
+// waiting acquires.
+func (a *Allocator) Pools(ctx context.Context) ([]PoolSummary, error) {
+	rows, err := a.q.PoolSummaries(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("pool summaries: %w", err)
+	}
+	out := make([]PoolSummary, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, PoolSummary{
+			Name: r.Pool, Idle: r.Idle, Leased: r.Leased, Offline: r.Offline,
+			Maintenance: r.Maintenance, Waiting: int64(a.hub.Waiting(r.Pool)),
+		})
+	}
+	return out, nil
+}
+
+func isUniqueViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505"
+}

@@ -1,0 +1,35 @@
+package db
+
+import (
+	"errors"
+	"fmt"
+)
+
+var (
+	// ErrNotFound: no device or lease by that name or id.
+	ErrNotFound = errors.New("not found")
+	// ErrDeviceExists: a device with that name is registered already.
+	ErrDeviceExists = errors.New("device already exists")
+	// ErrDeviceLeased: the change needs a device that is not leased.
+	ErrDeviceLeased = errors.New("device is leased")
+	// ErrNoDevice: nothing matching became free within the wait.
+	ErrNoDevice = errors.New("no matching device available")
+	// ErrUnsatisfiable: no registered device fits the selector, in any
+	// state, so waiting could never succeed.
+	ErrUnsatisfiable = errors.New("no registered device matches the selector")
+	// ErrLeaseEnded: the lease is over; errors.As a *LeaseEndedError for why.
+	ErrLeaseEnded = errors.New("lease has ended")
+)
+
+// LeaseEndedError carries the ended lease, so callers can say why it ended
+// (released, expired, revoked, device_removed).
+type LeaseEndedError struct {
+	Lease Lease
+}
+
+func (e *LeaseEndedError) Error() string {
+	return fmt.Sprintf("lease %s has ended (%s)", e.Lease.ID, e.Lease.EndReason)
+}
+
+// Is makes errors.Is(err, ErrLeaseEnded) true.
+func (e *LeaseEndedError) Is(target error) bool { return target == ErrLeaseEnded }

@@ -1,0 +1,234 @@
+package db
+
+import (
+	"container/list"
+	"sync"
+)
+
+// idleEvent says a device became idle: from a NOTIFY, or from a re-check
+// that found it idle. Events are hints; the woken waiter still has to win
+// the device in a transaction.
+type idleEvent struct {
+	Pool   string
+	Labels Labels
+	// LabelsKnown is false when the notification carried only the pool
+	// (outsized labels); then one waiter of every selector in the pool wakes.
+	LabelsKnown bool
+}
+
+// Hub is one instance's registry of acquires waiting for a device. It holds
+// no database connection: waiters block on channels, and the listener and
+// re-checker turn idle devices into wake-ups. Waiters queue FIFO per
+// selector; an event wakes the oldest matching waiter that is not already
+// woken, preferring one that is not in the middle of an attempt.
+type Hub struct {
+	mu    sync.Mutex
+	seq   uint64
+	pools map[string]*poolWaiters
+}
+
+type poolWaiters struct {
+	groups map[string]*selectorQueue
+	count  int
+}
+
+// selectorQueue is the FIFO of waiters that share one selector.
+type selectorQueue struct {
+	sel     Selector
+	key     string
+	waiters list.List // of *Waiter, oldest first
+}
+
+// Waiter is one waiting acquire. Its fields other than sel and wake are
+// guarded by the hub's mutex.
+type Waiter struct {
+	hub   *Hub
+	sel   Selector
+	seq   uint64
+	queue *selectorQueue
+	elem  *list.Element
+	// wake holds one token while a wake-up is pending.
+	wake chan struct{}
+	// pending is the event behind the token in wake; nil when none.
+	pending *idleEvent
+	// attempting is true while the waiter runs an acquire transaction.
+	attempting bool
+}
+
+// NewHub returns an empty hub.
+func NewHub() *Hub {
+	return &Hub{pools: map[string]*poolWaiters{}}
+}
+
+// Join queues a waiter for sel. The caller must Leave it.
+func (h *Hub) Join(sel Selector) *Waiter {
+	sel = sel.clone()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	pw := h.pools[sel.Pool]
+	if pw == nil {
+		pw = &poolWaiters{groups: map[string]*selectorQueue{}}
+		h.pools[sel.Pool] = pw
+	}
+	key := sel.key()
+	q := pw.groups[key]
+	if q == nil {
+		q = &selectorQueue{sel: sel, key: key}
+		pw.groups[key] = q
+	}
+	h.seq++
+	w := &Waiter{hub: h, sel: sel, seq: h.seq, queue: q, wake: make(chan struct{}, 1)}
+	w.elem = q.waiters.PushBack(w)
+	pw.count++
+	return w
+}
+
+// Wake is closed over by the waiting loop: a token arrives when a matching
+// device may have become idle.
+func (w *Waiter) Wake() <-chan struct{} { return w.wake }
+
+// BeginAttempt marks the waiter as trying to acquire. Any pending wake-up is
+// consumed: the attempt about to run sees every device idle at this moment.
+func (w *Waiter) BeginAttempt() {
+	w.hub.mu.Lock()
+	defer w.hub.mu.Unlock()
+	w.attempting = true
+	w.pending = nil
+	select {
+	case <-w.wake:
+	default:
+	}
+}
+
+// EndAttempt marks the attempt over; a wake-up that arrived meanwhile stays
+// pending, so the waiter retries at once.
+func (w *Waiter) EndAttempt() {
+	w.hub.mu.Lock()
+	defer w.hub.mu.Unlock()
+	w.attempting = false
+}
+
+// Leave removes the waiter. A wake-up it never used is passed on to the
+// next matching waiter, so a waiter that times out at the wrong moment
+// cannot swallow a device.
+func (w *Waiter) Leave() {
+	h := w.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if w.elem == nil {
+		return
+	}
+	w.queue.waiters.Remove(w.elem)
+	w.elem = nil
+	pw := h.pools[w.sel.Pool]
+	pw.count--
+	if w.queue.waiters.Len() == 0 {
+		delete(pw.groups, w.queue.key)
+	}
+	if pw.count == 0 {
+		delete(h.pools, w.sel.Pool)
+	}
+	if ev := w.pending; ev != nil {
+		w.pending = nil
+		h.dispatchLocked(*ev)
+	}
+}
+
+// Notify wakes waiters for ev and reports how many it woke.
+func (h *Hub) Notify(ev idleEvent) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.dispatchLocked(ev)
+}
+
+func (h *Hub) dispatchLocked(ev idleEvent) int {
+	pw := h.pools[ev.Pool]
+	if pw == nil {
+		return 0
+	}
+	if !ev.LabelsKnown {
+		woken := 0
+		for _, q := range pw.groups {
+			if w := q.candidate(); w != nil {
+				w.signal(ev)
+				woken++
+			}
+		}
+		return woken
+	}
+	var best *Waiter
+	for _, q := range pw.groups {
+		if !ev.Labels.Contains(q.sel.Labels) {
+			continue
+		}
+		if w := q.candidate(); w != nil && w.betterThan(best) {
+			best = w
+		}
+	}
+	if best == nil {
+		return 0
+	}
+	best.signal(ev)
+	return 1
+}
+
+// candidate is the queue's oldest waiter without a pending wake-up,
+// preferring one that is not attempting (an attempting waiter may be about
+// to take another device and would leave this one unclaimed meanwhile).
+func (q *selectorQueue) candidate() *Waiter {
+	var busy *Waiter
+	for e := q.waiters.Front(); e != nil; e = e.Next() {
+		w := e.Value.(*Waiter)
+		if w.pending != nil {
+			continue
+		}
+		if !w.attempting {
+			return w
+		}
+		if busy == nil {
+			busy = w
+		}
+	}
+	return busy
+}
+
+// betterThan orders candidates across selector queues: idle before
+// attempting, then oldest first.
+func (w *Waiter) betterThan(other *Waiter) bool {
+	if other == nil {
+		return true
+	}
+	if w.attempting != other.attempting {
+		return !w.attempting
+	}
+	return w.seq < other.seq
+}
+
+func (w *Waiter) signal(ev idleEvent) {
+	w.pending = &ev
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// waitingPools lists the pools that have waiters, with how many each has.
+func (h *Hub) waitingPools() map[string]int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[string]int, len(h.pools))
+	for name, pw := range h.pools {
+		out[name] = pw.count
+	}
+	return out
+}
+
+// Waiting reports how many acquires wait on pool in this instance.
+func (h *Hub) Waiting(pool string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if pw := h.pools[pool]; pw != nil {
+		return pw.count
+	}
+	return 0
+}

@@ -1,0 +1,177 @@
+package db
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/devalloc/devalloc/db/dbsqlc"
+)
+
+// GetLease returns a lease, active or ended.
+func (a *Allocator) GetLease(ctx context.Context, id uuid.UUID) (Lease, error) {
+	r, err := a.q.GetLease(ctx, id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Lease{}, ErrNotFound
+	}
+	if err != nil {
+		return Lease{}, fmt.Errorf("get lease %s: %w", id, err)
+	}
+	return a.withDevice(ctx, r)
+}
+
+// LeaseFilter narrows ListLeases; empty fields match everything.
+type LeaseFilter struct {
+	ActiveOnly bool
+	Pool       string
+	Owner      string
+	Limit      int
+}
+
+// ListLeases returns leases, newest first.
+func (a *Allocator) ListLeases(ctx context.Context, f LeaseFilter) ([]Lease, error) {
+	rows, err := a.q.ListLeases(ctx, dbsqlc.ListLeasesParams{
+		ActiveOnly: f.ActiveOnly,
+		Pool:       optional(f.Pool),
+		Owner:      optional(f.Owner),
+		MaxRows:    listLimit(f.Limit),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list leases: %w", err)
+	}
+	devices := map[int64]*Device{}
+	out := make([]Lease, 0, len(rows))
+	for _, r := range rows {
+		var dev *Device
+		if r.DeviceID != nil {
+			var seen bool
+			if dev, seen = devices[*r.DeviceID]; !seen {
+				if dev, err = a.deviceByID(ctx, *r.DeviceID); err != nil {
+					return nil, err
+				}
+				devices[*r.DeviceID] = dev
+			}
+		}
+		out = append(out, leaseFromRow(r, dev))
+	}
+	return out, nil
+}
+
+// Renew extends an active lease by ttl (the default when 0) from now, by
+// the database clock. An ended or lapsed lease fails with a
+// *LeaseEndedError (or ErrNotFound).
+func (a *Allocator) Renew(ctx context.Context, id uuid.UUID, ttl time.Duration) (Lease, error) {
+	if ttl <= 0 {
+		ttl = a.cfg.DefaultTTL
+	}
+	r, err := a.q.RenewLease(ctx, dbsqlc.RenewLeaseParams{ID: id, TtlSeconds: ttl.Seconds()})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Lease{}, a.endedError(ctx, id)
+	}
+	if err != nil {
+		return Lease{}, fmt.Errorf("renew lease %s: %w", id, err)
+	}
+	return a.withDevice(ctx, r)
+}
+
+// Release ends a lease and frees its device. Releasing a lease that was
+// already released succeeds again (a retried DELETE); one that expired or
+// was revoked fails with a *LeaseEndedError, so its holder learns it had
+// lost the device.
+func (a *Allocator) Release(ctx context.Context, id uuid.UUID) (Lease, error) {
+	return a.end(ctx, id, EndReleased)
+}
+
+// Revoke ends someone else's lease (an admin's decision) and frees its device.
+func (a *Allocator) Revoke(ctx context.Context, id uuid.UUID) (Lease, error) {
+	return a.end(ctx, id, EndRevoked)
+}
+
+func (a *Allocator) end(ctx context.Context, id uuid.UUID, reason string) (Lease, error) {
+	r, err := a.q.EndLease(ctx, dbsqlc.EndLeaseParams{ID: id, EndReason: reason})
+	if errors.Is(err, pgx.ErrNoRows) {
+		err := a.endedError(ctx, id)
+		var ended *LeaseEndedError
+		if errors.As(err, &ended) && ended.Lease.EndReason == reason {
+			return ended.Lease, nil
+		}
+		return Lease{}, err
+	}
+	if err != nil {
+		return Lease{}, fmt.Errorf("end lease %s (%s): %w", id, reason, err)
+	}
+	lease, err := a.withDevice(ctx, dbsqlc.DevallocLease(r))
+	if err != nil {
+		return Lease{}, err
+	}
+	if lease.EndReason != reason {
+		// It had lapsed before this call; EndLease recorded it as expired.
+		return Lease{}, &LeaseEndedError{Lease: lease}
+	}
+	return lease, nil
+}
+
+// endedError explains why a lease could not be renewed or ended: it does
+// not exist, or it has ended (or lapsed, awaiting the reaper).
+func (a *Allocator) endedError(ctx context.Context, id uuid.UUID) error {
+	lease, err := a.GetLease(ctx, id)
+	if err != nil {
+		return err
+	}
+	if lease.Active() {
+		// Lapsed but not reaped yet: to its holder it is as good as expired.
+		lease.EndReason = EndExpired
+	}
+	return &LeaseEndedError{Lease: lease}
+}
+
+// withDevice fills in the lease's device details from the devices table.
+func (a *Allocator) withDevice(ctx context.Context, r dbsqlc.DevallocLease) (Lease, error) {
+	if r.DeviceID == nil {
+		return leaseFromRow(r, nil), nil
+	}
+	dev, err := a.deviceByID(ctx, *r.DeviceID)
+	if err != nil {
+		return Lease{}, err
+	}
+	return leaseFromRow(r, dev), nil
+}
+
+// deviceByID returns the device, or nil when it was deleted since.
+func (a *Allocator) deviceByID(ctx context.Context, id int64) (*Device, error) {
+	r, err := a.q.GetDeviceByID(ctx, id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get device %d: %w", id, err)
+	}
+	d, err := deviceFromRow(r)
+	if err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// listLimit bounds list endpoints until they paginate.
+func listLimit(n int) int32 {
+	const defaultLimit, maxLimit = 1000, 10000
+	switch {
+	case n <= 0:
+		return defaultLimit
+	case n > maxLimit:
+		return maxLimit
+	}
+	return int32(n)
+}

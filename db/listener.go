@@ -1,0 +1,95 @@
+package db
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// idleChannel is the NOTIFY channel the devices triggers publish on
+// (migrations/00002_notify_idle.sql).
+const idleChannel = "devalloc_idle"
+
+// listener owns this instance's one dedicated LISTEN connection. It is a
+// plain connection, never one from the pool: a pooled connection could be
+// handed to a transaction, and a LISTEN through a transaction pooler hears
+// nothing.
+type listener struct {
+	connConfig *pgx.ConnConfig
+	hub        *Hub
+	log        *slog.Logger
+	// reconnected is called after every (re)connect: notifications sent
+	// while the listener was down are lost and a full re-check must cover them.
+	reconnected func()
+	up          atomic.Bool
+}
+
+func newListener(cfg *pgx.ConnConfig, hub *Hub, log *slog.Logger, reconnected func()) *listener {
+	return &listener{connConfig: cfg.Copy(), hub: hub, log: log, reconnected: reconnected}
+}
+
+func (l *listener) connected() bool { return l.up.Load() }
+
+// run listens until ctx ends, reconnecting with backoff.
+func (l *listener) run(ctx context.Context) {
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		err := l.listenOnce(ctx)
+		l.up.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		l.log.Warn("listener lost its connection; reconnecting", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// listenOnce connects, listens and dispatches notifications until the
+// connection fails or ctx ends.
+func (l *listener) listenOnce(ctx context.Context) error {
+	conn, err := pgx.ConnectConfig(ctx, l.connConfig)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "LISTEN "+idleChannel); err != nil {
+		return err
+	}
+	l.up.Store(true)
+	l.reconnected()
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			return err
+		}
+		l.hub.Notify(parseIdlePayload(n.Payload))
+	}
+}
+
+// parseIdlePayload reads {"pool":..., "device":..., "labels":{...}}. A payload
+// without readable labels still names the pool.
+func parseIdlePayload(payload string) idleEvent {
+	var p struct {
+		Pool   string          `json:"pool"`
+		Labels json.RawMessage `json:"labels"`
+	}
+	if err := json.Unmarshal([]byte(payload), &p); err != nil {
+		return idleEvent{Pool: payload}
+	}
+	ev := idleEvent{Pool: p.Pool}
+	if len(p.Labels) > 0 {
+		if labels, err := decodeLabels(p.Labels); err == nil {
+			ev.Labels, ev.LabelsKnown = labels, true
+		}
+	}
+	return ev
+}

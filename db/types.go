@@ -1,0 +1,132 @@
+// Package db is everything of devalloc that talks to PostgreSQL: the
+// allocator's transactions, the waiter hub fed by LISTEN/NOTIFY, the reaper
+// and the health checker. The SQL itself lives in queries/ and is compiled
+// by sqlc into db/dbsqlc.
+package db
+
+import (
+	"encoding/json"
+	"maps"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Device states, as stored in devalloc.devices.state.
+const (
+	StateIdle        = "idle"
+	StateLeased      = "leased"
+	StateOffline     = "offline"
+	StateMaintenance = "maintenance"
+)
+
+// Lease end reasons, as stored in devalloc.leases.end_reason.
+const (
+	EndReleased      = "released"
+	EndExpired       = "expired"
+	EndRevoked       = "revoked"
+	EndDeviceRemoved = "device_removed"
+)
+
+// Labels are a device's flat string labels; a selector's labels must all be
+// present with equal values for a device to match.
+type Labels map[string]string
+
+// Contains reports whether l has every label of want (jsonb's @> for flat
+// string objects).
+func (l Labels) Contains(want Labels) bool {
+	for k, v := range want {
+		if got, ok := l[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// encode renders labels as the jsonb the queries take; nil means {}.
+func (l Labels) encode() []byte {
+	if l == nil {
+		return []byte("{}")
+	}
+	b, _ := json.Marshal(l) // a map of strings always marshals
+	return b
+}
+
+func decodeLabels(b []byte) (Labels, error) {
+	l := Labels{}
+	if len(b) == 0 {
+		return l, nil
+	}
+	if err := json.Unmarshal(b, &l); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// Selector says which devices an acquire accepts.
+type Selector struct {
+	Pool   string
+	Labels Labels
+}
+
+// key identifies selectors that accept exactly the same devices.
+// json.Marshal sorts map keys, so equal label sets give equal keys.
+func (s Selector) key() string {
+	return s.Pool + "\x00" + string(s.Labels.encode())
+}
+
+func (s Selector) clone() Selector {
+	return Selector{Pool: s.Pool, Labels: maps.Clone(s.Labels)}
+}
+
+// Device is one registered device.
+type Device struct {
+	Name         string
+	Pool         string
+	Labels       Labels
+	Address      string
+	Probe        string
+	State        string
+	StateReason  string
+	LeaseID      *uuid.UUID
+	FencingToken int64
+	LastProbeAt  *time.Time
+	LastProbeOK  *bool
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+}
+
+// LeaseDevice is what a lease tells its holder about the device.
+type LeaseDevice struct {
+	Name    string
+	Pool    string
+	Labels  Labels
+	Address string
+}
+
+// Lease is one grant of a device to a holder, active or ended.
+type Lease struct {
+	ID           uuid.UUID
+	Device       LeaseDevice
+	Owner        string
+	Holder       string
+	FencingToken int64
+	AcquiredAt   time.Time
+	ExpiresAt    time.Time
+	ReleasedAt   *time.Time
+	EndReason    string
+}
+
+// Active reports whether the lease has not ended.
+func (l Lease) Active() bool { return l.ReleasedAt == nil }
+
+// PoolSummary counts a pool's devices by state, plus the requests this
+// instance has waiting on it.
+type PoolSummary struct {
+	Name        string
+	Idle        int64
+	Leased      int64
+	Offline     int64
+	Maintenance int64
+	Waiting     int64
+}

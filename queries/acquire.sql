@@ -1,0 +1,45 @@
+-- The acquire transaction: pick, (probe), grant or mark offline.
+
+-- name: PickIdleDevice :one
+-- Least recently released idle device that fits the selector. SKIP LOCKED:
+-- concurrent acquires never wait on each other's probes.
+SELECT * FROM devalloc.devices
+WHERE state = 'idle' AND pool = @pool AND labels @> @labels
+ORDER BY idle_since, id
+LIMIT 1
+FOR UPDATE SKIP LOCKED;
+
+-- name: GrantLease :one
+-- Marks the picked device leased, bumps its fencing token and records the
+-- lease, in one statement. The deferred constraints check at commit that the
+-- device and its lease point at each other.
+WITH dev AS (
+    UPDATE devalloc.devices d SET
+        state         = 'leased',
+        state_reason  = '',
+        lease_id      = @lease_id,
+        fencing_token = d.fencing_token + 1,
+        last_probe_at = CASE WHEN @probed::boolean THEN now() ELSE d.last_probe_at END,
+        last_probe_ok = CASE WHEN @probed::boolean THEN true ELSE d.last_probe_ok END,
+        updated_at    = now()
+    WHERE d.id = @device_id AND d.state = 'idle'
+    RETURNING d.id, d.name, d.pool, d.fencing_token
+)
+INSERT INTO devalloc.leases (id, device_id, device_name, pool, owner, holder, fencing_token, expires_at, idempotency_key)
+SELECT @lease_id, dev.id, dev.name, dev.pool, @owner, @holder, dev.fencing_token,
+       now() + make_interval(secs => @ttl_seconds::float8), sqlc.narg('idempotency_key')
+FROM dev
+RETURNING *;
+
+-- name: MarkDeviceOffline :exec
+-- The probe failed: take the device out of rotation until the health
+-- checker sees it answer again.
+UPDATE devalloc.devices SET
+    state          = 'offline',
+    state_reason   = @reason,
+    last_probe_at  = now(),
+    last_probe_ok  = false,
+    probe_failures = probe_failures + 1,
+    next_probe_at  = now() + make_interval(secs => @retry_in_seconds::float8),
+    updated_at     = now()
+WHERE id = @id AND state = 'idle';

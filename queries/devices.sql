@@ -1,0 +1,73 @@
+-- Devices: registration, reads and admin changes.
+
+-- name: CreateDevice :one
+INSERT INTO devalloc.devices (name, pool, labels, address, probe)
+VALUES (@name, @pool, @labels, @address, @probe)
+RETURNING *;
+
+-- name: GetDevice :one
+SELECT * FROM devalloc.devices WHERE name = @name;
+
+-- name: GetDeviceByID :one
+SELECT * FROM devalloc.devices WHERE id = @id;
+
+-- name: LockDevice :one
+-- Locks the row so an admin change cannot interleave with an acquire or release.
+SELECT * FROM devalloc.devices WHERE name = @name FOR UPDATE;
+
+-- name: ListDevices :many
+SELECT * FROM devalloc.devices
+WHERE (sqlc.narg('pool')::text IS NULL OR pool = sqlc.narg('pool'))
+  AND (sqlc.narg('state')::text IS NULL OR state = sqlc.narg('state'))
+ORDER BY name
+LIMIT @max_rows;
+
+-- name: UpdateDeviceSpec :one
+-- Changes what a device is (labels, address, probe); never its state.
+UPDATE devalloc.devices SET
+    labels     = coalesce(sqlc.narg('labels'), labels),
+    address    = coalesce(sqlc.narg('address'), address),
+    probe      = coalesce(sqlc.narg('probe'), probe),
+    updated_at = now()
+WHERE id = @id
+RETURNING *;
+
+-- name: SetDeviceState :one
+-- An admin moves a device that is not leased between idle, offline and maintenance.
+UPDATE devalloc.devices SET
+    state          = @state,
+    state_reason   = @state_reason,
+    idle_since     = CASE WHEN @state::text = 'idle' THEN now() ELSE idle_since END,
+    probe_failures = 0,
+    next_probe_at  = NULL,
+    updated_at     = now()
+WHERE id = @id AND state <> 'leased'
+RETURNING *;
+
+-- name: DeleteDevice :execrows
+DELETE FROM devalloc.devices WHERE id = @id AND state <> 'leased';
+
+-- name: SelectorCanMatch :one
+-- Whether any registered device, in any state, fits a selector: if none
+-- does, waiting is pointless.
+SELECT EXISTS (
+    SELECT 1 FROM devalloc.devices WHERE pool = @pool AND labels @> @labels
+) AS can_match;
+
+-- name: PoolSummaries :many
+SELECT pool,
+       count(*) FILTER (WHERE state = 'idle')        AS idle,
+       count(*) FILTER (WHERE state = 'leased')      AS leased,
+       count(*) FILTER (WHERE state = 'offline')     AS offline,
+       count(*) FILTER (WHERE state = 'maintenance') AS maintenance
+FROM devalloc.devices
+GROUP BY pool
+ORDER BY pool;
+
+-- name: IdleDeviceLabels :many
+-- The waiter re-check: which idle devices a pool has now, to wake waiters
+-- whose notifications were lost. Bounded; one query per pool, never per waiter.
+SELECT id, labels FROM devalloc.devices
+WHERE state = 'idle' AND pool = @pool
+ORDER BY idle_since, id
+LIMIT @max_rows;

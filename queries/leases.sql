@@ -1,0 +1,71 @@
+-- Leases: reads, renew, release, expiry.
+
+-- name: GetLease :one
+SELECT * FROM devalloc.leases WHERE id = @id;
+
+-- name: ListLeases :many
+SELECT * FROM devalloc.leases
+WHERE (NOT @active_only::boolean OR released_at IS NULL)
+  AND (sqlc.narg('pool')::text IS NULL OR pool = sqlc.narg('pool'))
+  AND (sqlc.narg('owner')::text IS NULL OR owner = sqlc.narg('owner'))
+ORDER BY acquired_at DESC, id
+LIMIT @max_rows;
+
+-- name: RenewLease :one
+-- Extends an active lease that has not lapsed yet (database clock).
+UPDATE devalloc.leases SET expires_at = now() + make_interval(secs => @ttl_seconds::float8)
+WHERE id = @id AND released_at IS NULL AND expires_at > now()
+RETURNING *;
+
+-- name: EndLease :one
+-- Ends an active lease and frees its device in one statement. A lease whose
+-- time ran out before the reaper got to it ends as expired whatever the
+-- caller asked, so the caller can tell its holder it had lost the device.
+-- The device is freed only while it still carries this lease and its
+-- fencing token.
+WITH ended AS (
+    UPDATE devalloc.leases l SET
+        released_at = now(),
+        end_reason  = CASE WHEN l.expires_at <= now() THEN 'expired' ELSE @end_reason::text END
+    WHERE l.id = @id AND l.released_at IS NULL
+    RETURNING l.*
+), freed AS (
+    UPDATE devalloc.devices d SET
+        state        = 'idle',
+        state_reason = '',
+        lease_id     = NULL,
+        idle_since   = now(),
+        updated_at   = now()
+    FROM ended
+    WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
+    RETURNING d.id
+)
+SELECT * FROM ended;
+
+-- name: ReapExpiredLeases :many
+-- Ends leases whose time ran out (database clock) and frees their devices.
+-- SKIP LOCKED plus the released_at guard: each lease is reaped exactly once
+-- however many instances run a reaper.
+WITH due AS (
+    SELECT id FROM devalloc.leases
+    WHERE released_at IS NULL AND expires_at <= now()
+    ORDER BY expires_at
+    LIMIT @batch
+    FOR UPDATE SKIP LOCKED
+), ended AS (
+    UPDATE devalloc.leases l SET released_at = now(), end_reason = 'expired'
+    FROM due
+    WHERE l.id = due.id AND l.released_at IS NULL
+    RETURNING l.*
+), freed AS (
+    UPDATE devalloc.devices d SET
+        state        = 'idle',
+        state_reason = '',
+        lease_id     = NULL,
+        idle_since   = now(),
+        updated_at   = now()
+    FROM ended
+    WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
+    RETURNING d.id
+)
+SELECT * FROM ended;
