@@ -11,7 +11,9 @@ FOR UPDATE SKIP LOCKED;
 
 -- name: GrantLease :one
 -- Marks the picked device leased, bumps its fencing token and records the
--- lease, in one statement. The deferred constraints check at commit that the
+-- lease, in one statement. Lease times use clock_timestamp(), not now():
+-- now() is when the transaction began, which may be before the previous
+-- holder's release committed. The deferred constraints check at commit that the
 -- device and its lease point at each other.
 WITH dev AS (
     UPDATE devalloc.devices d SET
@@ -25,9 +27,9 @@ WITH dev AS (
     WHERE d.id = @device_id AND d.state = 'idle'
     RETURNING d.id, d.name, d.pool, d.fencing_token
 )
-INSERT INTO devalloc.leases (id, device_id, device_name, pool, owner, holder, fencing_token, expires_at, idempotency_key)
+INSERT INTO devalloc.leases (id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, idempotency_key)
 SELECT @lease_id, dev.id, dev.name, dev.pool, @owner, @holder, dev.fencing_token,
-       now() + make_interval(secs => @ttl_seconds::float8), sqlc.narg('idempotency_key')
+       clock_timestamp(), clock_timestamp() + make_interval(secs => @ttl_seconds::float8), sqlc.narg('idempotency_key')
 FROM dev
 RETURNING *;
 

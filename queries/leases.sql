@@ -13,7 +13,7 @@ LIMIT @max_rows;
 
 -- name: RenewLease :one
 -- Extends an active lease that has not lapsed yet (database clock).
-UPDATE devalloc.leases SET expires_at = now() + make_interval(secs => @ttl_seconds::float8)
+UPDATE devalloc.leases SET expires_at = clock_timestamp() + make_interval(secs => @ttl_seconds::float8)
 WHERE id = @id AND released_at IS NULL AND expires_at > now()
 RETURNING *;
 
@@ -25,7 +25,7 @@ RETURNING *;
 -- fencing token.
 WITH ended AS (
     UPDATE devalloc.leases l SET
-        released_at = now(),
+        released_at = clock_timestamp(),
         end_reason  = CASE WHEN l.expires_at <= now() THEN 'expired' ELSE @end_reason::text END
     WHERE l.id = @id AND l.released_at IS NULL
     RETURNING l.*
@@ -53,7 +53,7 @@ WITH due AS (
     LIMIT @batch
     FOR UPDATE SKIP LOCKED
 ), ended AS (
-    UPDATE devalloc.leases l SET released_at = now(), end_reason = 'expired'
+    UPDATE devalloc.leases l SET released_at = clock_timestamp(), end_reason = 'expired'
     FROM due
     WHERE l.id = due.id AND l.released_at IS NULL
     RETURNING l.*

@@ -24,9 +24,9 @@ WITH dev AS (
     WHERE d.id = $7 AND d.state = 'idle'
     RETURNING d.id, d.name, d.pool, d.fencing_token
 )
-INSERT INTO devalloc.leases (id, device_id, device_name, pool, owner, holder, fencing_token, expires_at, idempotency_key)
+INSERT INTO devalloc.leases (id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, idempotency_key)
 SELECT $1, dev.id, dev.name, dev.pool, $2, $3, dev.fencing_token,
-       now() + make_interval(secs => $4::float8), $5
+       clock_timestamp(), clock_timestamp() + make_interval(secs => $4::float8), $5
 FROM dev
 RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id
 `
@@ -42,7 +42,9 @@ type GrantLeaseParams struct {
 }
 
 // Marks the picked device leased, bumps its fencing token and records the
-// lease, in one statement. The deferred constraints check at commit that the
+// lease, in one statement. Lease times use clock_timestamp(), not now():
+// now() is when the transaction began, which may be before the previous
+// holder's release committed. The deferred constraints check at commit that the
 // device and its lease point at each other.
 func (q *Queries) GrantLease(ctx context.Context, arg GrantLeaseParams) (DevallocLease, error) {
 	row := q.db.QueryRow(ctx, grantLease,

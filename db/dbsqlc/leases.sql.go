@@ -15,7 +15,7 @@ import (
 const endLease = `-- name: EndLease :one
 WITH ended AS (
     UPDATE devalloc.leases l SET
-        released_at = now(),
+        released_at = clock_timestamp(),
         end_reason  = CASE WHEN l.expires_at <= now() THEN 'expired' ELSE $1::text END
     WHERE l.id = $2 AND l.released_at IS NULL
     RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id
@@ -170,7 +170,7 @@ WITH due AS (
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 ), ended AS (
-    UPDATE devalloc.leases l SET released_at = now(), end_reason = 'expired'
+    UPDATE devalloc.leases l SET released_at = clock_timestamp(), end_reason = 'expired'
     FROM due
     WHERE l.id = due.id AND l.released_at IS NULL
     RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id
@@ -242,7 +242,7 @@ func (q *Queries) ReapExpiredLeases(ctx context.Context, batch int32) ([]ReapExp
 }
 
 const renewLease = `-- name: RenewLease :one
-UPDATE devalloc.leases SET expires_at = now() + make_interval(secs => $1::float8)
+UPDATE devalloc.leases SET expires_at = clock_timestamp() + make_interval(secs => $1::float8)
 WHERE id = $2 AND released_at IS NULL AND expires_at > now()
 RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id
 `

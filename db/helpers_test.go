@@ -1,0 +1,131 @@
+package db
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/devalloc/devalloc/db/dbtest"
+	"github.com/devalloc/devalloc/db/probe"
+)
+
+// fakeProber answers probes from a table of dead addresses, so tests can
+// kill and revive devices without sockets.
+type fakeProber struct {
+	mu   sync.Mutex
+	dead map[string]bool
+}
+
+func (f *fakeProber) Probe(ctx context.Context, kind probe.Kind, address string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.dead[address] {
+		return fmt.Errorf("%s %s: connection refused", kind, address)
+	}
+	return nil
+}
+
+func (f *fakeProber) setDead(address string, dead bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.dead == nil {
+		f.dead = map[string]bool{}
+	}
+	f.dead[address] = dead
+}
+
+// testConfig keeps background services quiet unless a test wants them:
+// tests drive reap and health passes themselves.
+func testConfig(p probe.Prober) Config {
+	return Config{
+		Prober:          p,
+		ReapInterval:    time.Hour,
+		RecheckInterval: time.Hour,
+		HealthInterval:  time.Hour,
+		Logger:          slog.New(slog.DiscardHandler),
+	}
+}
+
+// newAllocator returns a started allocator on its own pool to url, as a
+// separate instance would have.
+func newAllocator(t *testing.T, url string, cfg Config) *Allocator {
+	t.Helper()
+	pool, err := pgxpool.New(t.Context(), url)
+	if err != nil {
+		t.Fatalf("pool: %v", err)
+	}
+	a := New(pool, cfg)
+	if err := a.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.Stop()
+		pool.Close()
+	})
+	waitFor(t, "listener up", func() bool { return a.Ready(t.Context()) == nil })
+	return a
+}
+
+// waitFor polls cond (a test signal, not a sleep) for up to 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func mustCreate(t *testing.T, a *Allocator, name, pool, address string, labels Labels) Device {
+	t.Helper()
+	d, err := a.CreateDevice(t.Context(), DeviceSpec{Name: name, Pool: pool, Labels: labels, Address: address, Probe: "tcp"})
+	if err != nil {
+		t.Fatalf("create %s: %v", name, err)
+	}
+	return d
+}
+
+func mustAcquire(t *testing.T, a *Allocator, req AcquireRequest) Lease {
+	t.Helper()
+	if req.Owner == "" {
+		req.Owner = "tester"
+	}
+	l, err := a.Acquire(t.Context(), req)
+	if err != nil {
+		t.Fatalf("acquire %+v: %v", req.Selector, err)
+	}
+	return l
+}
+
+func mustDevice(t *testing.T, a *Allocator, name string) Device {
+	t.Helper()
+	d, err := a.GetDevice(t.Context(), name)
+	if err != nil {
+		t.Fatalf("get %s: %v", name, err)
+	}
+	return d
+}
+
+func endReason(err error) string {
+	var ended *LeaseEndedError
+	if errors.As(err, &ended) {
+		return ended.Lease.EndReason
+	}
+	return ""
+}
+
+func newDB(t *testing.T) string {
+	t.Helper()
+	return dbtest.NewDB(t)
+}
