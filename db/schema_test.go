@@ -29,7 +29,7 @@ func TestSchemaRefusesBrokenInvariants(t *testing.T) {
 	defer conn.Close(context.Background())
 
 	cases := map[string]string{
-		"leased without a lease": `UPDATE devalloc.devices SET state = 'leased' WHERE name = '` + other + `'`,
+		"leased without a lease":          `UPDATE devalloc.devices SET state = 'leased' WHERE name = '` + other + `'`,
 		"lease pointer on an idle device": `UPDATE devalloc.devices SET lease_id = '` + held.ID.String() + `' WHERE name = '` + other + `'`,
 		"active lease the device does not point at": `INSERT INTO devalloc.leases (device_id, device_name, pool, owner, fencing_token, expires_at)
 			SELECT id, name, pool, 'dba', 99, now() + interval '1 hour' FROM devalloc.devices WHERE name = '` + other + `'`,
