@@ -73,7 +73,7 @@ func (l *ledger) renewed(lease Lease) {
 
 // loopbackDevices starts n TCP listeners that accept and close, so the real
 // tcp probe runs under the row lock.
-func loopbackDevices(t *testing.T, n int) []string {
+func loopbackDevices(t testing.TB, n int) []string {
 	t.Helper()
 	var addrs []string
 	for range n {

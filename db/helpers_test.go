@@ -57,7 +57,7 @@ func testConfig(p probe.Prober) Config {
 
 // newAllocator returns a started allocator on its own pool to url, as a
 // separate instance would have.
-func newAllocator(t *testing.T, url string, cfg Config) *Allocator {
+func newAllocator(t testing.TB, url string, cfg Config) *Allocator {
 	t.Helper()
 	pool, err := pgxpool.New(t.Context(), url)
 	if err != nil {
@@ -76,7 +76,7 @@ func newAllocator(t *testing.T, url string, cfg Config) *Allocator {
 }
 
 // waitFor polls cond (a test signal, not a sleep) for up to 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -125,7 +125,7 @@ func endReason(err error) string {
 	return ""
 }
 
-func newDB(t *testing.T) string {
+func newDB(t testing.TB) string {
 	t.Helper()
 	return dbtest.NewDB(t)
 }

@@ -10,6 +10,20 @@ import (
 	"github.com/google/uuid"
 )
 
+// Leases in force now, with their device and owner; expires_in is negative for a lapsed lease the reaper has not ended yet.
+type DevallocActiveLease struct {
+	LeaseID      uuid.UUID
+	Device       string
+	Pool         string
+	Address      string
+	Owner        string
+	Holder       string
+	FencingToken int64
+	AcquiredAt   time.Time
+	ExpiresAt    time.Time
+	ExpiresIn    int32
+}
+
 // Every registered device. A device is leased exactly when lease_id points at its active lease (enforced by constraints).
 type DevallocDevice struct {
 	// Surrogate key; clients use name.
@@ -76,4 +90,28 @@ type DevallocLease struct {
 	IdempotencyKey *string
 	// device_id while active, NULL once ended (generated); ties the device row to its one active lease.
 	ActiveDeviceID *int64
+}
+
+// Ended leases, most recent first: who held which device, for how long, and why it ended.
+type DevallocLeaseHistory struct {
+	LeaseID      uuid.UUID
+	Device       string
+	Pool         string
+	Owner        string
+	Holder       string
+	FencingToken int64
+	AcquiredAt   time.Time
+	ReleasedAt   *time.Time
+	EndReason    *string
+	HeldFor      int32
+}
+
+// Devices per pool by state.
+type DevallocPoolSummary struct {
+	Pool        string
+	Devices     int64
+	Idle        int64
+	Leased      int64
+	Offline     int64
+	Maintenance int64
 }

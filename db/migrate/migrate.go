@@ -39,7 +39,10 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger) (*Migrat
 		db.Close()
 		return nil, err
 	}
-	locker, err := lock.NewPostgresSessionLocker()
+	// goose polls a busy lock every 5 s by default; instances that start
+	// together would idle that long behind the one migrating. Poll every
+	// second, for up to five minutes.
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockTimeout(1, 300))
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migration locker: %w", err)
