@@ -29,7 +29,12 @@ type AcquireRequest struct {
 	IdempotencyKey string
 }
 
-// errNoneIdle: this attempt found nothing it could lease. probesFailed
+// maxProbeRoundsWithoutWait bounds how many transactions an acquire that
+// may not wait spends on candidates that fail their probes (each round
+// probes up to ProbeCandidates devices).
+const maxProbeRoundsWithoutWait = 3
+
+// noneIdle: this attempt found nothing it could lease. probesFailed
 // distinguishes "every candidate was dead" (worth retrying at once: the dead
 // ones are offline now) from "nothing idle" (wait for a wake-up).
 type noneIdle struct{ probesFailed bool }
@@ -55,6 +60,7 @@ func (a *Allocator) Acquire(ctx context.Context, req AcquireRequest) (Lease, err
 	deadline := time.NewTimer(req.Wait)
 	defer deadline.Stop()
 	checkedSatisfiable := false
+	probeRounds := 0
 	for {
 		if w != nil {
 			w.BeginAttempt()
@@ -73,11 +79,14 @@ func (a *Allocator) Acquire(ctx context.Context, req AcquireRequest) (Lease, err
 			}
 			checkedSatisfiable = true
 		}
+		if none.probesFailed && (w != nil || probeRounds < maxProbeRoundsWithoutWait) {
+			// The dead candidates are offline now; live ones may be next in
+			// line, so try again at once rather than wait or give up.
+			probeRounds++
+			continue
+		}
 		if w == nil {
 			return Lease{}, ErrNoDevice
-		}
-		if none.probesFailed {
-			continue
 		}
 		select {
 		case <-w.Wake():

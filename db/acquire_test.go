@@ -3,6 +3,7 @@ package db
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -304,5 +305,21 @@ func TestHangingProbeIsBounded(t *testing.T) {
 	}
 	if d := mustDevice(t, a, "hangs"); d.State != StateOffline {
 		t.Fatalf("device = %+v, want offline", d)
+	}
+}
+
+// More dead devices than one transaction probes: an acquire that may not
+// wait still reaches the live device behind them, in further rounds.
+func TestManyDeadDevicesAheadOfALiveOne(t *testing.T) {
+	prober := &fakeProber{}
+	a := newAllocator(t, newDB(t), testConfig(prober))
+	for i := range 5 {
+		addr := fmt.Sprintf("dead-%d:22", i)
+		mustCreate(t, a, fmt.Sprintf("dead-%d", i), "lab", addr, nil)
+		prober.setDead(addr, true)
+	}
+	mustCreate(t, a, "live", "lab", "live:22", nil)
+	if l := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}}); l.Device.Name != "live" {
+		t.Fatalf("got %q, want live", l.Device.Name)
 	}
 }

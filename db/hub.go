@@ -83,8 +83,7 @@ func (h *Hub) Join(sel Selector) *Waiter {
 	return w
 }
 
-// Wake is closed over by the waiting loop: a token arrives when a matching
-// device may have become idle.
+// Wake delivers a token when a matching device may have become idle.
 func (w *Waiter) Wake() <-chan struct{} { return w.wake }
 
 // BeginAttempt marks the waiter as trying to acquire. Any pending wake-up is

@@ -60,7 +60,12 @@ func (l *listener) listenOnce(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer func() {
+		// Bounded: the server may be gone, and Close must not hang on it.
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		conn.Close(closeCtx)
+	}()
 	if _, err := conn.Exec(ctx, "LISTEN "+idleChannel); err != nil {
 		return err
 	}
