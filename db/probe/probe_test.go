@@ -74,7 +74,7 @@ func hangingServer(t *testing.T) (srv *httptest.Server, entered <-chan struct{})
 }
 
 // probeTimed runs one probe and fails the test if it exceeds testBound.
-func probeTimed(t *testing.T, ctx context.Context, p Prober, kind Kind, addr string) (error, time.Duration) {
+func probeTimed(t *testing.T, ctx context.Context, p Prober, kind Kind, addr string) (time.Duration, error) {
 	t.Helper()
 	start := time.Now()
 	err := p.Probe(ctx, kind, addr)
@@ -82,7 +82,7 @@ func probeTimed(t *testing.T, ctx context.Context, p Prober, kind Kind, addr str
 	if d > testBound {
 		t.Fatalf("probe %s %s took %v, want < %v", kind, addr, d, testBound)
 	}
-	return err, d
+	return d, err
 }
 
 func TestKindValid(t *testing.T) {
@@ -150,7 +150,7 @@ func TestFunc(t *testing.T) {
 func TestTCPSuccess(t *testing.T) {
 	ln := listen(t)
 	acceptAndClose(t, ln)
-	if err, _ := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, TCP, ln.Addr().String()); err != nil {
+	if _, err := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, TCP, ln.Addr().String()); err != nil {
 		t.Fatalf("tcp probe: %v", err)
 	}
 }
@@ -160,7 +160,7 @@ func TestTCPSuccess(t *testing.T) {
 // proves that something listens on the port. This test documents that.
 func TestTCPListenerNeverAccepts(t *testing.T) {
 	ln := listen(t)
-	if err, _ := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, TCP, ln.Addr().String()); err != nil {
+	if _, err := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, TCP, ln.Addr().String()); err != nil {
 		t.Fatalf("tcp probe to a non-accepting listener: %v (want success via backlog)", err)
 	}
 }
@@ -170,7 +170,7 @@ func TestTCPRefused(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close() // nothing listens on addr any more
 
-	err, _ := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, TCP, addr)
+	_, err := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, TCP, addr)
 	if err == nil {
 		t.Fatal("tcp probe to a closed port succeeded")
 	}
@@ -187,7 +187,7 @@ func TestTCPRefused(t *testing.T) {
 }
 
 func TestTCPBadAddress(t *testing.T) {
-	err, _ := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, TCP, "127.0.0.1")
+	_, err := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, TCP, "127.0.0.1")
 	if err == nil || !strings.HasPrefix(err.Error(), "tcp 127.0.0.1: ") || !strings.Contains(err.Error(), "missing port in address") {
 		t.Fatalf("err = %v, want tcp 127.0.0.1: ...missing port...", err)
 	}
@@ -198,7 +198,7 @@ func TestTCPCallerAlreadyCancelled(t *testing.T) {
 	acceptAndClose(t, ln)
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	err, _ := probeTimed(t, ctx, &Network{}, TCP, ln.Addr().String())
+	_, err := probeTimed(t, ctx, &Network{}, TCP, ln.Addr().String())
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want errors.Is(err, context.Canceled)", err)
 	}
@@ -212,7 +212,7 @@ func TestHTTPSuccess(t *testing.T) {
 		got <- [2]string{r.UserAgent(), r.URL.Path}
 		w.Write([]byte("ok"))
 	})
-	if err, _ := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, HTTP, srv.URL+"/health"); err != nil {
+	if _, err := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, HTTP, srv.URL+"/health"); err != nil {
 		t.Fatalf("http probe: %v", err)
 	}
 	seen := <-got
@@ -232,7 +232,7 @@ func TestHTTPWithoutScheme(t *testing.T) {
 	})
 	hostport := srv.Listener.Addr().String()
 	for _, addr := range []string{hostport, hostport + "/status"} {
-		if err, _ := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, HTTP, addr); err != nil {
+		if _, err := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, HTTP, addr); err != nil {
 			t.Errorf("http probe %s: %v", addr, err)
 		}
 	}
@@ -251,7 +251,7 @@ func TestHTTPStatusFailure(t *testing.T) {
 		http.Error(w, "warming up", http.StatusServiceUnavailable)
 	})
 	addr := srv.URL + "/health"
-	err, _ := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, HTTP, addr)
+	_, err := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, HTTP, addr)
 	if want := "http " + addr + ": status 503"; err == nil || err.Error() != want {
 		t.Fatalf("err = %v, want %q", err, want)
 	}
@@ -267,7 +267,7 @@ func TestHTTPRedirectNotFollowed(t *testing.T) {
 		}
 		http.Redirect(w, r, "/login", http.StatusFound)
 	})
-	err, _ := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, HTTP, srv.URL)
+	_, err := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, HTTP, srv.URL)
 	if want := "http " + srv.URL + ": status 302"; err == nil || err.Error() != want {
 		t.Fatalf("err = %v, want %q", err, want)
 	}
@@ -286,7 +286,7 @@ func TestHTTPLargeBody(t *testing.T) {
 			}
 		}
 	})
-	if err, _ := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, HTTP, srv.URL); err != nil {
+	if _, err := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, HTTP, srv.URL); err != nil {
 		t.Fatalf("http probe: %v", err)
 	}
 }
@@ -295,7 +295,7 @@ func TestHTTPConnectionClosedWithoutResponse(t *testing.T) {
 	ln := listen(t)
 	acceptAndClose(t, ln)
 	addr := ln.Addr().String()
-	err, _ := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, HTTP, addr)
+	_, err := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, HTTP, addr)
 	if err == nil || !strings.HasPrefix(err.Error(), "http "+addr+": ") {
 		t.Fatalf("err = %v, want http %s: ...", err, addr)
 	}
@@ -303,7 +303,7 @@ func TestHTTPConnectionClosedWithoutResponse(t *testing.T) {
 
 func TestHTTPBadAddress(t *testing.T) {
 	for _, addr := range []string{"ftp://127.0.0.1/x", "http://", "127.0.0.1:80/%zz"} {
-		err, _ := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, HTTP, addr)
+		_, err := probeTimed(t, t.Context(), &Network{Timeout: time.Second}, HTTP, addr)
 		if err == nil || !strings.HasPrefix(err.Error(), "http "+addr+": ") {
 			t.Errorf("probe %q: err = %v, want http %s: ...", addr, err, addr)
 		}
@@ -315,7 +315,7 @@ func TestHTTPBadAddress(t *testing.T) {
 func TestHTTPNoAnswerTimesOut(t *testing.T) {
 	srv, _ := hangingServer(t)
 	n := &Network{Timeout: 200 * time.Millisecond}
-	err, d := probeTimed(t, t.Context(), n, HTTP, srv.URL)
+	d, err := probeTimed(t, t.Context(), n, HTTP, srv.URL)
 	if err == nil {
 		t.Fatal("probe of a hanging server succeeded")
 	}
@@ -340,7 +340,7 @@ func TestHTTPCallerDeadline(t *testing.T) {
 	srv, _ := hangingServer(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel()
-	err, _ := probeTimed(t, ctx, &Network{Timeout: 10 * time.Second}, HTTP, srv.URL)
+	_, err := probeTimed(t, ctx, &Network{Timeout: 10 * time.Second}, HTTP, srv.URL)
 	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want the caller's context.DeadlineExceeded", err)
 	}
@@ -362,7 +362,7 @@ func TestHTTPCallerCancelledMidProbe(t *testing.T) {
 		}
 		cancel()
 	}()
-	err, _ := probeTimed(t, ctx, &Network{Timeout: 10 * time.Second}, HTTP, srv.URL)
+	_, err := probeTimed(t, ctx, &Network{Timeout: 10 * time.Second}, HTTP, srv.URL)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want errors.Is(err, context.Canceled)", err)
 	}

@@ -1,0 +1,70 @@
+# devalloc: build, run, test and lint. Needs Go and, for run/test, a
+# PostgreSQL (localhost:5432 by default). Tools run pinned through the Go
+# toolchain (go run module@version); nothing is downloaded as a binary.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+GO          ?= go
+SQLC        := $(GO) run github.com/sqlc-dev/sqlc/cmd/sqlc@v1.31.1
+STATICCHECK := $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+BIN          := bin/devalloc
+VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS      := -X main.version=$(VERSION)
+TEST_TIMEOUT ?= 20m
+
+# make run: the database (created when missing), the listen address and the
+# number of simulated demo devices.
+DATABASE_URL ?= postgres://postgres@localhost:5432/devalloc?sslmode=disable
+ADDR         ?= 127.0.0.1:8080
+DEMO         ?= 5
+
+.PHONY: help run build test generate check-generated lint vet fmt-check staticcheck fmt clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+run: build ## serve on ADDR (127.0.0.1:8080) against DATABASE_URL with DEMO (5) demo devices
+	DATABASE_URL='$(DATABASE_URL)' ./$(BIN) serve --addr '$(ADDR)' --demo $(DEMO)
+
+build: ## build bin/devalloc
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/devalloc
+
+test: ## run every test with the race detector (TEST_DATABASE_URL, else localhost:5432, else testcontainers)
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+generate: ## regenerate db/dbsqlc from queries/ and migrations/ with sqlc
+	$(SQLC) generate
+
+# Generates into a scratch copy of the tree and compares, so it catches
+# changed, missing and left-over files and never touches the work tree.
+check-generated: ## fail when db/dbsqlc is not what sqlc generates now
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	tar --exclude=./.git --exclude=./bin -cf - . | tar -xf - -C "$$tmp"; \
+	rm -rf "$$tmp/db/dbsqlc"; \
+	(cd "$$tmp" && $(SQLC) generate); \
+	if ! diff -ru db/dbsqlc "$$tmp/db/dbsqlc"; then \
+		echo "check-generated: db/dbsqlc is stale (- committed, + generated); run 'make generate' and commit the result" >&2; \
+		exit 1; \
+	fi; \
+	echo "check-generated: db/dbsqlc is up to date"
+
+lint: vet fmt-check staticcheck ## go vet, gofmt check and staticcheck
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:" >&2; echo "$$out" >&2; exit 1; fi
+
+staticcheck:
+	$(STATICCHECK) ./...
+
+fmt: ## gofmt every Go file in place
+	gofmt -w $$(find . -name '*.go' -not -path './.git/*')
+
+clean: ## remove build output
+	rm -rf bin

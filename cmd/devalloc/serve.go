@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/devalloc/devalloc/db"
+	"github.com/devalloc/devalloc/db/migrate"
+	"github.com/devalloc/devalloc/httpapi"
+)
+
+// serveConfig is everything "devalloc serve" is told by flags or env.
+type serveConfig struct {
+	addr            string
+	databaseURL     string
+	migrate         bool
+	demo            int
+	maxConns        int
+	probeTimeout    time.Duration
+	defaultTTL      time.Duration
+	maxTTL          time.Duration
+	maxWait         time.Duration
+	reapInterval    time.Duration
+	recheckInterval time.Duration
+	healthInterval  time.Duration
+	shutdownTimeout time.Duration
+	logs            logFlags
+}
+
+func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
+	var c serveConfig
+	fs := newFlagSet("serve", "serve [flags]", stderr)
+	fs.stringVar(&c.addr, "addr", "DEVALLOC_ADDR", ":8080", "HTTP listen address")
+	fs.databaseFlag(&c.databaseURL)
+	fs.boolVar(&c.migrate, "migrate", "DEVALLOC_MIGRATE", true, "apply pending migrations at start (under goose's advisory lock); false leaves them to \"devalloc migrate up\"")
+	fs.intVar(&c.demo, "demo", "DEVALLOC_DEMO", 0, "register this many simulated devices in pool \"demo\" (loopback listeners owned by this process; one is dead)")
+	fs.intVar(&c.maxConns, "max-conns", "DEVALLOC_MAX_CONNS", 10, "maximum PostgreSQL connections in the pool (the LISTEN connection is extra)")
+	fs.durationVar(&c.probeTimeout, "probe-timeout", "DEVALLOC_PROBE_TIMEOUT", 2*time.Second, "hard deadline of one device probe (the acquire transaction holds the row lock meanwhile)")
+	fs.durationVar(&c.defaultTTL, "default-ttl", "DEVALLOC_DEFAULT_TTL", 10*time.Minute, "lease lifetime when the client asks for none")
+	fs.durationVar(&c.maxTTL, "max-ttl", "DEVALLOC_MAX_TTL", 24*time.Hour, "longest lease lifetime a client may ask for")
+	fs.durationVar(&c.maxWait, "max-wait", "DEVALLOC_MAX_WAIT", 15*time.Minute, "longest an acquire may long-poll (wait_seconds is capped to it)")
+	fs.durationVar(&c.reapInterval, "reap-interval", "DEVALLOC_REAP_INTERVAL", time.Second, "how often expired leases are reclaimed")
+	fs.durationVar(&c.recheckInterval, "recheck-interval", "DEVALLOC_RECHECK_INTERVAL", time.Second, "how often (jittered) each pool with waiters is re-read, in case a notification was lost")
+	fs.durationVar(&c.healthInterval, "health-interval", "DEVALLOC_HEALTH_INTERVAL", 2*time.Second, "how often offline devices due for a re-probe are looked for")
+	fs.durationVar(&c.shutdownTimeout, "shutdown-timeout", "DEVALLOC_SHUTDOWN_TIMEOUT", 15*time.Second, "on SIGINT/SIGTERM, how long in-flight requests (long-polls too) may finish before they are cut")
+	c.logs.register(fs)
+	if err := fs.parse(args); err != nil {
+		return c, err
+	}
+	if err := fs.noArgs(); err != nil {
+		return c, err
+	}
+	if c.maxConns < 2 {
+		// One connection for an acquire transaction and one for the rest;
+		// fewer could deadlock a waiter against the release it waits for.
+		return c, usageError{error: fmt.Errorf("--max-conns %d: want at least 2", c.maxConns)}
+	}
+	if c.demo < 0 {
+		return c, usageError{error: fmt.Errorf("--demo %d: want 0 or more", c.demo)}
+	}
+	for name, d := range map[string]time.Duration{
+		"probe-timeout": c.probeTimeout, "default-ttl": c.defaultTTL, "max-ttl": c.maxTTL,
+		"max-wait": c.maxWait, "reap-interval": c.reapInterval, "recheck-interval": c.recheckInterval,
+		"health-interval": c.healthInterval, "shutdown-timeout": c.shutdownTimeout,
+	} {
+		if d <= 0 {
+			return c, usageError{error: fmt.Errorf("--%s %s: want a positive duration", name, d)}
+		}
+	}
+	if c.defaultTTL > c.maxTTL {
+		return c, usageError{error: fmt.Errorf("--default-ttl %s is longer than --max-ttl %s", c.defaultTTL, c.maxTTL)}
+	}
+	return c, nil
+}
+
+// runServe is "devalloc serve": make sure the database exists and is
+// migrated, start the allocator, serve HTTP until SIGINT/SIGTERM, then shut
+// down in order: HTTP first (in-flight requests finish), then the
+// allocator's background services, then the pool.
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parseServeFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	logger, err := c.logs.logger(stderr)
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	if err := ensureDatabase(ctx, c.databaseURL, logger); err != nil {
+		return err
+	}
+	if c.migrate {
+		if err := migrateUp(ctx, c.databaseURL, logger); err != nil {
+			return err
+		}
+	}
+	pool, err := openPool(ctx, c.databaseURL, c.maxConns)
+	if err != nil {
+		return err
+	}
+	// Deferred calls run last-in first-out: on the way out the HTTP server
+	// has stopped, then the demo devices close, the allocator stops, and the
+	// pool closes last.
+	clean := false
+	defer func() {
+		if clean {
+			logger.Info("stopped")
+		}
+	}()
+	defer pool.Close()
+
+	alloc := db.New(pool, db.Config{
+		ProbeTimeout:    c.probeTimeout,
+		DefaultTTL:      c.defaultTTL,
+		MaxTTL:          c.maxTTL,
+		MaxWait:         c.maxWait,
+		ReapInterval:    c.reapInterval,
+		RecheckInterval: c.recheckInterval,
+		HealthInterval:  c.healthInterval,
+		Logger:          logger,
+	})
+	if err := alloc.Start(ctx); err != nil {
+		return err
+	}
+	defer alloc.Stop()
+
+	if c.demo > 0 {
+		farm, err := startDemo(ctx, alloc, c.demo, logger)
+		if err != nil {
+			return err
+		}
+		defer farm.Close()
+	}
+
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", c.addr, err)
+	}
+	srv := &http.Server{
+		Handler:           httpapi.New(alloc, httpapi.Options{Logger: logger}),
+		ReadHeaderTimeout: 10 * time.Second,
+		// No ReadTimeout or WriteTimeout: an acquire may long-poll for up to
+		// --max-wait, and a write deadline would cut it off mid-wait.
+		// Request bodies are small and read with the API's own limits.
+		IdleTimeout: 2 * time.Minute,
+		ErrorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	base := "http://" + dialable(ln.Addr())
+	logger.Info("devalloc serving", "version", versionString(), "addr", ln.Addr().String(), "url", base)
+	if c.demo > 0 {
+		fmt.Fprintf(stdout, "\nAcquire a demo device:\n\n  curl -s -X POST %s/v1/leases -H 'Content-Type: application/json' -d '{\"pool\":\"%s\",\"wait_seconds\":10}'\n\n",
+			base, demoPool)
+	}
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("http server: %w", err)
+	case <-ctx.Done():
+	}
+	stop() // a second signal ends the process at once
+	logger.Info("shutting down", "grace", c.shutdownTimeout.String())
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		logger.Warn("requests still running at the end of the grace period; closing them", "err", err)
+		srv.Close()
+	}
+	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("http server: %w", err)
+	}
+	clean = true
+	return nil
+}
+
+// migrateUp applies pending migrations; goose's advisory lock makes
+// instances that start together take turns.
+func migrateUp(ctx context.Context, databaseURL string, logger *slog.Logger) error {
+	m, err := migrate.Open(ctx, databaseURL, logger)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	n, err := m.Up(ctx)
+	if err != nil {
+		return err
+	}
+	logger.Info("schema migrated", "applied", n)
+	return nil
+}
+
+// dialable is a listener address a client on this machine can connect to:
+// a wildcard host (":8080", "[::]:8080") becomes 127.0.0.1.
+func dialable(addr net.Addr) string {
+	tcp, ok := addr.(*net.TCPAddr)
+	if !ok {
+		return addr.String()
+	}
+	if tcp.IP == nil || tcp.IP.IsUnspecified() {
+		return net.JoinHostPort("127.0.0.1", fmt.Sprint(tcp.Port))
+	}
+	return tcp.String()
+}

@@ -1,0 +1,174 @@
+package httpapi
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strconv"
+
+	"github.com/danielgtaylor/huma/v2"
+
+	"github.com/devalloc/devalloc/db"
+)
+
+// Path parameters name existing devices, so they are not held to the
+// creation syntax: a device registered by other means must stay reachable.
+// (Each input declares it itself: Huma ignores embedded structs of
+// unexported types, so a shared unexported param struct would stay empty.)
+type getDeviceInput struct {
+	Name string `path:"name" minLength:"1" doc:"Device name." example:"pixel-7-01"`
+}
+
+type createDeviceInput struct {
+	Body CreateDeviceRequest
+}
+
+type createDeviceOutput struct {
+	Location string `header:"Location" doc:"The new device's URL."`
+	Body     Device
+}
+
+type listDevicesInput struct {
+	Pool  string `query:"pool" doc:"Only devices in this pool." example:"android"`
+	State string `query:"state" enum:"idle,leased,offline,maintenance" doc:"Only devices in this state."`
+}
+
+type updateDeviceInput struct {
+	Name string `path:"name" minLength:"1" doc:"Device name." example:"pixel-7-01"`
+	Body UpdateDeviceRequest
+}
+
+type deleteDeviceInput struct {
+	Name  string `path:"name" minLength:"1" doc:"Device name." example:"pixel-7-01"`
+	Force bool   `query:"force" doc:"Delete even if leased; the lease ends with end_reason device_removed."`
+}
+
+type deviceOutput struct {
+	Body Device
+}
+
+func (s *server) registerDevices(api huma.API) {
+	tags := []string{"devices"}
+	huma.Register(api, huma.Operation{
+		OperationID: "createDevice", Method: http.MethodPost, Path: "/v1/devices", Tags: tags,
+		Summary:       "Register a device",
+		Description:   "Registers a device as idle; waiting acquires that match it are woken. Admin only.",
+		DefaultStatus: http.StatusCreated, MaxBodyBytes: s.maxBody,
+		Errors: []int{http.StatusForbidden, http.StatusConflict},
+	}, s.createDevice)
+	huma.Register(api, huma.Operation{
+		OperationID: "listDevices", Method: http.MethodGet, Path: "/v1/devices", Tags: tags,
+		Summary: "List devices",
+	}, s.listDevices)
+	huma.Register(api, huma.Operation{
+		OperationID: "getDevice", Method: http.MethodGet, Path: "/v1/devices/{name}", Tags: tags,
+		Summary: "Get a device",
+		Errors:  []int{http.StatusNotFound},
+	}, s.getDevice)
+	huma.Register(api, huma.Operation{
+		OperationID: "updateDevice", Method: http.MethodPatch, Path: "/v1/devices/{name}", Tags: tags,
+		Summary: "Change a device",
+		Description: "Changes labels, address or probe, or moves the device between idle and maintenance. " +
+			"A state change of a leased device is refused (409): its lease must end first. Admin only.",
+		MaxBodyBytes: s.maxBody,
+		Errors:       []int{http.StatusForbidden, http.StatusNotFound, http.StatusConflict},
+	}, s.updateDevice)
+	huma.Register(api, huma.Operation{
+		OperationID: "deleteDevice", Method: http.MethodDelete, Path: "/v1/devices/{name}", Tags: tags,
+		Summary: "Delete a device",
+		Description: "Removes a device; its lease history stays. A leased device is refused (409) " +
+			"unless force=true, which ends the lease with end_reason device_removed. Admin only.",
+		DefaultStatus: http.StatusNoContent,
+		Errors:        []int{http.StatusForbidden, http.StatusNotFound, http.StatusConflict},
+	}, s.deleteDevice)
+}
+
+func (s *server) createDevice(ctx context.Context, in *createDeviceInput) (*createDeviceOutput, error) {
+	if err := requireAdmin(ctx); err != nil {
+		return nil, err
+	}
+	b := in.Body
+	if err := invalid(checkLabels("body.labels", b.Labels)); err != nil {
+		return nil, err
+	}
+	// Huma fills tag defaults only into a body it parsed; keep them here too
+	// so the handler never depends on that.
+	if b.Pool == "" {
+		b.Pool = "default"
+	}
+	if b.Probe == "" {
+		b.Probe = "tcp"
+	}
+	dev, err := s.alloc.CreateDevice(ctx, db.DeviceSpec{
+		Name: b.Name, Pool: b.Pool, Labels: db.Labels(b.Labels), Address: b.Address, Probe: b.Probe,
+	})
+	if err != nil {
+		return nil, s.fail(ctx, "createDevice", deviceSubject(b.Name), err)
+	}
+	return &createDeviceOutput{Location: deviceURL(dev.Name), Body: deviceFromDB(dev)}, nil
+}
+
+func (s *server) listDevices(ctx context.Context, in *listDevicesInput) (*struct{ Body DeviceList }, error) {
+	devs, err := s.alloc.ListDevices(ctx, db.DeviceFilter{Pool: in.Pool, State: in.State})
+	if err != nil {
+		return nil, s.fail(ctx, "listDevices", "devices", err)
+	}
+	out := &struct{ Body DeviceList }{Body: DeviceList{Devices: make([]Device, 0, len(devs))}}
+	for _, d := range devs {
+		out.Body.Devices = append(out.Body.Devices, deviceFromDB(d))
+	}
+	return out, nil
+}
+
+func (s *server) getDevice(ctx context.Context, in *getDeviceInput) (*deviceOutput, error) {
+	dev, err := s.alloc.GetDevice(ctx, in.Name)
+	if err != nil {
+		return nil, s.fail(ctx, "getDevice", deviceSubject(in.Name), err)
+	}
+	return &deviceOutput{Body: deviceFromDB(dev)}, nil
+}
+
+func (s *server) updateDevice(ctx context.Context, in *updateDeviceInput) (*deviceOutput, error) {
+	if err := requireAdmin(ctx); err != nil {
+		return nil, err
+	}
+	b := in.Body
+	var errs []error
+	patch := db.DevicePatch{Address: b.Address, Probe: b.Probe, State: b.State}
+	if b.Labels != nil {
+		errs = append(errs, checkLabels("body.labels", *b.Labels)...)
+		labels := db.Labels(*b.Labels)
+		patch.Labels = &labels
+	}
+	if b.Reason != nil {
+		if b.State == nil {
+			// The db layer would drop it silently; say so instead.
+			errs = append(errs, &huma.ErrorDetail{
+				Location: "body.reason", Message: "reason is only accepted together with state", Value: *b.Reason,
+			})
+		}
+		patch.Reason = *b.Reason
+	}
+	if err := invalid(errs); err != nil {
+		return nil, err
+	}
+	dev, err := s.alloc.UpdateDevice(ctx, in.Name, patch)
+	if err != nil {
+		return nil, s.fail(ctx, "updateDevice", deviceSubject(in.Name), err)
+	}
+	return &deviceOutput{Body: deviceFromDB(dev)}, nil
+}
+
+func (s *server) deleteDevice(ctx context.Context, in *deleteDeviceInput) (*struct{}, error) {
+	if err := requireAdmin(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.alloc.DeleteDevice(ctx, in.Name, in.Force); err != nil {
+		return nil, s.fail(ctx, "deleteDevice", deviceSubject(in.Name), err)
+	}
+	return nil, nil
+}
+
+func deviceSubject(name string) string { return "device " + strconv.Quote(name) }
+
+func deviceURL(name string) string { return "/v1/devices/" + url.PathEscape(name) }

@@ -1,0 +1,229 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/danielgtaylor/huma/v2"
+	"github.com/google/uuid"
+
+	"github.com/devalloc/devalloc/db"
+)
+
+// A malformed lease id is answered 422 (validation failed, location
+// path.id) by Huma's uuid format check, before any handler runs: the
+// request is wrong, not the lease missing.
+// (Each input declares it itself: Huma ignores embedded structs of
+// unexported types, so a shared unexported param struct would stay empty.)
+type leaseIDInput struct {
+	ID string `path:"id" format:"uuid" doc:"Lease id." example:"01936b2e-7f3a-7c1d-9b8e-2f4a5c6d7e8f"`
+}
+
+type acquireLeaseInput struct {
+	IdempotencyKey string `header:"Idempotency-Key" maxLength:"255" doc:"Recorded with the lease; a retried acquire with the same key is meant to return the same lease."`
+	// A pointer, so an empty body is accepted: every field has a default.
+	Body *AcquireLeaseRequest
+}
+
+type acquireLeaseOutput struct {
+	Location string `header:"Location" doc:"The new lease's URL."`
+	Body     Lease
+}
+
+type listLeasesInput struct {
+	Active bool   `query:"active" doc:"Only active leases."`
+	Pool   string `query:"pool" doc:"Only leases in this pool." example:"android"`
+}
+
+type renewLeaseInput struct {
+	ID string `path:"id" format:"uuid" doc:"Lease id." example:"01936b2e-7f3a-7c1d-9b8e-2f4a5c6d7e8f"`
+	// A pointer, so an empty body renews by the default TTL.
+	Body *RenewLeaseRequest
+}
+
+type leaseOutput struct {
+	Body Lease
+}
+
+func (s *server) registerLeases(api huma.API) {
+	tags := []string{"leases"}
+	huma.Register(api, huma.Operation{
+		OperationID: "acquireLease", Method: http.MethodPost, Path: "/v1/leases", Tags: tags,
+		Summary: "Acquire a device",
+		Description: "Leases an idle device from the pool whose labels include the requested ones, " +
+			"waiting up to wait_seconds for one to become free. 503 with Retry-After when none did; " +
+			"422 when no registered device could ever match.",
+		DefaultStatus: http.StatusCreated, MaxBodyBytes: s.maxBody,
+		Errors: []int{http.StatusUnprocessableEntity, http.StatusServiceUnavailable},
+	}, s.acquireLease)
+	documentRetryAfter(api, "/v1/leases")
+	huma.Register(api, huma.Operation{
+		OperationID: "listLeases", Method: http.MethodGet, Path: "/v1/leases", Tags: tags,
+		Summary:     "List leases",
+		Description: "Admins see every lease; clients see their own.",
+	}, s.listLeases)
+	huma.Register(api, huma.Operation{
+		OperationID: "getLease", Method: http.MethodGet, Path: "/v1/leases/{id}", Tags: tags,
+		Summary: "Get a lease",
+		Errors:  []int{http.StatusForbidden, http.StatusNotFound},
+	}, s.getLease)
+	huma.Register(api, huma.Operation{
+		OperationID: "renewLease", Method: http.MethodPost, Path: "/v1/leases/{id}/renew", Tags: tags,
+		Summary:      "Renew a lease",
+		Description:  "Extends an active lease to ttl_seconds from now. 410 if the lease has ended (expired, revoked, released).",
+		MaxBodyBytes: s.maxBody,
+		Errors:       []int{http.StatusForbidden, http.StatusNotFound, http.StatusGone},
+	}, s.renewLease)
+	huma.Register(api, huma.Operation{
+		OperationID: "releaseLease", Method: http.MethodDelete, Path: "/v1/leases/{id}", Tags: tags,
+		Summary: "Release a lease",
+		Description: "Ends the lease and frees its device. Releasing an already released lease succeeds again; " +
+			"a lease that expired or was revoked answers 410, so its holder learns it had lost the device. " +
+			"An admin releasing another key's lease revokes it.",
+		DefaultStatus: http.StatusNoContent,
+		Errors:        []int{http.StatusForbidden, http.StatusNotFound, http.StatusGone},
+	}, s.releaseLease)
+}
+
+// documentRetryAfter adds the Retry-After header to the 503 response Huma
+// generated for path's POST (Errors responses carry no headers).
+func documentRetryAfter(api huma.API, path string) {
+	item := api.OpenAPI().Paths[path]
+	if item == nil || item.Post == nil || item.Post.Responses["503"] == nil {
+		return
+	}
+	resp := item.Post.Responses["503"]
+	resp.Description = "No matching device became free within wait_seconds."
+	resp.Headers = map[string]*huma.Header{"Retry-After": {
+		Description: "Seconds to wait before trying again.",
+		Schema:      &huma.Schema{Type: huma.TypeInteger, Examples: []any{2}},
+	}}
+}
+
+func (s *server) acquireLease(ctx context.Context, in *acquireLeaseInput) (*acquireLeaseOutput, error) {
+	var b AcquireLeaseRequest
+	if in.Body != nil {
+		b = *in.Body
+	}
+	if b.Pool == "" {
+		b.Pool = "default"
+	}
+	cfg := s.alloc.Config()
+	errs := checkLabels("body.labels", b.Labels)
+	errs = append(errs, checkSeconds("body.wait_seconds", b.WaitSeconds, cfg.MaxWait, "max wait")...)
+	errs = append(errs, checkSeconds("body.ttl_seconds", b.TTLSeconds, cfg.MaxTTL, "max TTL")...)
+	if err := invalid(errs); err != nil {
+		return nil, err
+	}
+	lease, err := s.alloc.Acquire(ctx, db.AcquireRequest{
+		Selector:       db.Selector{Pool: b.Pool, Labels: db.Labels(b.Labels)},
+		Wait:           time.Duration(b.WaitSeconds) * time.Second,
+		TTL:            time.Duration(b.TTLSeconds) * time.Second,
+		Owner:          principal(ctx).Name,
+		Holder:         b.Holder,
+		IdempotencyKey: in.IdempotencyKey,
+	})
+	if err != nil {
+		return nil, s.fail(ctx, "acquireLease", selectorSubject(b.Pool, b.Labels), err)
+	}
+	return &acquireLeaseOutput{Location: leaseURL(lease.ID), Body: leaseFromDB(lease)}, nil
+}
+
+func (s *server) listLeases(ctx context.Context, in *listLeasesInput) (*struct{ Body LeaseList }, error) {
+	f := db.LeaseFilter{ActiveOnly: in.Active, Pool: in.Pool}
+	if p := principal(ctx); !p.Admin {
+		f.Owner = p.Name
+		if f.Owner == "" {
+			// No identity means no leases, not everyone's.
+			return &struct{ Body LeaseList }{Body: LeaseList{Leases: []Lease{}}}, nil
+		}
+	}
+	leases, err := s.alloc.ListLeases(ctx, f)
+	if err != nil {
+		return nil, s.fail(ctx, "listLeases", "leases", err)
+	}
+	out := &struct{ Body LeaseList }{Body: LeaseList{Leases: make([]Lease, 0, len(leases))}}
+	for _, l := range leases {
+		out.Body.Leases = append(out.Body.Leases, leaseFromDB(l))
+	}
+	return out, nil
+}
+
+func (s *server) getLease(ctx context.Context, in *leaseIDInput) (*leaseOutput, error) {
+	lease, err := s.ownLease(ctx, "getLease", in.ID)
+	if err != nil {
+		return nil, err
+	}
+	return &leaseOutput{Body: leaseFromDB(lease)}, nil
+}
+
+func (s *server) renewLease(ctx context.Context, in *renewLeaseInput) (*leaseOutput, error) {
+	var ttl int64
+	if in.Body != nil {
+		ttl = in.Body.TTLSeconds
+	}
+	if err := invalid(checkSeconds("body.ttl_seconds", ttl, s.alloc.Config().MaxTTL, "max TTL")); err != nil {
+		return nil, err
+	}
+	lease, err := s.ownLease(ctx, "renewLease", in.ID)
+	if err != nil {
+		return nil, err
+	}
+	renewed, err := s.alloc.Renew(ctx, lease.ID, time.Duration(ttl)*time.Second)
+	if err != nil {
+		return nil, s.fail(ctx, "renewLease", leaseSubject(lease.ID), err)
+	}
+	return &leaseOutput{Body: leaseFromDB(renewed)}, nil
+}
+
+func (s *server) releaseLease(ctx context.Context, in *leaseIDInput) (*struct{}, error) {
+	lease, err := s.ownLease(ctx, "releaseLease", in.ID)
+	if err != nil {
+		return nil, err
+	}
+	end := s.alloc.Release
+	if lease.Owner != principal(ctx).Name {
+		// Only an admin gets here (ownLease checked): ending another key's
+		// lease is a revoke, and the history says so.
+		end = s.alloc.Revoke
+	}
+	if _, err := end(ctx, lease.ID); err != nil {
+		return nil, s.fail(ctx, "releaseLease", leaseSubject(lease.ID), err)
+	}
+	return nil, nil
+}
+
+// ownLease loads the lease and checks the caller may act on it. The owner
+// never changes, so checking before the renew/release is not racy.
+func (s *server) ownLease(ctx context.Context, op, rawID string) (db.Lease, error) {
+	id, err := uuid.Parse(rawID)
+	if err != nil {
+		// Huma's format check normally catches this first.
+		return db.Lease{}, invalid([]error{&huma.ErrorDetail{Location: "path.id", Message: "expected a UUID", Value: rawID}})
+	}
+	lease, err := s.alloc.GetLease(ctx, id)
+	if err != nil {
+		return db.Lease{}, s.fail(ctx, op, leaseSubject(id), err)
+	}
+	if err := mayUseLease(ctx, lease.Owner); err != nil {
+		return db.Lease{}, err
+	}
+	return lease, nil
+}
+
+func leaseSubject(id uuid.UUID) string { return "lease " + id.String() }
+
+func leaseURL(id uuid.UUID) string { return "/v1/leases/" + id.String() }
+
+// selectorSubject names what an acquire asked for, for its error details.
+func selectorSubject(pool string, labels Labels) string {
+	s := "pool " + strconv.Quote(pool)
+	if len(labels) > 0 {
+		b, _ := json.Marshal(labels) // sorted keys; a map of strings always marshals
+		s += " with labels " + string(b)
+	}
+	return s
+}

@@ -1,0 +1,199 @@
+package httpapi
+
+import (
+	"time"
+
+	"github.com/danielgtaylor/huma/v2"
+	"github.com/google/uuid"
+
+	"github.com/devalloc/devalloc/db"
+)
+
+// Request and response bodies. They are exported because their names become
+// the OpenAPI component names (and Go clients may reuse them); the JSON
+// shapes are the contract in DESIGN.md, so rename nothing.
+//
+// Static limits live in struct tags, where Huma enforces them and documents
+// them in the spec; limits from the allocator's configuration (max TTL, max
+// wait) and label keys (JSON Schema's propertyNames is not enforced by Huma)
+// are checked in validate.go.
+
+// Labels are a device's flat string labels, or a selector's required
+// labels.
+type Labels map[string]string
+
+// Schema documents the static label limits; Huma enforces the count and
+// value lengths from it, validate.go the key syntax.
+func (Labels) Schema(huma.Registry) *huma.Schema {
+	maxLabels, maxValue := maxLabels, maxLabelValue
+	value := &huma.Schema{Type: huma.TypeString, MaxLength: &maxValue}
+	// Huma precomputes the messages of the schema it is handed, not of
+	// the additionalProperties inside it; without this a too-long value is
+	// reported with an empty message.
+	value.PrecomputeMessages()
+	return &huma.Schema{
+		Type: huma.TypeObject,
+		Description: "Flat string labels. Keys: 1-63 characters of A-Z a-z 0-9 . _ / -; " +
+			"values: at most 256 characters; at most 32 labels.",
+		MaxProperties:        &maxLabels,
+		AdditionalProperties: value,
+		Examples:             []any{map[string]any{"os": "android", "model": "pixel-7"}},
+	}
+}
+
+// Device is a registered device.
+type Device struct {
+	Name         string     `json:"name" doc:"Unique device name." example:"pixel-7-01"`
+	Pool         string     `json:"pool" doc:"Pool the device is allocated from." example:"android"`
+	Labels       Labels     `json:"labels"`
+	Address      string     `json:"address" doc:"Where a holder reaches the device: host:port for tcp, a URL for http." example:"10.0.0.17:5555"`
+	Probe        string     `json:"probe" enum:"tcp,http,none" doc:"How devalloc checks the device answers before handing it out."`
+	State        string     `json:"state" enum:"idle,leased,offline,maintenance" doc:"idle (can be acquired), leased, offline (failed a probe; rechecked automatically) or maintenance (set by an admin)."`
+	StateReason  string     `json:"state_reason" doc:"Why the device is in its state, e.g. the probe error that took it offline."`
+	LeaseID      *uuid.UUID `json:"lease_id" format:"uuid" nullable:"true" doc:"The active lease, null unless leased."`
+	FencingToken int64      `json:"fencing_token" doc:"Bumped on every acquire; compare with a lease's token to detect a stale holder." example:"42"`
+	LastProbeAt  *time.Time `json:"last_probe_at" doc:"When the device was last probed, null if never (RFC 3339, UTC)."`
+	CreatedAt    time.Time  `json:"created_at" doc:"RFC 3339, UTC."`
+	UpdatedAt    time.Time  `json:"updated_at" doc:"RFC 3339, UTC."`
+}
+
+// DeviceList is the listDevices response.
+type DeviceList struct {
+	Devices []Device `json:"devices" nullable:"false" doc:"Devices by name."`
+}
+
+// CreateDeviceRequest registers a device.
+type CreateDeviceRequest struct {
+	Name    string `json:"name" minLength:"1" maxLength:"128" pattern:"^[A-Za-z0-9][A-Za-z0-9._-]*$" doc:"Unique device name: 1-128 characters of A-Z a-z 0-9 . _ -, starting alphanumeric." example:"pixel-7-01"`
+	Pool    string `json:"pool,omitempty" default:"default" minLength:"1" maxLength:"128" pattern:"^[A-Za-z0-9][A-Za-z0-9._-]*$" doc:"Pool to allocate the device from; same syntax as name." example:"android"`
+	Labels  Labels `json:"labels,omitempty"`
+	Address string `json:"address" minLength:"1" maxLength:"1024" doc:"Where a holder (and the probe) reaches the device: host:port for tcp, a URL or host:port[/path] for http." example:"10.0.0.17:5555"`
+	Probe   string `json:"probe,omitempty" default:"tcp" enum:"tcp,http,none" doc:"How devalloc checks the device answers before handing it out."`
+}
+
+// UpdateDeviceRequest changes a device; absent fields stay as they are.
+type UpdateDeviceRequest struct {
+	Labels  *Labels `json:"labels,omitempty" doc:"Replaces all of the device's labels."`
+	Address *string `json:"address,omitempty" minLength:"1" maxLength:"1024" doc:"New address." example:"10.0.0.18:5555"`
+	Probe   *string `json:"probe,omitempty" enum:"tcp,http,none" doc:"New probe kind."`
+	State   *string `json:"state,omitempty" enum:"maintenance,idle" doc:"maintenance takes the device out of rotation; idle puts it back. Refused (409) while the device is leased."`
+	Reason  *string `json:"reason,omitempty" maxLength:"1024" doc:"Why the state changes (shown as state_reason); only with state." example:"screen cracked"`
+}
+
+// LeaseDevice is what a lease tells its holder about the device.
+type LeaseDevice struct {
+	Name    string `json:"name" example:"pixel-7-01"`
+	Pool    string `json:"pool" example:"android"`
+	Labels  Labels `json:"labels"`
+	Address string `json:"address" doc:"Where to reach the device; empty if it was deleted since." example:"10.0.0.17:5555"`
+}
+
+// Lease is one grant of a device to a holder, active or ended.
+type Lease struct {
+	ID           uuid.UUID   `json:"id" format:"uuid" doc:"Lease id." example:"01936b2e-7f3a-7c1d-9b8e-2f4a5c6d7e8f"`
+	Device       LeaseDevice `json:"device"`
+	Owner        string      `json:"owner" doc:"The API key that acquired the lease; only it (or an admin) may renew or release it." example:"ci-runner"`
+	Holder       string      `json:"holder" doc:"The client's own description of who holds the device." example:"https://ci.example.com/jobs/1234"`
+	FencingToken int64       `json:"fencing_token" doc:"The device's fencing token for this lease; a larger token means a newer lease." example:"42"`
+	AcquiredAt   time.Time   `json:"acquired_at" doc:"RFC 3339, UTC."`
+	ExpiresAt    time.Time   `json:"expires_at" doc:"The lease ends here unless renewed (RFC 3339, UTC)."`
+	ReleasedAt   *time.Time  `json:"released_at" doc:"When the lease ended, null while active (RFC 3339, UTC)."`
+	EndReason    *string     `json:"end_reason" doc:"Why the lease ended: released, expired, revoked or device_removed; null while active."`
+}
+
+// LeaseList is the listLeases response.
+type LeaseList struct {
+	Leases []Lease `json:"leases" nullable:"false" doc:"Leases, newest first."`
+}
+
+// AcquireLeaseRequest asks for a device. Every field is optional, and so
+// is the body.
+type AcquireLeaseRequest struct {
+	Pool        string `json:"pool,omitempty" default:"default" minLength:"1" maxLength:"128" pattern:"^[A-Za-z0-9][A-Za-z0-9._-]*$" doc:"Pool to take a device from." example:"android"`
+	Labels      Labels `json:"labels,omitempty" doc:"Labels the device must have (all of them, with equal values)."`
+	WaitSeconds int64  `json:"wait_seconds,omitempty" minimum:"0" doc:"How long to wait for a matching device to become free (long-poll); 0 answers at once. At most the server's max wait (default 900)." example:"30"`
+	TTLSeconds  int64  `json:"ttl_seconds,omitempty" minimum:"1" doc:"Lease lifetime; renew before it passes. Default the server's default TTL (600); at most its max TTL (default 86400)." example:"600"`
+	Holder      string `json:"holder,omitempty" maxLength:"1024" doc:"Free text saying who holds the device, e.g. a CI job URL." example:"https://ci.example.com/jobs/1234"`
+}
+
+// RenewLeaseRequest extends a lease.
+type RenewLeaseRequest struct {
+	TTLSeconds int64 `json:"ttl_seconds,omitempty" minimum:"1" doc:"New lifetime from now; default the server's default TTL." example:"600"`
+}
+
+// PoolSummary counts one pool's devices by state.
+type PoolSummary struct {
+	Name        string `json:"name" example:"android"`
+	Idle        int64  `json:"idle" doc:"Devices that can be acquired now."`
+	Leased      int64  `json:"leased"`
+	Offline     int64  `json:"offline" doc:"Devices that failed a probe; rechecked automatically."`
+	Maintenance int64  `json:"maintenance"`
+	Waiting     int64  `json:"waiting" doc:"Acquires waiting on this pool at the instance that answered."`
+}
+
+// PoolList is the listPools response.
+type PoolList struct {
+	Pools []PoolSummary `json:"pools" nullable:"false" doc:"Pools by name."`
+}
+
+// HealthStatus is the healthz/readyz response.
+type HealthStatus struct {
+	Status string `json:"status" example:"ok"`
+}
+
+func deviceFromDB(d db.Device) Device {
+	return Device{
+		Name:         d.Name,
+		Pool:         d.Pool,
+		Labels:       labelsFromDB(d.Labels),
+		Address:      d.Address,
+		Probe:        d.Probe,
+		State:        d.State,
+		StateReason:  d.StateReason,
+		LeaseID:      d.LeaseID,
+		FencingToken: d.FencingToken,
+		LastProbeAt:  utcPtr(d.LastProbeAt),
+		CreatedAt:    d.CreatedAt.UTC(),
+		UpdatedAt:    d.UpdatedAt.UTC(),
+	}
+}
+
+func leaseFromDB(l db.Lease) Lease {
+	out := Lease{
+		ID: l.ID,
+		Device: LeaseDevice{
+			Name:    l.Device.Name,
+			Pool:    l.Device.Pool,
+			Labels:  labelsFromDB(l.Device.Labels),
+			Address: l.Device.Address,
+		},
+		Owner:        l.Owner,
+		Holder:       l.Holder,
+		FencingToken: l.FencingToken,
+		AcquiredAt:   l.AcquiredAt.UTC(),
+		ExpiresAt:    l.ExpiresAt.UTC(),
+		ReleasedAt:   utcPtr(l.ReleasedAt),
+	}
+	if l.EndReason != "" {
+		reason := l.EndReason
+		out.EndReason = &reason
+	}
+	return out
+}
+
+// labelsFromDB never returns nil, so JSON shows {} rather than null.
+func labelsFromDB(l db.Labels) Labels {
+	out := make(Labels, len(l))
+	for k, v := range l {
+		out[k] = v
+	}
+	return out
+}
+
+func utcPtr(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
