@@ -323,3 +323,35 @@ func TestManyDeadDevicesAheadOfALiveOne(t *testing.T) {
 		t.Fatalf("got %q, want live", l.Device.Name)
 	}
 }
+
+// The re-check costs one query per pool and pass, however many acquires
+// wait: a thousand waiters must not mean a thousand queries per interval.
+func TestRecheckQueriesDoNotGrowWithWaiters(t *testing.T) {
+	cfg := testConfig(&fakeProber{})
+	cfg.RecheckInterval = 50 * time.Millisecond
+	a := newAllocator(t, newDB(t), cfg)
+	mustCreate(t, a, "only", "lab", "h:1", nil)
+	mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}})
+
+	const waiters = 1000
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{}, waiters)
+	for range waiters {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			a.Acquire(ctx, AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: time.Minute, Owner: "w"}) //nolint:errcheck // cancelled below
+		}()
+	}
+	waitFor(t, "all waiters queued", func() bool { return a.Hub().Waiting("lab") == waiters })
+	before := a.recheckQueries.Load()
+	time.Sleep(500 * time.Millisecond)
+	passes := a.recheckQueries.Load() - before
+	cancel()
+	for range waiters {
+		<-done
+	}
+	// About ten passes of 50 ms (jittered ±20%) in 500 ms, one query each.
+	if passes < 3 || passes > 20 {
+		t.Fatalf("%d re-check queries in 500 ms with %d waiters; want about 10 (one per pass)", passes, waiters)
+	}
+}

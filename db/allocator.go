@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -27,6 +28,9 @@ type Allocator struct {
 	// recheckNow asks the re-checker for an immediate full pass (after a
 	// listener reconnect, when notifications may have been missed).
 	recheckNow chan struct{}
+	// recheckQueries counts the re-checker's queries (a test signal now, a
+	// metric later).
+	recheckQueries atomic.Int64
 
 	mu      sync.Mutex
 	stop    context.CancelFunc

@@ -38,6 +38,7 @@ func (a *Allocator) runRechecker(ctx context.Context) {
 // recheck runs one pass over the pools with waiters.
 func (a *Allocator) recheck(ctx context.Context) {
 	for pool, waiting := range a.hub.waitingPools() {
+		a.recheckQueries.Add(1)
 		rows, err := a.q.IdleDeviceLabels(ctx, dbsqlc.IdleDeviceLabelsParams{
 			Pool:    pool,
 			MaxRows: int32(min(waiting, maxRecheckRows)),

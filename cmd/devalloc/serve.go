@@ -59,8 +59,9 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 		return c, err
 	}
 	if c.maxConns < 2 {
-		// One connection for an acquire transaction and one for the rest;
-		// fewer could deadlock a waiter against the release it waits for.
+		// An acquire transaction keeps its connection while it probes; with
+		// a single connection every other request, releases included, would
+		// queue behind each probe.
 		return c, usageError{error: fmt.Errorf("--max-conns %d: want at least 2", c.maxConns)}
 	}
 	if c.demo < 0 {
