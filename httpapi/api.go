@@ -117,6 +117,7 @@ func build(alloc *db.Allocator, opts Options) (*http.ServeMux, huma.API) {
 	s.registerLeases(api)
 	s.registerPools(api)
 	s.registerHealth(api)
+	declareSecurity(api)
 	return mux, api
 }
 

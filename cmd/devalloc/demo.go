@@ -150,3 +150,20 @@ func upsertDemoDevice(ctx context.Context, alloc *db.Allocator, name, addr strin
 	}
 	return nil
 }
+
+// demoKeyName is the client key "serve --demo" prints in its curl line.
+const demoKeyName = "demo"
+
+// rotateDemoKey revokes the previous run's demo key, whose secret is gone
+// (only its hash is stored), and creates a fresh one. Leases belong to the
+// key's name, so the new key still owns what the old one acquired.
+func rotateDemoKey(ctx context.Context, keys *db.KeyStore) (string, error) {
+	if err := keys.Revoke(ctx, demoKeyName); err != nil && !errors.Is(err, db.ErrNotFound) {
+		return "", err
+	}
+	secret, _, err := keys.Create(ctx, demoKeyName, db.RoleClient)
+	if err != nil {
+		return "", fmt.Errorf("demo key: %w", err)
+	}
+	return secret, nil
+}

@@ -19,6 +19,7 @@ Usage: devalloc <command> [flags]
 Commands:
   serve                      run the HTTP API (migrates the database first)
   migrate up|down|status     apply, roll back one, or list schema migrations
+  keys create|list|revoke    manage API keys (on the database; no server needed)
   openapi [--version 3.1]    print the OpenAPI document (3.0 or 3.1) to stdout
   version                    print the version
   help                       show this help
@@ -54,6 +55,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runServe(ctx, rest, stdout, stderr)
 	case "migrate":
 		err = runMigrate(ctx, rest, stdout, stderr)
+	case "keys":
+		err = runKeys(ctx, rest, stdout, stderr)
 	case "openapi":
 		err = runOpenAPI(rest, stdout, stderr)
 	case "version", "--version", "-version":

@@ -32,6 +32,7 @@ type serveConfig struct {
 	recheckInterval time.Duration
 	healthInterval  time.Duration
 	shutdownTimeout time.Duration
+	adminKey        string
 	logs            logFlags
 }
 
@@ -51,12 +52,16 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.durationVar(&c.recheckInterval, "recheck-interval", "DEVALLOC_RECHECK_INTERVAL", time.Second, "how often (jittered) each pool with waiters is re-read, in case a notification was lost")
 	fs.durationVar(&c.healthInterval, "health-interval", "DEVALLOC_HEALTH_INTERVAL", 2*time.Second, "how often offline devices due for a re-probe are looked for")
 	fs.durationVar(&c.shutdownTimeout, "shutdown-timeout", "DEVALLOC_SHUTDOWN_TIMEOUT", 15*time.Second, "on SIGINT/SIGTERM, how long in-flight requests (long-polls too) may finish before they are cut")
+	fs.stringVar(&c.adminKey, "admin-key", "DEVALLOC_ADMIN_KEY", "", fmt.Sprintf("ensure an admin API key with this secret exists (at least %d characters); prefer the environment variable, flags show in ps", db.MinSecretLength))
 	c.logs.register(fs)
 	if err := fs.parse(args); err != nil {
 		return c, err
 	}
 	if err := fs.noArgs(); err != nil {
 		return c, err
+	}
+	if c.adminKey != "" && len(c.adminKey) < db.MinSecretLength {
+		return c, usageError{error: fmt.Errorf("--admin-key / DEVALLOC_ADMIN_KEY: want at least %d characters", db.MinSecretLength)}
 	}
 	if c.maxConns < 2 {
 		// An acquire transaction keeps its connection while it probes; with
@@ -137,12 +142,24 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer alloc.Stop()
 
+	keys := db.NewKeyStore(pool)
+	if c.adminKey != "" {
+		key, err := keys.EnsureAdmin(ctx, c.adminKey)
+		if err != nil {
+			return err
+		}
+		logger.Info("admin key ready", "name", key.Name)
+	}
+	var demoKey string
 	if c.demo > 0 {
 		farm, err := startDemo(ctx, alloc, c.demo, logger)
 		if err != nil {
 			return err
 		}
 		defer farm.Close()
+		if demoKey, err = rotateDemoKey(ctx, keys); err != nil {
+			return err
+		}
 	}
 
 	ln, err := net.Listen("tcp", c.addr)
@@ -150,7 +167,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("listen on %s: %w", c.addr, err)
 	}
 	srv := &http.Server{
-		Handler:           httpapi.New(alloc, httpapi.Options{Logger: logger}),
+		Handler:           httpapi.New(alloc, httpapi.Options{Logger: logger, Authenticate: httpapi.BearerAuth(keys)}),
 		ReadHeaderTimeout: 10 * time.Second,
 		// No ReadTimeout or WriteTimeout: an acquire may long-poll for up to
 		// --max-wait, and a write deadline would cut it off mid-wait.
@@ -164,8 +181,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	base := "http://" + dialable(ln.Addr())
 	logger.Info("devalloc serving", "version", versionString(), "addr", ln.Addr().String(), "url", base)
 	if c.demo > 0 {
-		fmt.Fprintf(stdout, "\nAcquire a demo device:\n\n  curl -s -X POST %s/v1/leases -H 'Content-Type: application/json' -d '{\"pool\":\"%s\",\"wait_seconds\":10}'\n\n",
-			base, demoPool)
+		fmt.Fprintf(stdout, "\nAcquire a demo device (the key is a client key named %q, new at every start):\n\n"+
+			"  curl -s -X POST %s/v1/leases -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' -d '{\"pool\":\"%s\",\"wait_seconds\":10}'\n\n"+
+			"An admin key (to register devices) comes from: bin/devalloc keys create --name me --role admin\n\n",
+			demoKeyName, base, demoKey, demoPool)
 	}
 
 	select {

@@ -32,7 +32,28 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-var curlLine = regexp.MustCompile(`curl -s -X POST (http://\S+)/v1/leases -H 'Content-Type: application/json' -d '(\{[^']*\})'`)
+var curlLine = regexp.MustCompile(`curl -s -X POST (http://\S+)/v1/leases -H 'Authorization: Bearer (dva_[A-Za-z0-9_-]+)' -H 'Content-Type: application/json' -d '(\{[^']*\})'`)
+
+// demoKey is the client key the running demo printed.
+var demoKey string
+
+// authGet and authDo send the demo key, as the printed curl does.
+func authDo(t *testing.T, method, url, body string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+demoKey)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
 
 // startServe runs "devalloc serve" in-process on a free port and returns
 // the base URL it printed, and a stop function that cancels it (as SIGINT
@@ -48,7 +69,7 @@ func startServe(t *testing.T, dbURL string, args ...string) (base, body string, 
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if m := curlLine.FindStringSubmatch(stdout.String()); m != nil {
-			base, body = m[1], m[2]
+			base, demoKey, body = m[1], m[2], m[3]
 			break
 		}
 		select {
@@ -91,10 +112,7 @@ type demoDevice struct {
 
 func demoDevices(t *testing.T, base string) map[string]demoDevice {
 	t.Helper()
-	resp, err := http.Get(base + "/v1/devices?pool=demo")
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := authDo(t, http.MethodGet, base+"/v1/devices?pool=demo", "")
 	defer resp.Body.Close()
 	var list struct{ Devices []demoDevice }
 	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
@@ -109,10 +127,7 @@ func demoDevices(t *testing.T, base string) map[string]demoDevice {
 
 func acquire(t *testing.T, base, body string) int {
 	t.Helper()
-	resp, err := http.Post(base+"/v1/leases", "application/json", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := authDo(t, http.MethodPost, base+"/v1/leases", body)
 	resp.Body.Close()
 	return resp.StatusCode
 }
@@ -180,23 +195,16 @@ func TestServeDemo(t *testing.T) {
 // releaseAll releases every active lease and returns the last status.
 func releaseAll(t *testing.T, base string) int {
 	t.Helper()
-	resp, err := http.Get(base + "/v1/leases?active=true")
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := authDo(t, http.MethodGet, base+"/v1/leases?active=true", "")
 	var list struct{ Leases []struct{ ID string } }
-	err = json.NewDecoder(resp.Body).Decode(&list)
+	err := json.NewDecoder(resp.Body).Decode(&list)
 	resp.Body.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
 	code := http.StatusNoContent
 	for _, l := range list.Leases {
-		req, _ := http.NewRequest(http.MethodDelete, base+"/v1/leases/"+l.ID, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
+		resp := authDo(t, http.MethodDelete, base+"/v1/leases/"+l.ID, "")
 		resp.Body.Close()
 		code = resp.StatusCode
 	}

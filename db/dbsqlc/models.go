@@ -24,6 +24,22 @@ type DevallocActiveLease struct {
 	ExpiresIn    int32
 }
 
+// API keys. Only a SHA-256 of each secret is stored; the secret is shown once, when the key is created.
+type DevallocApiKey struct {
+	// Surrogate key.
+	ID int64
+	// The key's name; leases record it as their owner. Unique among keys not revoked.
+	Name string
+	// admin (everything) or client (acquire, renew and release its own leases; read devices and pools).
+	Role string
+	// SHA-256 of the secret (random, 256 bits), never the secret itself.
+	SecretHash []byte
+	// When the key was created.
+	CreatedAt time.Time
+	// When the key was revoked; it authenticates nothing from then on.
+	RevokedAt *time.Time
+}
+
 // Every registered device. A device is leased exactly when lease_id points at its active lease (enforced by constraints).
 type DevallocDevice struct {
 	// Surrogate key; clients use name.
