@@ -344,14 +344,15 @@ func TestRecheckQueriesDoNotGrowWithWaiters(t *testing.T) {
 	}
 	waitFor(t, "all waiters queued", func() bool { return a.Hub().Waiting("lab") == waiters })
 	before := a.recheckQueries.Load()
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(time.Second)
 	passes := a.recheckQueries.Load() - before
 	cancel()
 	for range waiters {
 		<-done
 	}
-	// About ten passes of 50 ms (jittered ±20%) in 500 ms, one query each.
-	if passes < 3 || passes > 20 {
-		t.Fatalf("%d re-check queries in 500 ms with %d waiters; want about 10 (one per pass)", passes, waiters)
+	// About twenty passes of 50 ms (jittered ±20%) in a second, one query
+	// each; fewer on a loaded machine, never one per waiter.
+	if passes < 1 || passes > 30 {
+		t.Fatalf("%d re-check queries in 1 s with %d waiters; want about 20 (one per pass)", passes, waiters)
 	}
 }
