@@ -25,8 +25,14 @@ type AcquireRequest struct {
 	// free-text description of who holds it.
 	Owner  string
 	Holder string
-	// IdempotencyKey is recorded with the lease.
+	// IdempotencyKey, when set, makes the acquire safe to retry: the owner's
+	// requests with the same key get one lease between them (see
+	// AcquireOrReplay).
 	IdempotencyKey string
+
+	// fingerprint identifies the request for its idempotency key; set by
+	// AcquireOrReplay.
+	fingerprint []byte
 }
 
 // maxProbeRoundsWithoutWait bounds how many transactions an acquire that
@@ -41,24 +47,57 @@ type noneIdle struct{ probesFailed bool }
 
 func (noneIdle) Error() string { return "no idle device matched" }
 
+// keyTaken: the grant failed because the owner already has a lease with
+// the request's idempotency key (granted meanwhile, maybe by another
+// instance). The attempt rolled back, so the device it had picked is still
+// idle; event says so, for another waiter.
+type keyTaken struct{ event idleEvent }
+
+func (keyTaken) Error() string { return "idempotency key already has a lease" }
+
 // Acquire leases a device matching req.Selector, waiting up to req.Wait for
 // one to become idle. It fails with ErrUnsatisfiable at once when no
 // registered device could ever match, and with ErrNoDevice when the wait
-// ends empty. If ctx ends first, no lease is left behind.
+// ends empty. If ctx ends first, no lease is left behind (unless the request
+// has an idempotency key: see AcquireOrReplay).
 func (a *Allocator) Acquire(ctx context.Context, req AcquireRequest) (Lease, error) {
+	lease, _, err := a.AcquireOrReplay(ctx, req)
+	return lease, err
+}
+
+// waitWindow is how long an acquire may keep waiting. A flight's window
+// grows when a retry that may wait longer joins it.
+type waitWindow interface {
+	// remaining is the time left; <= 0 means waiting is over.
+	remaining() time.Duration
+	// grew delivers a token when the window was extended; nil if it never is.
+	grew() <-chan struct{}
+}
+
+// fixedWindow ends at a fixed time.
+type fixedWindow time.Time
+
+func (w fixedWindow) remaining() time.Duration { return time.Until(time.Time(w)) }
+func (fixedWindow) grew() <-chan struct{}      { return nil }
+
+// acquire is the acquire loop: attempt, and when nothing is idle, wait for a
+// wake-up within window. With an idempotency key it ends as soon as the
+// key's lease exists, replaying it (replayed true).
+func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window waitWindow) (lease Lease, replayed bool, err error) {
 	if req.TTL <= 0 {
 		req.TTL = a.cfg.DefaultTTL
 	}
-	req.Wait = min(max(req.Wait, 0), a.cfg.MaxWait)
 	var w *Waiter
-	if req.Wait > 0 {
+	if window.remaining() > 0 {
 		// Join before the first attempt: a device freed between an empty
 		// attempt and joining would otherwise wake nobody.
 		w = a.hub.Join(req.Selector)
-		defer w.Leave()
 	}
-	deadline := time.NewTimer(req.Wait)
-	defer deadline.Stop()
+	defer func() {
+		if w != nil {
+			w.Leave()
+		}
+	}()
 	checkedSatisfiable := false
 	probeRounds := 0
 	for {
@@ -69,13 +108,26 @@ func (a *Allocator) Acquire(ctx context.Context, req AcquireRequest) (Lease, err
 		if w != nil {
 			w.EndAttempt()
 		}
+		var taken keyTaken
+		if errors.As(err, &taken) {
+			// Pass the device we let go on to whoever else wants it; then
+			// answer with the lease that won the key.
+			a.hub.Notify(taken.event)
+			lease, ok, err := a.replay(ctx, req)
+			if err == nil && !ok {
+				// The conflicting lease committed (the unique index waited
+				// for it), so it must be there; never spin on this.
+				err = fmt.Errorf("acquire for %q: idempotency key conflicts, but no lease has it", req.Owner)
+			}
+			return lease, ok, err
+		}
 		var none noneIdle
 		if !errors.As(err, &none) {
-			return lease, err
+			return lease, false, err
 		}
 		if !checkedSatisfiable {
 			if err := a.checkSatisfiable(ctx, req.Selector); err != nil {
-				return Lease{}, err
+				return Lease{}, false, err
 			}
 			checkedSatisfiable = true
 		}
@@ -85,15 +137,50 @@ func (a *Allocator) Acquire(ctx context.Context, req AcquireRequest) (Lease, err
 			probeRounds++
 			continue
 		}
-		if w == nil {
-			return Lease{}, ErrNoDevice
+		if req.IdempotencyKey != "" {
+			// The key's lease may have been granted since this acquire
+			// looked (by a flight that ended just before this one began, or
+			// at another instance): then that is the answer, not a wait.
+			if lease, ok, err := a.replay(ctx, req); err != nil || ok {
+				return lease, ok, err
+			}
 		}
+		if window.remaining() <= 0 {
+			return Lease{}, false, ErrNoDevice
+		}
+		if w == nil {
+			// The window opened after the first attempt (a retry that may
+			// wait joined this flight): queue now, then look again at once
+			// so a device freed in between is not missed.
+			w = a.hub.Join(req.Selector)
+			continue
+		}
+		if err := awaitWake(ctx, w, window); err != nil {
+			return Lease{}, false, err
+		}
+	}
+}
+
+// awaitWake blocks until w is woken (nil), the window closes (ErrNoDevice)
+// or ctx ends.
+func awaitWake(ctx context.Context, w *Waiter, window waitWindow) error {
+	for {
+		left := window.remaining()
+		if left <= 0 {
+			return ErrNoDevice
+		}
+		timer := time.NewTimer(left)
 		select {
 		case <-w.Wake():
-		case <-deadline.C:
-			return Lease{}, ErrNoDevice
+			timer.Stop()
+			return nil
+		case <-timer.C:
+			// Loop: the window may have grown meanwhile.
+		case <-window.grew():
+			timer.Stop()
 		case <-ctx.Done():
-			return Lease{}, ctx.Err()
+			timer.Stop()
+			return ctx.Err()
 		}
 	}
 }
@@ -166,7 +253,9 @@ func (a *Allocator) probeDevice(ctx context.Context, row dbsqlc.DevallocDevice) 
 // grant marks the locked device leased and records the lease, then commits.
 // The commit itself runs without the request's context: were it cancelled
 // mid-commit we could not know whether the lease exists. If the client went
-// away meanwhile, the fresh lease is ended at once, so nothing is left behind.
+// away meanwhile, the fresh lease is ended at once, so nothing is left behind
+// (unless it has an idempotency key). A key the owner already has a lease
+// for fails with keyTaken.
 func (a *Allocator) grant(ctx context.Context, tx pgx.Tx, q *dbsqlc.Queries, req AcquireRequest, row dbsqlc.DevallocDevice, probed bool) (Lease, error) {
 	leaseID, err := uuid.NewV7()
 	if err != nil {
@@ -177,14 +266,21 @@ func (a *Allocator) grant(ctx context.Context, tx pgx.Tx, q *dbsqlc.Queries, req
 		idem = &req.IdempotencyKey
 	}
 	lr, err := q.GrantLease(ctx, dbsqlc.GrantLeaseParams{
-		LeaseID:        leaseID,
-		Owner:          req.Owner,
-		Holder:         req.Holder,
-		TtlSeconds:     req.TTL.Seconds(),
-		IdempotencyKey: idem,
-		Probed:         probed,
-		DeviceID:       row.ID,
+		LeaseID:            leaseID,
+		Owner:              req.Owner,
+		Holder:             req.Holder,
+		TtlSeconds:         req.TTL.Seconds(),
+		IdempotencyKey:     idem,
+		RequestFingerprint: req.fingerprint,
+		Probed:             probed,
+		DeviceID:           row.ID,
 	})
+	if isIdempotencyConflict(err) {
+		// The deferred rollback undoes the device update with the failed
+		// insert: the device stays idle.
+		labels, lerr := decodeLabels(row.Labels)
+		return Lease{}, keyTaken{event: idleEvent{Pool: row.Pool, Labels: labels, LabelsKnown: lerr == nil}}
+	}
 	if err != nil {
 		return Lease{}, fmt.Errorf("acquire %q in pool %q: grant: %w", row.Name, row.Pool, err)
 	}
@@ -199,10 +295,14 @@ func (a *Allocator) grant(ctx context.Context, tx pgx.Tx, q *dbsqlc.Queries, req
 		return Lease{}, err
 	}
 	lease := leaseFromRow(lr, &dev)
-	if ctx.Err() != nil {
+	if ctx.Err() != nil && req.IdempotencyKey == "" {
 		a.abandon(lease)
 		return Lease{}, ctx.Err()
 	}
+	// A lease with an idempotency key is kept even when its requesters are
+	// gone: it is recorded under the key, and their retry (maybe at another
+	// instance, which may already have answered with it) replays it. Had
+	// nobody retried, the reaper reclaims it at expiry.
 	return lease, nil
 }
 

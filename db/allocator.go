@@ -25,6 +25,8 @@ type Allocator struct {
 	log      *slog.Logger
 	hub      *Hub
 	listener *listener
+	// flights joins retries of an idempotent acquire that is still running.
+	flights flightGroup
 	// recheckNow asks the re-checker for an immediate full pass (after a
 	// listener reconnect, when notifications may have been missed).
 	recheckNow chan struct{}

@@ -55,20 +55,54 @@ func (a *Allocator) GetDevice(ctx context.Context, name string) (Device, error) 
 type DeviceFilter struct {
 	Pool  string
 	State string
+	// After is the name the previous page ended with; "" starts at the
+	// first device.
+	After string
+	// Limit is the page size: 0 means DefaultPageSize, at most MaxPageSize.
 	Limit int
 }
 
-// ListDevices returns devices by name.
-func (a *Allocator) ListDevices(ctx context.Context, f DeviceFilter) ([]Device, error) {
+// DevicePage is one page of devices, by name.
+type DevicePage struct {
+	Devices []Device
+	// Next is the After of the following page; nil on the last page.
+	Next *string
+}
+
+// ListDevicesPage returns one page of devices by name (keyset pagination:
+// each page costs the same however far in it is).
+func (a *Allocator) ListDevicesPage(ctx context.Context, f DeviceFilter) (DevicePage, error) {
+	limit := pageSize(f.Limit)
 	rows, err := a.q.ListDevices(ctx, dbsqlc.ListDevicesParams{
-		Pool:    optional(f.Pool),
-		State:   optional(f.State),
-		MaxRows: listLimit(f.Limit),
+		Pool:      optional(f.Pool),
+		State:     optional(f.State),
+		AfterName: optional(f.After),
+		MaxRows:   int32(limit + 1), // one more tells whether a next page exists
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list devices: %w", err)
+		return DevicePage{}, fmt.Errorf("list devices: %w", err)
 	}
-	return devicesFromRows(rows)
+	more := len(rows) > limit
+	if more {
+		rows = rows[:limit]
+	}
+	devs, err := devicesFromRows(rows)
+	if err != nil {
+		return DevicePage{}, err
+	}
+	page := DevicePage{Devices: devs}
+	if more {
+		next := devs[len(devs)-1].Name
+		page.Next = &next
+	}
+	return page, nil
+}
+
+// ListDevices returns the first page of devices by name (see
+// ListDevicesPage).
+func (a *Allocator) ListDevices(ctx context.Context, f DeviceFilter) ([]Device, error) {
+	page, err := a.ListDevicesPage(ctx, f)
+	return page.Devices, err
 }
 
 // DevicePatch changes a device; nil fields stay as they are. State may be

@@ -19,6 +19,10 @@ var (
 	ErrUnsatisfiable = errors.New("no registered device matches the selector")
 	// ErrLeaseEnded: the lease is over; errors.As a *LeaseEndedError for why.
 	ErrLeaseEnded = errors.New("lease has ended")
+	// ErrIdempotencyKeyReused: the owner already used the acquire's
+	// idempotency key for a different request (pool, labels, TTL or holder
+	// differ), which got or is getting its own lease. Nothing was changed.
+	ErrIdempotencyKeyReused = errors.New("idempotency key already used for a different request")
 )
 
 // LeaseEndedError carries the ended lease, so callers can say why it ended

@@ -29,36 +29,72 @@ type LeaseFilter struct {
 	ActiveOnly bool
 	Pool       string
 	Owner      string
-	Limit      int
+	// After is the sort key the previous page ended with; nil starts at the
+	// newest lease.
+	After *LeaseKey
+	// Limit is the page size: 0 means DefaultPageSize, at most MaxPageSize.
+	Limit int
 }
 
-// ListLeases returns leases, newest first.
-func (a *Allocator) ListLeases(ctx context.Context, f LeaseFilter) ([]Lease, error) {
-	rows, err := a.q.ListLeases(ctx, dbsqlc.ListLeasesParams{
+// LeaseKey is a lease's place in the list order: newest acquired_at first,
+// then descending id among equal times.
+type LeaseKey struct {
+	AcquiredAt time.Time
+	ID         uuid.UUID
+}
+
+// LeasePage is one page of leases, newest first.
+type LeasePage struct {
+	Leases []Lease
+	// Next is the After of the following page; nil on the last page.
+	Next *LeaseKey
+}
+
+// ListLeasesPage returns one page of leases, newest first (keyset
+// pagination: each page costs the same however far in it is).
+func (a *Allocator) ListLeasesPage(ctx context.Context, f LeaseFilter) (LeasePage, error) {
+	limit := pageSize(f.Limit)
+	params := dbsqlc.ListLeasesParams{
 		ActiveOnly: f.ActiveOnly,
 		Pool:       optional(f.Pool),
 		Owner:      optional(f.Owner),
-		MaxRows:    listLimit(f.Limit),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list leases: %w", err)
+		MaxRows:    int32(limit + 1), // one more tells whether a next page exists
 	}
-	devices := map[int64]*Device{}
-	out := make([]Lease, 0, len(rows))
+	if f.After != nil {
+		params.AfterAcquiredAt, params.AfterID = &f.After.AcquiredAt, &f.After.ID
+	}
+	rows, err := a.q.ListLeases(ctx, params)
+	if err != nil {
+		return LeasePage{}, fmt.Errorf("list leases: %w", err)
+	}
+	more := len(rows) > limit
+	if more {
+		rows = rows[:limit]
+	}
+	page := LeasePage{Leases: make([]Lease, 0, len(rows))}
 	for _, r := range rows {
 		var dev *Device
-		if r.DeviceID != nil {
-			var seen bool
-			if dev, seen = devices[*r.DeviceID]; !seen {
-				if dev, err = a.deviceByID(ctx, *r.DeviceID); err != nil {
-					return nil, err
-				}
-				devices[*r.DeviceID] = dev
+		if r.DeviceAddress != nil { // NULL: the device was deleted since
+			labels, err := decodeLabels(r.DeviceLabels)
+			if err != nil {
+				return LeasePage{}, fmt.Errorf("lease %s device labels: %w", r.DevallocLease.ID, err)
 			}
+			dev = &Device{Labels: labels, Address: *r.DeviceAddress}
 		}
-		out = append(out, leaseFromRow(r, dev))
+		page.Leases = append(page.Leases, leaseFromRow(r.DevallocLease, dev))
 	}
-	return out, nil
+	if more {
+		last := rows[len(rows)-1].DevallocLease
+		page.Next = &LeaseKey{AcquiredAt: last.AcquiredAt, ID: last.ID}
+	}
+	return page, nil
+}
+
+// ListLeases returns the first page of leases, newest first (see
+// ListLeasesPage).
+func (a *Allocator) ListLeases(ctx context.Context, f LeaseFilter) ([]Lease, error) {
+	page, err := a.ListLeasesPage(ctx, f)
+	return page.Leases, err
 }
 
 // Renew extends an active lease by ttl (the default when 0) from now, by
@@ -164,14 +200,19 @@ func optional(s string) *string {
 	return &s
 }
 
-// listLimit bounds list endpoints until they paginate.
-func listLimit(n int) int32 {
-	const defaultLimit, maxLimit = 1000, 10000
+// Page sizes of the list operations.
+const (
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+)
+
+// pageSize turns a requested page size into the one used.
+func pageSize(n int) int {
 	switch {
 	case n <= 0:
-		return defaultLimit
-	case n > maxLimit:
-		return maxLimit
+		return DefaultPageSize
+	case n > MaxPageSize:
+		return MaxPageSize
 	}
-	return int32(n)
+	return n
 }

@@ -30,6 +30,10 @@ type Options struct {
 	// MaxBodyBytes caps a request body; 0 means DefaultMaxBodyBytes.
 	// Larger bodies get 413.
 	MaxBodyBytes int64
+	// MaxWaitingPerKey caps the acquires with wait_seconds > 0 one API key
+	// may have in progress at this instance; more get 429. 0 (or less)
+	// means DefaultMaxWaitingPerKey.
+	MaxWaitingPerKey int
 }
 
 // DefaultMaxBodyBytes fits the largest valid request (32 labels of 63+256
@@ -55,6 +59,7 @@ type server struct {
 	alloc   *db.Allocator
 	log     *slog.Logger
 	maxBody int64
+	waiting *waitLimiter
 }
 
 // New returns the HTTP handler serving the whole API for alloc.
@@ -95,7 +100,7 @@ func OpenAPI(version string) ([]byte, error) {
 // build creates the mux and the Huma API on it with every operation
 // registered. New and OpenAPI share it so the spec is exactly what is served.
 func build(alloc *db.Allocator, opts Options) (*http.ServeMux, huma.API) {
-	s := &server{alloc: alloc, log: opts.Logger, maxBody: opts.MaxBodyBytes}
+	s := &server{alloc: alloc, log: opts.Logger, maxBody: opts.MaxBodyBytes, waiting: newWaitLimiter(opts.MaxWaitingPerKey)}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -134,7 +139,8 @@ func config() huma.Config {
 		"telling apart errors that share a status: " +
 		"`urn:devalloc:problem:` + `not-found` (404), `device-exists` (409), `device-leased` (409), " +
 		"`unsatisfiable-selector` (422), `lease-ended` (410), `forbidden` / `not-your-lease` (403), " +
-		"`no-device-available` (503, with Retry-After), `not-ready` (503). " +
+		"`no-device-available` (503, with Retry-After), `not-ready` (503), " +
+		"`idempotency-key-reused` (422), `too-many-waiting` (429, with Retry-After). " +
 		"Invalid input is 422 with type about:blank and one entry per bad field in `errors`."
 	cfg.Tags = []*huma.Tag{
 		{Name: "devices", Description: "The devices devalloc hands out, and their state."},

@@ -29,8 +29,10 @@ type createDeviceOutput struct {
 }
 
 type listDevicesInput struct {
-	Pool  string `query:"pool" doc:"Only devices in this pool." example:"android"`
-	State string `query:"state" enum:"idle,leased,offline,maintenance" doc:"Only devices in this state."`
+	Pool   string `query:"pool" doc:"Only devices in this pool." example:"android"`
+	State  string `query:"state" enum:"idle,leased,offline,maintenance" doc:"Only devices in this state."`
+	Limit  int    `query:"limit" default:"100" minimum:"1" maximum:"1000" doc:"Page size: at most this many devices."`
+	Cursor string `query:"cursor" maxLength:"512" doc:"Opaque: the next_cursor of the previous page; absent for the first page."`
 }
 
 type updateDeviceInput struct {
@@ -59,6 +61,8 @@ func (s *server) registerDevices(api huma.API) {
 	huma.Register(api, huma.Operation{
 		OperationID: "listDevices", Method: http.MethodGet, Path: "/v1/devices", Tags: tags,
 		Summary: "List devices",
+		Description: "Devices by name, a page at a time: when next_cursor is present, pass it as cursor " +
+			"(with the same filters) for the next page.",
 	}, s.listDevices)
 	huma.Register(api, huma.Operation{
 		OperationID: "getDevice", Method: http.MethodGet, Path: "/v1/devices/{name}", Tags: tags,
@@ -109,12 +113,19 @@ func (s *server) createDevice(ctx context.Context, in *createDeviceInput) (*crea
 }
 
 func (s *server) listDevices(ctx context.Context, in *listDevicesInput) (*struct{ Body DeviceList }, error) {
-	devs, err := s.alloc.ListDevices(ctx, db.DeviceFilter{Pool: in.Pool, State: in.State})
+	after, err := deviceAfter(in.Cursor)
+	if err != nil {
+		return nil, err
+	}
+	page, err := s.alloc.ListDevicesPage(ctx, db.DeviceFilter{Pool: in.Pool, State: in.State, After: after, Limit: in.Limit})
 	if err != nil {
 		return nil, s.fail(ctx, "listDevices", "devices", err)
 	}
-	out := &struct{ Body DeviceList }{Body: DeviceList{Devices: make([]Device, 0, len(devs))}}
-	for _, d := range devs {
+	out := &struct{ Body DeviceList }{Body: DeviceList{
+		Devices:    make([]Device, 0, len(page.Devices)),
+		NextCursor: nextDeviceCursor(page.Next),
+	}}
+	for _, d := range page.Devices {
 		out.Body.Devices = append(out.Body.Devices, deviceFromDB(d))
 	}
 	return out, nil

@@ -29,6 +29,9 @@ const (
 	kindNotYourLease  = "not-your-lease"
 	kindNotReady      = "not-ready"
 	kindClientGone    = "client-closed-request"
+
+	kindIdempotencyKeyReused = "idempotency-key-reused"
+	kindTooManyWaiting       = "too-many-waiting"
 )
 
 // statusClientClosedRequest is nginx's code for "the client went away
@@ -80,6 +83,12 @@ func (s *server) fail(ctx context.Context, op, subject string, err error) error 
 			problem(http.StatusServiceUnavailable, kindNoDevice,
 				"no matching device became available for "+subject+"; retry later"),
 			http.Header{"Retry-After": {retryAfter()}})
+	case errors.Is(err, db.ErrIdempotencyKeyReused):
+		// 422 as in the IETF Idempotency-Key draft: the request is wrong,
+		// not in conflict with a state that may change.
+		out = problem(http.StatusUnprocessableEntity, kindIdempotencyKeyReused,
+			"this Idempotency-Key was already used by this API key for a different acquire "+
+				"(pool, labels, ttl_seconds or holder differ); use a new key for a new request")
 	case errors.Is(err, db.ErrUnsatisfiable):
 		out = problem(http.StatusUnprocessableEntity, kindUnsatisfiable,
 			"no registered device matches "+subject+", in any state, so waiting could never succeed")

@@ -34,6 +34,12 @@ type env struct {
 // if anything was logged at Error: client mistakes must never be.
 func newEnv(t *testing.T, authn Authenticator) *env {
 	t.Helper()
+	return newEnvWith(t, Options{Authenticate: authn})
+}
+
+// newEnvWith is newEnv with more options; their Logger is the env's own.
+func newEnvWith(t *testing.T, opts Options) *env {
+	t.Helper()
 	pool, _ := dbtest.NewPool(t)
 	alloc := db.New(pool, db.Config{
 		Prober:          probe.Func(func(context.Context, probe.Kind, string) error { return nil }),
@@ -45,7 +51,8 @@ func newEnv(t *testing.T, authn Authenticator) *env {
 	}
 	t.Cleanup(alloc.Stop)
 	logs := &logRecorder{}
-	srv := httptest.NewServer(New(alloc, Options{Logger: slog.New(logs), Authenticate: authn}))
+	opts.Logger = slog.New(logs)
+	srv := httptest.NewServer(New(alloc, opts))
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() {
 		if errs := logs.errors(); len(errs) > 0 {

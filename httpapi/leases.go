@@ -23,19 +23,22 @@ type leaseIDInput struct {
 }
 
 type acquireLeaseInput struct {
-	IdempotencyKey string `header:"Idempotency-Key" maxLength:"255" doc:"Recorded with the lease; a retried acquire with the same key is meant to return the same lease."`
+	IdempotencyKey string `header:"Idempotency-Key" maxLength:"255" doc:"Makes the acquire safe to retry: your requests with the same key get one lease between them (see the operation's description)."`
 	// A pointer, so an empty body is accepted: every field has a default.
 	Body *AcquireLeaseRequest
 }
 
 type acquireLeaseOutput struct {
-	Location string `header:"Location" doc:"The new lease's URL."`
+	Location string `header:"Location" doc:"The lease's URL."`
+	Replayed string `header:"Idempotent-Replayed" doc:"true when the lease is the one an earlier request with the same Idempotency-Key got; absent otherwise."`
 	Body     Lease
 }
 
 type listLeasesInput struct {
 	Active bool   `query:"active" doc:"Only active leases."`
 	Pool   string `query:"pool" doc:"Only leases in this pool." example:"android"`
+	Limit  int    `query:"limit" default:"100" minimum:"1" maximum:"1000" doc:"Page size: at most this many leases."`
+	Cursor string `query:"cursor" maxLength:"512" doc:"Opaque: the next_cursor of the previous page; absent for the first page."`
 }
 
 type renewLeaseInput struct {
@@ -55,15 +58,26 @@ func (s *server) registerLeases(api huma.API) {
 		Summary: "Acquire a device",
 		Description: "Leases an idle device from the pool whose labels include the requested ones, " +
 			"waiting up to wait_seconds for one to become free. 503 with Retry-After when none did; " +
-			"422 when no registered device could ever match.",
+			"422 when no registered device could ever match.\n\n" +
+			"Retries: send an `Idempotency-Key` (any string up to 255 characters, new for each new request). " +
+			"A retry with the same key by the same API key gets the same lease, as it is now (active, or ended " +
+			"since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first " +
+			"request is still waiting joins it, and both get its outcome, so a retry never takes a second device. " +
+			"Only pool, labels, ttl_seconds and holder must match (wait_seconds may differ); " +
+			"the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. " +
+			"Keys are per API key and kept with the lease's history.\n\n" +
+			"An API key may have a limited number of acquires waiting (wait_seconds > 0) at one server; " +
+			"beyond that, 429 `too-many-waiting` with Retry-After.",
 		DefaultStatus: http.StatusCreated, MaxBodyBytes: s.maxBody,
-		Errors: []int{http.StatusUnprocessableEntity, http.StatusServiceUnavailable},
+		Errors: []int{http.StatusUnprocessableEntity, http.StatusTooManyRequests, http.StatusServiceUnavailable},
 	}, s.acquireLease)
-	documentRetryAfter(api, "/v1/leases")
+	documentRetryAfter(api, "/v1/leases", "429", "This API key has too many acquires waiting at this server.")
+	documentRetryAfter(api, "/v1/leases", "503", "No matching device became free within wait_seconds.")
 	huma.Register(api, huma.Operation{
 		OperationID: "listLeases", Method: http.MethodGet, Path: "/v1/leases", Tags: tags,
-		Summary:     "List leases",
-		Description: "Admins see every lease; clients see their own.",
+		Summary: "List leases",
+		Description: "Admins see every lease; clients see their own. Newest first, a page at a time: " +
+			"when next_cursor is present, pass it as cursor (with the same filters) for the next page.",
 	}, s.listLeases)
 	huma.Register(api, huma.Operation{
 		OperationID: "getLease", Method: http.MethodGet, Path: "/v1/leases/{id}", Tags: tags,
@@ -88,15 +102,15 @@ func (s *server) registerLeases(api huma.API) {
 	}, s.releaseLease)
 }
 
-// documentRetryAfter adds the Retry-After header to the 503 response Huma
-// generated for path's POST (Errors responses carry no headers).
-func documentRetryAfter(api huma.API, path string) {
+// documentRetryAfter adds the Retry-After header to the status response
+// Huma generated for path's POST (Errors responses carry no headers).
+func documentRetryAfter(api huma.API, path, status, description string) {
 	item := api.OpenAPI().Paths[path]
-	if item == nil || item.Post == nil || item.Post.Responses["503"] == nil {
+	if item == nil || item.Post == nil || item.Post.Responses[status] == nil {
 		return
 	}
-	resp := item.Post.Responses["503"]
-	resp.Description = "No matching device became free within wait_seconds."
+	resp := item.Post.Responses[status]
+	resp.Description = description
 	resp.Headers = map[string]*huma.Header{"Retry-After": {
 		Description: "Seconds to wait before trying again.",
 		Schema:      &huma.Schema{Type: huma.TypeInteger, Examples: []any{2}},
@@ -118,22 +132,39 @@ func (s *server) acquireLease(ctx context.Context, in *acquireLeaseInput) (*acqu
 	if err := invalid(errs); err != nil {
 		return nil, err
 	}
-	lease, err := s.alloc.Acquire(ctx, db.AcquireRequest{
+	owner := principal(ctx).Name
+	if b.WaitSeconds > 0 {
+		done, ok := s.waiting.enter(owner)
+		if !ok {
+			s.log.Debug("request refused: too many acquires waiting", "op", "acquireLease", "owner", owner)
+			return nil, s.waiting.tooManyWaiting()
+		}
+		defer done()
+	}
+	lease, replayed, err := s.alloc.AcquireOrReplay(ctx, db.AcquireRequest{
 		Selector:       db.Selector{Pool: b.Pool, Labels: db.Labels(b.Labels)},
 		Wait:           time.Duration(b.WaitSeconds) * time.Second,
 		TTL:            time.Duration(b.TTLSeconds) * time.Second,
-		Owner:          principal(ctx).Name,
+		Owner:          owner,
 		Holder:         b.Holder,
 		IdempotencyKey: in.IdempotencyKey,
 	})
 	if err != nil {
 		return nil, s.fail(ctx, "acquireLease", selectorSubject(b.Pool, b.Labels), err)
 	}
-	return &acquireLeaseOutput{Location: leaseURL(lease.ID), Body: leaseFromDB(lease)}, nil
+	out := &acquireLeaseOutput{Location: leaseURL(lease.ID), Body: leaseFromDB(lease)}
+	if replayed {
+		out.Replayed = "true"
+	}
+	return out, nil
 }
 
 func (s *server) listLeases(ctx context.Context, in *listLeasesInput) (*struct{ Body LeaseList }, error) {
-	f := db.LeaseFilter{ActiveOnly: in.Active, Pool: in.Pool}
+	after, err := leaseAfter(in.Cursor)
+	if err != nil {
+		return nil, err
+	}
+	f := db.LeaseFilter{ActiveOnly: in.Active, Pool: in.Pool, After: after, Limit: in.Limit}
 	if p := principal(ctx); !p.Admin {
 		f.Owner = p.Name
 		if f.Owner == "" {
@@ -141,12 +172,15 @@ func (s *server) listLeases(ctx context.Context, in *listLeasesInput) (*struct{ 
 			return &struct{ Body LeaseList }{Body: LeaseList{Leases: []Lease{}}}, nil
 		}
 	}
-	leases, err := s.alloc.ListLeases(ctx, f)
+	page, err := s.alloc.ListLeasesPage(ctx, f)
 	if err != nil {
 		return nil, s.fail(ctx, "listLeases", "leases", err)
 	}
-	out := &struct{ Body LeaseList }{Body: LeaseList{Leases: make([]Lease, 0, len(leases))}}
-	for _, l := range leases {
+	out := &struct{ Body LeaseList }{Body: LeaseList{
+		Leases:     make([]Lease, 0, len(page.Leases)),
+		NextCursor: nextLeaseCursor(page.Next),
+	}}
+	for _, l := range page.Leases {
 		out.Body.Leases = append(out.Body.Leases, leaseFromDB(l))
 	}
 	return out, nil

@@ -59,7 +59,8 @@ type Device struct {
 
 // DeviceList is the listDevices response.
 type DeviceList struct {
-	Devices []Device `json:"devices" nullable:"false" doc:"Devices by name."`
+	Devices    []Device `json:"devices" nullable:"false" doc:"Devices by name."`
+	NextCursor *string  `json:"next_cursor,omitempty" doc:"Pass as cursor to get the next page; absent on the last page." example:"eyJuYW1lIjoicGl4ZWwtNy0wMSJ9"`
 }
 
 // CreateDeviceRequest registers a device.
@@ -103,7 +104,8 @@ type Lease struct {
 
 // LeaseList is the listLeases response.
 type LeaseList struct {
-	Leases []Lease `json:"leases" nullable:"false" doc:"Leases, newest first."`
+	Leases     []Lease `json:"leases" nullable:"false" doc:"Leases, newest first."`
+	NextCursor *string `json:"next_cursor,omitempty" doc:"Pass as cursor to get the next page; absent on the last page."`
 }
 
 // AcquireLeaseRequest asks for a device. Every field is optional, and so

@@ -11,7 +11,9 @@ FOR UPDATE SKIP LOCKED;
 
 -- name: GrantLease :one
 -- Marks the picked device leased, bumps its fencing token and records the
--- lease, in one statement. Lease times use clock_timestamp(), not now():
+-- lease, in one statement. With an idempotency key, a lease the owner already
+-- got with that key fails the insert (unique violation on
+-- leases_owner_idempotency_key) and the caller rolls back. Lease times use clock_timestamp(), not now():
 -- now() is when the transaction began, which may be before the previous
 -- holder's release committed. The deferred constraints check at commit that the
 -- device and its lease point at each other.
@@ -25,11 +27,15 @@ WITH dev AS (
         last_probe_ok = CASE WHEN @probed::boolean THEN true ELSE d.last_probe_ok END,
         updated_at    = now()
     WHERE d.id = @device_id AND d.state = 'idle'
-    RETURNING d.id, d.name, d.pool, d.fencing_token
+    -- Read the clock once: two calls may differ, and the lease would last a
+    -- microsecond longer than asked.
+    RETURNING d.id, d.name, d.pool, d.fencing_token, clock_timestamp() AS granted_at
 )
-INSERT INTO devalloc.leases (id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, idempotency_key)
+INSERT INTO devalloc.leases (id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at,
+                             idempotency_key, request_fingerprint)
 SELECT @lease_id, dev.id, dev.name, dev.pool, @owner, @holder, dev.fencing_token,
-       clock_timestamp(), clock_timestamp() + make_interval(secs => @ttl_seconds::float8), sqlc.narg('idempotency_key')
+       dev.granted_at, dev.granted_at + make_interval(secs => @ttl_seconds::float8),
+       sqlc.narg('idempotency_key'), sqlc.narg('request_fingerprint')
 FROM dev
 RETURNING *;
 

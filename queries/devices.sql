@@ -16,9 +16,15 @@ SELECT * FROM devalloc.devices WHERE id = @id;
 SELECT * FROM devalloc.devices WHERE name = @name FOR UPDATE;
 
 -- name: ListDevices :many
+-- One page of devices by name, after the previous page's last name when
+-- given: keyset pagination on the name indexes, never OFFSET. The first page
+-- starts at '' (the least string), so the cursor condition is an index bound
+-- even in a generic plan of the prepared statement.
 SELECT * FROM devalloc.devices
 WHERE (sqlc.narg('pool')::text IS NULL OR pool = sqlc.narg('pool'))
   AND (sqlc.narg('state')::text IS NULL OR state = sqlc.narg('state'))
+  AND name >= coalesce(sqlc.narg('after_name')::text, '')
+  AND (sqlc.narg('after_name')::text IS NULL OR name <> sqlc.narg('after_name'))
 ORDER BY name
 LIMIT @max_rows;
 

@@ -3,12 +3,29 @@
 -- name: GetLease :one
 SELECT * FROM devalloc.leases WHERE id = @id;
 
--- name: ListLeases :many
+-- name: GetLeaseByIdempotencyKey :one
+-- The lease an owner's earlier acquire with this Idempotency-Key got, if any.
 SELECT * FROM devalloc.leases
-WHERE (NOT @active_only::boolean OR released_at IS NULL)
-  AND (sqlc.narg('pool')::text IS NULL OR pool = sqlc.narg('pool'))
-  AND (sqlc.narg('owner')::text IS NULL OR owner = sqlc.narg('owner'))
-ORDER BY acquired_at DESC, id
+WHERE owner = @owner AND idempotency_key = @idempotency_key::text;
+
+-- name: ListLeases :many
+-- One page of leases, newest first, after the previous page's last
+-- (acquired_at, id) when given: keyset pagination on the leases_*acquired
+-- indexes, never OFFSET. The row comparison matches the ORDER BY, so every
+-- lease is listed once even when several share an acquired_at. The first
+-- page starts below (infinity, max uuid), so the cursor condition is an
+-- index bound even in a generic plan of the prepared statement. The device's
+-- labels and address come along (NULL once it was deleted): one query per
+-- page, not one per lease.
+SELECT sqlc.embed(l), d.labels AS device_labels, d.address AS device_address
+FROM devalloc.leases l
+LEFT JOIN devalloc.devices d ON d.id = l.device_id
+WHERE (NOT @active_only::boolean OR l.released_at IS NULL)
+  AND (sqlc.narg('pool')::text IS NULL OR l.pool = sqlc.narg('pool'))
+  AND (sqlc.narg('owner')::text IS NULL OR l.owner = sqlc.narg('owner'))
+  AND (l.acquired_at, l.id) < (coalesce(sqlc.narg('after_acquired_at')::timestamptz, 'infinity'),
+                               coalesce(sqlc.narg('after_id')::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+ORDER BY l.acquired_at DESC, l.id DESC
 LIMIT @max_rows;
 
 -- name: RenewLease :one

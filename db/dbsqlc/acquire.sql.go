@@ -18,31 +18,38 @@ WITH dev AS (
         state_reason  = '',
         lease_id      = $1,
         fencing_token = d.fencing_token + 1,
-        last_probe_at = CASE WHEN $6::boolean THEN now() ELSE d.last_probe_at END,
-        last_probe_ok = CASE WHEN $6::boolean THEN true ELSE d.last_probe_ok END,
+        last_probe_at = CASE WHEN $7::boolean THEN now() ELSE d.last_probe_at END,
+        last_probe_ok = CASE WHEN $7::boolean THEN true ELSE d.last_probe_ok END,
         updated_at    = now()
-    WHERE d.id = $7 AND d.state = 'idle'
-    RETURNING d.id, d.name, d.pool, d.fencing_token
+    WHERE d.id = $8 AND d.state = 'idle'
+    -- Read the clock once: two calls may differ, and the lease would last a
+    -- microsecond longer than asked.
+    RETURNING d.id, d.name, d.pool, d.fencing_token, clock_timestamp() AS granted_at
 )
-INSERT INTO devalloc.leases (id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, idempotency_key)
+INSERT INTO devalloc.leases (id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at,
+                             idempotency_key, request_fingerprint)
 SELECT $1, dev.id, dev.name, dev.pool, $2, $3, dev.fencing_token,
-       clock_timestamp(), clock_timestamp() + make_interval(secs => $4::float8), $5
+       dev.granted_at, dev.granted_at + make_interval(secs => $4::float8),
+       $5, $6
 FROM dev
-RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id
+RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint
 `
 
 type GrantLeaseParams struct {
-	LeaseID        uuid.UUID
-	Owner          string
-	Holder         string
-	TtlSeconds     float64
-	IdempotencyKey *string
-	Probed         bool
-	DeviceID       int64
+	LeaseID            uuid.UUID
+	Owner              string
+	Holder             string
+	TtlSeconds         float64
+	IdempotencyKey     *string
+	RequestFingerprint []byte
+	Probed             bool
+	DeviceID           int64
 }
 
 // Marks the picked device leased, bumps its fencing token and records the
-// lease, in one statement. Lease times use clock_timestamp(), not now():
+// lease, in one statement. With an idempotency key, a lease the owner already
+// got with that key fails the insert (unique violation on
+// leases_owner_idempotency_key) and the caller rolls back. Lease times use clock_timestamp(), not now():
 // now() is when the transaction began, which may be before the previous
 // holder's release committed. The deferred constraints check at commit that the
 // device and its lease point at each other.
@@ -53,6 +60,7 @@ func (q *Queries) GrantLease(ctx context.Context, arg GrantLeaseParams) (Devallo
 		arg.Holder,
 		arg.TtlSeconds,
 		arg.IdempotencyKey,
+		arg.RequestFingerprint,
 		arg.Probed,
 		arg.DeviceID,
 	)
@@ -71,6 +79,7 @@ func (q *Queries) GrantLease(ctx context.Context, arg GrantLeaseParams) (Devallo
 		&i.EndReason,
 		&i.IdempotencyKey,
 		&i.ActiveDeviceID,
+		&i.RequestFingerprint,
 	)
 	return i, err
 }

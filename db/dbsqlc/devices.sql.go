@@ -169,18 +169,30 @@ const listDevices = `-- name: ListDevices :many
 SELECT id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at FROM devalloc.devices
 WHERE ($1::text IS NULL OR pool = $1)
   AND ($2::text IS NULL OR state = $2)
+  AND name >= coalesce($3::text, '')
+  AND ($3::text IS NULL OR name <> $3)
 ORDER BY name
-LIMIT $3
+LIMIT $4
 `
 
 type ListDevicesParams struct {
-	Pool    *string
-	State   *string
-	MaxRows int32
+	Pool      *string
+	State     *string
+	AfterName *string
+	MaxRows   int32
 }
 
+// One page of devices by name, after the previous page's last name when
+// given: keyset pagination on the name indexes, never OFFSET. The first page
+// starts at ” (the least string), so the cursor condition is an index bound
+// even in a generic plan of the prepared statement.
 func (q *Queries) ListDevices(ctx context.Context, arg ListDevicesParams) ([]DevallocDevice, error) {
-	rows, err := q.db.Query(ctx, listDevices, arg.Pool, arg.State, arg.MaxRows)
+	rows, err := q.db.Query(ctx, listDevices,
+		arg.Pool,
+		arg.State,
+		arg.AfterName,
+		arg.MaxRows,
+	)
 	if err != nil {
 		return nil, err
 	}

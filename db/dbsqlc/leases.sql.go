@@ -18,7 +18,7 @@ WITH ended AS (
         released_at = clock_timestamp(),
         end_reason  = CASE WHEN l.expires_at <= now() THEN 'expired' ELSE $1::text END
     WHERE l.id = $2 AND l.released_at IS NULL
-    RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id
+    RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint
 ), freed AS (
     UPDATE devalloc.devices d SET
         state        = 'idle',
@@ -30,7 +30,7 @@ WITH ended AS (
     WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
     RETURNING d.id
 )
-SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id FROM ended
+SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint FROM ended
 `
 
 type EndLeaseParams struct {
@@ -39,19 +39,20 @@ type EndLeaseParams struct {
 }
 
 type EndLeaseRow struct {
-	ID             uuid.UUID
-	DeviceID       *int64
-	DeviceName     string
-	Pool           string
-	Owner          string
-	Holder         string
-	FencingToken   int64
-	AcquiredAt     time.Time
-	ExpiresAt      time.Time
-	ReleasedAt     *time.Time
-	EndReason      *string
-	IdempotencyKey *string
-	ActiveDeviceID *int64
+	ID                 uuid.UUID
+	DeviceID           *int64
+	DeviceName         string
+	Pool               string
+	Owner              string
+	Holder             string
+	FencingToken       int64
+	AcquiredAt         time.Time
+	ExpiresAt          time.Time
+	ReleasedAt         *time.Time
+	EndReason          *string
+	IdempotencyKey     *string
+	ActiveDeviceID     *int64
+	RequestFingerprint []byte
 }
 
 // Ends an active lease and frees its device in one statement. A lease whose
@@ -76,13 +77,14 @@ func (q *Queries) EndLease(ctx context.Context, arg EndLeaseParams) (EndLeaseRow
 		&i.EndReason,
 		&i.IdempotencyKey,
 		&i.ActiveDeviceID,
+		&i.RequestFingerprint,
 	)
 	return i, err
 }
 
 const getLease = `-- name: GetLease :one
 
-SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id FROM devalloc.leases WHERE id = $1
+SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint FROM devalloc.leases WHERE id = $1
 `
 
 // Leases: reads, renew, release, expiry.
@@ -103,54 +105,113 @@ func (q *Queries) GetLease(ctx context.Context, id uuid.UUID) (DevallocLease, er
 		&i.EndReason,
 		&i.IdempotencyKey,
 		&i.ActiveDeviceID,
+		&i.RequestFingerprint,
+	)
+	return i, err
+}
+
+const getLeaseByIdempotencyKey = `-- name: GetLeaseByIdempotencyKey :one
+SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint FROM devalloc.leases
+WHERE owner = $1 AND idempotency_key = $2::text
+`
+
+type GetLeaseByIdempotencyKeyParams struct {
+	Owner          string
+	IdempotencyKey string
+}
+
+// The lease an owner's earlier acquire with this Idempotency-Key got, if any.
+func (q *Queries) GetLeaseByIdempotencyKey(ctx context.Context, arg GetLeaseByIdempotencyKeyParams) (DevallocLease, error) {
+	row := q.db.QueryRow(ctx, getLeaseByIdempotencyKey, arg.Owner, arg.IdempotencyKey)
+	var i DevallocLease
+	err := row.Scan(
+		&i.ID,
+		&i.DeviceID,
+		&i.DeviceName,
+		&i.Pool,
+		&i.Owner,
+		&i.Holder,
+		&i.FencingToken,
+		&i.AcquiredAt,
+		&i.ExpiresAt,
+		&i.ReleasedAt,
+		&i.EndReason,
+		&i.IdempotencyKey,
+		&i.ActiveDeviceID,
+		&i.RequestFingerprint,
 	)
 	return i, err
 }
 
 const listLeases = `-- name: ListLeases :many
-SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id FROM devalloc.leases
-WHERE (NOT $1::boolean OR released_at IS NULL)
-  AND ($2::text IS NULL OR pool = $2)
-  AND ($3::text IS NULL OR owner = $3)
-ORDER BY acquired_at DESC, id
-LIMIT $4
+SELECT l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, d.labels AS device_labels, d.address AS device_address
+FROM devalloc.leases l
+LEFT JOIN devalloc.devices d ON d.id = l.device_id
+WHERE (NOT $1::boolean OR l.released_at IS NULL)
+  AND ($2::text IS NULL OR l.pool = $2)
+  AND ($3::text IS NULL OR l.owner = $3)
+  AND (l.acquired_at, l.id) < (coalesce($4::timestamptz, 'infinity'),
+                               coalesce($5::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+ORDER BY l.acquired_at DESC, l.id DESC
+LIMIT $6
 `
 
 type ListLeasesParams struct {
-	ActiveOnly bool
-	Pool       *string
-	Owner      *string
-	MaxRows    int32
+	ActiveOnly      bool
+	Pool            *string
+	Owner           *string
+	AfterAcquiredAt *time.Time
+	AfterID         *uuid.UUID
+	MaxRows         int32
 }
 
-func (q *Queries) ListLeases(ctx context.Context, arg ListLeasesParams) ([]DevallocLease, error) {
+type ListLeasesRow struct {
+	DevallocLease DevallocLease
+	DeviceLabels  []byte
+	DeviceAddress *string
+}
+
+// One page of leases, newest first, after the previous page's last
+// (acquired_at, id) when given: keyset pagination on the leases_*acquired
+// indexes, never OFFSET. The row comparison matches the ORDER BY, so every
+// lease is listed once even when several share an acquired_at. The first
+// page starts below (infinity, max uuid), so the cursor condition is an
+// index bound even in a generic plan of the prepared statement. The device's
+// labels and address come along (NULL once it was deleted): one query per
+// page, not one per lease.
+func (q *Queries) ListLeases(ctx context.Context, arg ListLeasesParams) ([]ListLeasesRow, error) {
 	rows, err := q.db.Query(ctx, listLeases,
 		arg.ActiveOnly,
 		arg.Pool,
 		arg.Owner,
+		arg.AfterAcquiredAt,
+		arg.AfterID,
 		arg.MaxRows,
 	)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var items []DevallocLease
+	var items []ListLeasesRow
 	for rows.Next() {
-		var i DevallocLease
+		var i ListLeasesRow
 		if err := rows.Scan(
-			&i.ID,
-			&i.DeviceID,
-			&i.DeviceName,
-			&i.Pool,
-			&i.Owner,
-			&i.Holder,
-			&i.FencingToken,
-			&i.AcquiredAt,
-			&i.ExpiresAt,
-			&i.ReleasedAt,
-			&i.EndReason,
-			&i.IdempotencyKey,
-			&i.ActiveDeviceID,
+			&i.DevallocLease.ID,
+			&i.DevallocLease.DeviceID,
+			&i.DevallocLease.DeviceName,
+			&i.DevallocLease.Pool,
+			&i.DevallocLease.Owner,
+			&i.DevallocLease.Holder,
+			&i.DevallocLease.FencingToken,
+			&i.DevallocLease.AcquiredAt,
+			&i.DevallocLease.ExpiresAt,
+			&i.DevallocLease.ReleasedAt,
+			&i.DevallocLease.EndReason,
+			&i.DevallocLease.IdempotencyKey,
+			&i.DevallocLease.ActiveDeviceID,
+			&i.DevallocLease.RequestFingerprint,
+			&i.DeviceLabels,
+			&i.DeviceAddress,
 		); err != nil {
 			return nil, err
 		}
@@ -173,7 +234,7 @@ WITH due AS (
     UPDATE devalloc.leases l SET released_at = clock_timestamp(), end_reason = 'expired'
     FROM due
     WHERE l.id = due.id AND l.released_at IS NULL
-    RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id
+    RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint
 ), freed AS (
     UPDATE devalloc.devices d SET
         state        = 'idle',
@@ -185,23 +246,24 @@ WITH due AS (
     WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
     RETURNING d.id
 )
-SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id FROM ended
+SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint FROM ended
 `
 
 type ReapExpiredLeasesRow struct {
-	ID             uuid.UUID
-	DeviceID       *int64
-	DeviceName     string
-	Pool           string
-	Owner          string
-	Holder         string
-	FencingToken   int64
-	AcquiredAt     time.Time
-	ExpiresAt      time.Time
-	ReleasedAt     *time.Time
-	EndReason      *string
-	IdempotencyKey *string
-	ActiveDeviceID *int64
+	ID                 uuid.UUID
+	DeviceID           *int64
+	DeviceName         string
+	Pool               string
+	Owner              string
+	Holder             string
+	FencingToken       int64
+	AcquiredAt         time.Time
+	ExpiresAt          time.Time
+	ReleasedAt         *time.Time
+	EndReason          *string
+	IdempotencyKey     *string
+	ActiveDeviceID     *int64
+	RequestFingerprint []byte
 }
 
 // Ends leases whose time ran out (database clock) and frees their devices.
@@ -230,6 +292,7 @@ func (q *Queries) ReapExpiredLeases(ctx context.Context, batch int32) ([]ReapExp
 			&i.EndReason,
 			&i.IdempotencyKey,
 			&i.ActiveDeviceID,
+			&i.RequestFingerprint,
 		); err != nil {
 			return nil, err
 		}
@@ -244,7 +307,7 @@ func (q *Queries) ReapExpiredLeases(ctx context.Context, batch int32) ([]ReapExp
 const renewLease = `-- name: RenewLease :one
 UPDATE devalloc.leases SET expires_at = clock_timestamp() + make_interval(secs => $1::float8)
 WHERE id = $2 AND released_at IS NULL AND expires_at > now()
-RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id
+RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint
 `
 
 type RenewLeaseParams struct {
@@ -270,6 +333,7 @@ func (q *Queries) RenewLease(ctx context.Context, arg RenewLeaseParams) (Devallo
 		&i.EndReason,
 		&i.IdempotencyKey,
 		&i.ActiveDeviceID,
+		&i.RequestFingerprint,
 	)
 	return i, err
 }

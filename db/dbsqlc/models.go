@@ -102,10 +102,12 @@ type DevallocLease struct {
 	ReleasedAt *time.Time
 	// Why it ended: released, expired, revoked or device_removed.
 	EndReason *string
-	// Idempotency-Key header of the acquire, if any.
+	// Idempotency-Key header of the acquire, if any: unique per owner, so a retry with it gets this lease again, active or ended.
 	IdempotencyKey *string
 	// device_id while active, NULL once ended (generated); ties the device row to its one active lease.
 	ActiveDeviceID *int64
+	// SHA-256 of the acquire's pool, labels, ttl_seconds and holder (not its wait), set with idempotency_key. A retry with the key gets this lease only if its fingerprint is equal; NULL (leases from before 00005) matches any.
+	RequestFingerprint []byte
 }
 
 // Ended leases, most recent first: who held which device, for how long, and why it ended.

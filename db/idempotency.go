@@ -1,0 +1,97 @@
+package db
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/devalloc/devalloc/db/dbsqlc"
+)
+
+// idempotencyIndex is the unique index that allows one lease per owner and
+// idempotency key (migration 00005).
+const idempotencyIndex = "leases_owner_idempotency_key"
+
+// AcquireOrReplay is Acquire, reporting also whether the lease is one an
+// earlier request with the same idempotency key got (replayed) rather than
+// one granted for this call.
+//
+// With req.IdempotencyKey set, the owner's requests with that key get one
+// lease between them:
+//   - a retry after the first request finished gets its lease as it is now,
+//     active or ended;
+//   - a retry while the first still runs at this instance joins it: both get
+//     its outcome, and it keeps running while either caller is still there
+//     (the first one's client going away is exactly why clients retry);
+//   - a retry at another instance races the first for the key in the
+//     database (a unique index): the loser rolls back, its device stays
+//     idle, and it answers with the winner's lease;
+//   - the same key with a different request (selector, TTL or holder; the
+//     wait may differ) fails with ErrIdempotencyKeyReused, changing nothing.
+//
+// A lease with a key is not ended when its requester goes away before
+// receiving it, as an unkeyed one is: the retry needs it.
+func (a *Allocator) AcquireOrReplay(ctx context.Context, req AcquireRequest) (Lease, bool, error) {
+	req.Wait = min(max(req.Wait, 0), a.cfg.MaxWait)
+	if req.IdempotencyKey == "" {
+		return a.acquire(ctx, req, fixedWindow(time.Now().Add(req.Wait)))
+	}
+	// Before TTL defaults are applied: a retry is the same request when it
+	// asks for the same thing, whatever the server's default is today.
+	req.fingerprint = req.fingerprintOf()
+	return a.acquireJoined(ctx, req)
+}
+
+// fingerprintOf is the SHA-256 of a canonical JSON of what decides which
+// lease the request gets: selector, TTL and holder. Wait is left out, so a
+// retry may wait longer or shorter for the same lease. The version member
+// lets the format change without old fingerprints matching new ones by
+// accident.
+func (r AcquireRequest) fingerprintOf() []byte {
+	canonical := struct {
+		Version int             `json:"v"`
+		Pool    string          `json:"pool"`
+		Labels  json.RawMessage `json:"labels"` // sorted keys: see Labels.encode
+		TTLMs   int64           `json:"ttl_ms"`
+		Holder  string          `json:"holder"`
+	}{1, r.Selector.Pool, r.Selector.Labels.encode(), r.TTL.Milliseconds(), r.Holder}
+	b, _ := json.Marshal(canonical) // strings, numbers and valid JSON always marshal
+	sum := sha256.Sum256(b)
+	return sum[:]
+}
+
+// replay returns the lease the owner already got with req's key, if any
+// (ok true), or ErrIdempotencyKeyReused if that lease was for a different
+// request.
+func (a *Allocator) replay(ctx context.Context, req AcquireRequest) (lease Lease, ok bool, err error) {
+	r, err := a.q.GetLeaseByIdempotencyKey(ctx, dbsqlc.GetLeaseByIdempotencyKeyParams{
+		Owner: req.Owner, IdempotencyKey: req.IdempotencyKey,
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Lease{}, false, nil
+	}
+	if err != nil {
+		return Lease{}, false, fmt.Errorf("look up idempotency key of %q: %w", req.Owner, err)
+	}
+	// NULL: recorded before fingerprints existed; the key alone decides.
+	if r.RequestFingerprint != nil && !bytes.Equal(r.RequestFingerprint, req.fingerprint) {
+		return Lease{}, false, ErrIdempotencyKeyReused
+	}
+	lease, err = a.withDevice(ctx, r)
+	if err != nil {
+		return Lease{}, false, err
+	}
+	return lease, true, nil
+}
+
+func isIdempotencyConflict(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == idempotencyIndex
+}
