@@ -8,6 +8,7 @@ SHELL := /bin/bash
 
 GO          ?= go
 SQLC        := $(GO) run github.com/sqlc-dev/sqlc/cmd/sqlc@v1.31.1
+OAPI_CODEGEN := $(GO) run github.com/oapi-codegen/oapi-codegen/v2/cmd/oapi-codegen@v2.8.2
 STATICCHECK := $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 BIN          := bin/devalloc
@@ -35,21 +36,36 @@ build: ## build bin/devalloc
 test: ## run every test with the race detector (TEST_DATABASE_URL, else localhost:5432, else testcontainers)
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
-generate: ## regenerate db/dbsqlc from queries/ and migrations/ with sqlc
+# Everything generated, and committed: db/dbsqlc (sqlc, from queries/ and
+# migrations/), the OpenAPI documents in httpapi/openapi (from the Huma
+# operations in httpapi) and the Go client httpapi/client/client.gen.go
+# (oapi-codegen, from the 3.0 document). In this order: the documents are
+# rendered by code that uses db/dbsqlc, and the client is generated from them.
+GENERATED := db/dbsqlc httpapi/openapi httpapi/client
+
+generate: ## regenerate db/dbsqlc (sqlc), httpapi/openapi/*.json and httpapi/client/client.gen.go (oapi-codegen)
 	$(SQLC) generate
+	$(GO) run ./httpapi/openapi -dir httpapi/openapi
+	$(OAPI_CODEGEN) -config httpapi/client/oapi-codegen.yaml httpapi/openapi/openapi-3.0.json
 
 # Generates into a scratch copy of the tree and compares, so it catches
-# changed, missing and left-over files and never touches the work tree.
-check-generated: ## fail when db/dbsqlc is not what sqlc generates now
+# changed, missing and left-over files and never touches the work tree. The
+# copy loses every generated file first (hand-written ones stay), so a file
+# that generation no longer writes shows up as left over.
+check-generated: ## fail when any generated file is not what `make generate` writes now
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	tar --exclude=./.git --exclude=./bin -cf - . | tar -xf - -C "$$tmp"; \
-	rm -rf "$$tmp/db/dbsqlc"; \
-	(cd "$$tmp" && $(SQLC) generate); \
-	if ! diff -ru db/dbsqlc "$$tmp/db/dbsqlc"; then \
-		echo "check-generated: db/dbsqlc is stale (- committed, + generated); run 'make generate' and commit the result" >&2; \
+	rm -rf "$$tmp/db/dbsqlc" "$$tmp"/httpapi/openapi/*.json "$$tmp"/httpapi/client/*.gen.go; \
+	$(MAKE) --no-print-directory -C "$$tmp" generate >/dev/null; \
+	stale=0; \
+	for d in $(GENERATED); do \
+		if ! diff -ru "$$d" "$$tmp/$$d"; then stale=1; fi; \
+	done; \
+	if [ "$$stale" -ne 0 ]; then \
+		echo "check-generated: generated files are stale (- committed, + generated); run 'make generate' and commit the result" >&2; \
 		exit 1; \
 	fi; \
-	echo "check-generated: db/dbsqlc is up to date"
+	echo "check-generated: $(GENERATED) are up to date"
 
 lint: vet fmt-check staticcheck ## go vet, gofmt check and staticcheck
 

@@ -24,6 +24,14 @@ Commands:
   version                    print the version
   help                       show this help
 
+Client commands (talk to a server: --url/DEVALLOC_URL, --key/DEVALLOC_KEY):
+  acquire [-- command...]    take a device; with a command, hold it while the command runs
+  renew LEASE-ID             extend a lease
+  release LEASE-ID           give a device back
+  leases                     list leases (--active, --pool)
+  devices                    list devices (--pool, --state)
+  pools                      count each pool's devices by state
+
 Run "devalloc <command> -h" for a command's flags. Every flag has an
 environment twin (DEVALLOC_*, and DATABASE_URL for --database-url).
 `
@@ -49,6 +57,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cmd, rest := args[0], args[1:]
+	if isClientCommand(cmd) {
+		return runClient(ctx, cmd, rest, stdout, stderr)
+	}
 	var err error
 	switch cmd {
 	case "serve":

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/devalloc/devalloc/httpapi/client"
+)
+
+// runDevices is "devalloc devices [--pool P] [--state S]".
+func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("devices", "devices [--pool POOL] [--state idle|leased|offline|maintenance] [flags]", stderr)
+	var (
+		cf          clientFlags
+		pool, state string
+	)
+	cf.register(fs)
+	fs.stringVar(&pool, "pool", "DEVALLOC_POOL", "", "only devices in this pool (empty: all pools)")
+	fs.stringVar(&state, "state", "DEVALLOC_STATE", "", "only devices in this state: idle, leased, offline or maintenance")
+	positional, err := fs.parseInterleaved(args)
+	if err != nil {
+		return err
+	}
+	if len(positional) > 0 {
+		return usageError{error: fmt.Errorf("unexpected argument %q (usage: devalloc %s)", positional[0], fs.synopsis)}
+	}
+	filter := client.ListDevicesParams{}
+	if pool != "" {
+		filter.Pool = &pool
+	}
+	if state != "" {
+		s := client.ListDevicesParamsState(state)
+		if !s.Valid() {
+			return usageError{error: fmt.Errorf("--state %q: want idle, leased, offline or maintenance", state)}
+		}
+		filter.State = &s
+	}
+	api, err := cf.connect(fs)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	devices, _, err := collect(ctx, 0, func(ctx context.Context, size int64, cursor *string) ([]client.Device, *string, error) {
+		params := filter
+		params.Limit, params.Cursor = &size, cursor
+		r, err := api.ListDevicesWithResponse(ctx, &params)
+		if err != nil {
+			return nil, nil, cf.reachError(err)
+		}
+		if err := client.CheckResponse(r.HTTPResponse, r.Body); err != nil {
+			return nil, nil, err
+		}
+		return r.JSON200.Devices, r.JSON200.NextCursor, nil
+	})
+	if err != nil {
+		return err
+	}
+	if cf.json {
+		return printJSON(stdout, client.DeviceList{Devices: devices})
+	}
+	return printDevices(stdout, devices)
+}
+
+// runPools is "devalloc pools".
+func runPools(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("pools", "pools [flags]", stderr)
+	var cf clientFlags
+	cf.register(fs)
+	if err := fs.parse(args); err != nil {
+		return err
+	}
+	if err := fs.noArgs(); err != nil {
+		return err
+	}
+	api, err := cf.connect(fs)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	r, err := api.ListPoolsWithResponse(ctx)
+	if err != nil {
+		return cf.reachError(err)
+	}
+	if err := client.CheckResponse(r.HTTPResponse, r.Body); err != nil {
+		return err
+	}
+	if cf.json {
+		return printJSON(stdout, r.JSON200)
+	}
+	return printPools(stdout, r.JSON200.Pools)
+}
