@@ -3,6 +3,9 @@ package db
 import (
 	"errors"
 	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 var (
@@ -37,3 +40,13 @@ func (e *LeaseEndedError) Error() string {
 
 // Is makes errors.Is(err, ErrLeaseEnded) true.
 func (e *LeaseEndedError) Is(target error) bool { return target == ErrLeaseEnded }
+
+// IsInvalidData reports whether PostgreSQL refused a value the caller gave
+// (SQLSTATE class 22, data exception: text with NUL or bad encoding, a time
+// out of range, ...). The input was wrong, not the server; callers that
+// validate at the edge should rarely see it, and answer it as a client
+// error when they do.
+func IsInvalidData(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22")
+}

@@ -117,6 +117,7 @@ func build(alloc *db.Allocator, opts Options) (*http.ServeMux, huma.API) {
 	// Middleware must be in place before operations are registered: Huma
 	// captures the chain at registration.
 	api.UseMiddleware(principalMiddleware(api, authn, s.log))
+	api.UseMiddleware(textMiddleware(api, s.maxBody))
 
 	s.registerDevices(api)
 	s.registerLeases(api)
@@ -140,7 +141,8 @@ func config() huma.Config {
 		"`urn:devalloc:problem:` + `not-found` (404), `device-exists` (409), `device-leased` (409), " +
 		"`unsatisfiable-selector` (422), `lease-ended` (410), `forbidden` / `not-your-lease` (403), " +
 		"`no-device-available` (503, with Retry-After), `not-ready` (503), " +
-		"`idempotency-key-reused` (422), `too-many-waiting` (429, with Retry-After). " +
+		"`idempotency-key-reused` (422), `too-many-waiting` (429, with Retry-After), " +
+		"`unauthorized` (401, with WWW-Authenticate), `invalid-value` (422, a value the database refused). " +
 		"Invalid input is 422 with type about:blank and one entry per bad field in `errors`."
 	cfg.Tags = []*huma.Tag{
 		{Name: "devices", Description: "The devices devalloc hands out, and their state."},

@@ -92,7 +92,9 @@ func (s *server) createDevice(ctx context.Context, in *createDeviceInput) (*crea
 		return nil, err
 	}
 	b := in.Body
-	if err := invalid(checkLabels("body.labels", b.Labels)); err != nil {
+	errs := checkLabels("body.labels", b.Labels)
+	errs = append(errs, checkText("body.address", b.Address)...)
+	if err := invalid(errs); err != nil {
 		return nil, err
 	}
 	// Huma fills tag defaults only into a body it parsed; keep them here too
@@ -146,6 +148,9 @@ func (s *server) updateDevice(ctx context.Context, in *updateDeviceInput) (*devi
 	b := in.Body
 	var errs []error
 	patch := db.DevicePatch{Address: b.Address, Probe: b.Probe, State: b.State}
+	if b.Address != nil {
+		errs = append(errs, checkText("body.address", *b.Address)...)
+	}
 	if b.Labels != nil {
 		errs = append(errs, checkLabels("body.labels", *b.Labels)...)
 		labels := db.Labels(*b.Labels)
@@ -158,6 +163,7 @@ func (s *server) updateDevice(ctx context.Context, in *updateDeviceInput) (*devi
 				Location: "body.reason", Message: "reason is only accepted together with state", Value: *b.Reason,
 			})
 		}
+		errs = append(errs, checkText("body.reason", *b.Reason)...)
 		patch.Reason = *b.Reason
 	}
 	if err := invalid(errs); err != nil {

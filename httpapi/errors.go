@@ -29,6 +29,7 @@ const (
 	kindNotYourLease  = "not-your-lease"
 	kindNotReady      = "not-ready"
 	kindClientGone    = "client-closed-request"
+	kindInvalidValue  = "invalid-value"
 
 	kindIdempotencyKeyReused = "idempotency-key-reused"
 	kindTooManyWaiting       = "too-many-waiting"
@@ -92,6 +93,12 @@ func (s *server) fail(ctx context.Context, op, subject string, err error) error 
 	case errors.Is(err, db.ErrUnsatisfiable):
 		out = problem(http.StatusUnprocessableEntity, kindUnsatisfiable,
 			"no registered device matches "+subject+", in any state, so waiting could never succeed")
+	case db.IsInvalidData(err):
+		// A value the edge checks missed, refused by PostgreSQL itself; the
+		// input is at fault, and the transaction has rolled back.
+		s.log.Warn("value refused by the database", "op", op, "subject", subject, "err", err)
+		out = problem(http.StatusUnprocessableEntity, kindInvalidValue,
+			"a value in the request cannot be stored (for "+subject+")")
 	default:
 		s.log.Error("request failed", "op", op, "subject", subject, "err", err)
 		// The cause stays in the log: it may name hosts, tables or SQL.

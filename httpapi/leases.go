@@ -127,6 +127,7 @@ func (s *server) acquireLease(ctx context.Context, in *acquireLeaseInput) (*acqu
 	}
 	cfg := s.alloc.Config()
 	errs := checkLabels("body.labels", b.Labels)
+	errs = append(errs, checkText("body.holder", b.Holder)...)
 	errs = append(errs, checkSeconds("body.wait_seconds", b.WaitSeconds, cfg.MaxWait, "max wait")...)
 	errs = append(errs, checkSeconds("body.ttl_seconds", b.TTLSeconds, cfg.MaxTTL, "max TTL")...)
 	if err := invalid(errs); err != nil {

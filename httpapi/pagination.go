@@ -80,11 +80,14 @@ func deviceAfter(raw string) (string, error) {
 	if err := decodeCursor(raw, &c); err != nil {
 		return "", err
 	}
-	if c.Name == "" {
+	if c.Name == "" || !storableText(c.Name) {
 		return "", badCursor(raw)
 	}
 	return c.Name, nil
 }
+
+// maxCursorMicros is 10000-01-01T00:00:00Z in microseconds since the epoch.
+const maxCursorMicros = 253402300800000000
 
 func nextLeaseCursor(next *db.LeaseKey) *string {
 	if next == nil {
@@ -102,7 +105,9 @@ func leaseAfter(raw string) (*db.LeaseKey, error) {
 	if err := decodeCursor(raw, &c); err != nil {
 		return nil, err
 	}
-	if c.ID == uuid.Nil {
+	// Leases were acquired after 1970 and before 10000 AD; a forged time
+	// outside that could be out of PostgreSQL's timestamptz range.
+	if c.ID == uuid.Nil || c.AcquiredAtMicros < 0 || c.AcquiredAtMicros >= maxCursorMicros {
 		return nil, badCursor(raw)
 	}
 	return &db.LeaseKey{AcquiredAt: time.UnixMicro(c.AcquiredAtMicros).UTC(), ID: c.ID}, nil

@@ -22,7 +22,8 @@ const (
 var labelKeyRe = regexp.MustCompile(`^[A-Za-z0-9._/-]{1,63}$`)
 
 // checkLabels reports every bad label key at loc (e.g. "body.labels").
-// Counts and value lengths are already enforced from Labels' schema.
+// and every value that is not storable text. Counts and value lengths are
+// already enforced from Labels' schema.
 func checkLabels(loc string, l Labels) []error {
 	keys := make([]string, 0, len(l))
 	for k := range l {
@@ -37,7 +38,9 @@ func checkLabels(loc string, l Labels) []error {
 				Message:  "label key must be " + labelKeyRuleText,
 				Value:    k,
 			})
+			continue
 		}
+		errs = append(errs, checkText(loc+"."+k, l[k])...)
 	}
 	return errs
 }

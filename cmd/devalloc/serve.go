@@ -33,6 +33,7 @@ type serveConfig struct {
 	healthInterval  time.Duration
 	shutdownTimeout time.Duration
 	adminKey        string
+	maxWaitingKey   int
 	logs            logFlags
 }
 
@@ -53,12 +54,16 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.durationVar(&c.healthInterval, "health-interval", "DEVALLOC_HEALTH_INTERVAL", 2*time.Second, "how often offline devices due for a re-probe are looked for")
 	fs.durationVar(&c.shutdownTimeout, "shutdown-timeout", "DEVALLOC_SHUTDOWN_TIMEOUT", 15*time.Second, "on SIGINT/SIGTERM, how long in-flight requests (long-polls too) may finish before they are cut")
 	fs.stringVar(&c.adminKey, "admin-key", "DEVALLOC_ADMIN_KEY", "", fmt.Sprintf("ensure an admin API key with this secret exists (at least %d characters); prefer the environment variable, flags show in ps", db.MinSecretLength))
+	fs.intVar(&c.maxWaitingKey, "max-waiting-per-key", "DEVALLOC_MAX_WAITING_PER_KEY", httpapi.DefaultMaxWaitingPerKey, "acquires one API key may have waiting on this instance at once; past it, 429 with Retry-After")
 	c.logs.register(fs)
 	if err := fs.parse(args); err != nil {
 		return c, err
 	}
 	if err := fs.noArgs(); err != nil {
 		return c, err
+	}
+	if c.maxWaitingKey < 1 {
+		return c, usageError{error: fmt.Errorf("--max-waiting-per-key %d: want at least 1", c.maxWaitingKey)}
 	}
 	if c.adminKey != "" && len(c.adminKey) < db.MinSecretLength {
 		return c, usageError{error: fmt.Errorf("--admin-key / DEVALLOC_ADMIN_KEY: want at least %d characters", db.MinSecretLength)}
@@ -167,7 +172,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("listen on %s: %w", c.addr, err)
 	}
 	srv := &http.Server{
-		Handler:           httpapi.New(alloc, httpapi.Options{Logger: logger, Authenticate: httpapi.BearerAuth(keys)}),
+		Handler: httpapi.New(alloc, httpapi.Options{
+			Logger:           logger,
+			Authenticate:     httpapi.BearerAuth(keys),
+			MaxWaitingPerKey: c.maxWaitingKey,
+		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		// No ReadTimeout or WriteTimeout: an acquire may long-poll for up to
 		// --max-wait, and a write deadline would cut it off mid-wait.
