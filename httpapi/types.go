@@ -9,6 +9,15 @@ import (
 	"github.com/devalloc/devalloc/db"
 )
 
+// Ceilings of wait_seconds and ttl_seconds in the schema, whatever the
+// server's configured maxima (which may only be lower): out-of-range
+// numbers are then refused with the field's name by schema validation.
+// They must match the maximum tags below.
+const (
+	WaitSecondsCeiling = 86400    // a day
+	TTLSecondsCeiling  = 31536000 // 365 days
+)
+
 // Request and response bodies. They are exported because their names become
 // the OpenAPI component names (and Go clients may reuse them); the JSON
 // shapes are the contract in DESIGN.md, so rename nothing.
@@ -113,14 +122,14 @@ type LeaseList struct {
 type AcquireLeaseRequest struct {
 	Pool        string `json:"pool,omitempty" default:"default" minLength:"1" maxLength:"128" pattern:"^[A-Za-z0-9][A-Za-z0-9._-]*$" doc:"Pool to take a device from." example:"android"`
 	Labels      Labels `json:"labels,omitempty" doc:"Labels the device must have (all of them, with equal values)."`
-	WaitSeconds int64  `json:"wait_seconds,omitempty" minimum:"0" doc:"How long to wait for a matching device to become free (long-poll); 0 answers at once. At most the server's max wait (default 900)." example:"30"`
-	TTLSeconds  int64  `json:"ttl_seconds,omitempty" minimum:"1" doc:"Lease lifetime; renew before it passes. Default the server's default TTL (600); at most its max TTL (default 86400)." example:"600"`
+	WaitSeconds int64  `json:"wait_seconds,omitempty" minimum:"0" maximum:"86400" doc:"How long to wait for a matching device to become free (long-poll); 0 answers at once. At most the server's max wait (default 900)." example:"30"`
+	TTLSeconds  int64  `json:"ttl_seconds,omitempty" minimum:"1" maximum:"31536000" doc:"Lease lifetime; renew before it passes. Default the server's default TTL (600); at most its max TTL (default 86400)." example:"600"`
 	Holder      string `json:"holder,omitempty" maxLength:"1024" doc:"Free text saying who holds the device, e.g. a CI job URL." example:"https://ci.example.com/jobs/1234"`
 }
 
 // RenewLeaseRequest extends a lease.
 type RenewLeaseRequest struct {
-	TTLSeconds int64 `json:"ttl_seconds,omitempty" minimum:"1" doc:"New lifetime from now; default the server's default TTL." example:"600"`
+	TTLSeconds int64 `json:"ttl_seconds,omitempty" minimum:"1" maximum:"31536000" doc:"New lifetime from now; default the server's default TTL." example:"600"`
 }
 
 // PoolSummary counts one pool's devices by state.

@@ -89,6 +89,14 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	if c.defaultTTL > c.maxTTL {
 		return c, usageError{error: fmt.Errorf("--default-ttl %s is longer than --max-ttl %s", c.defaultTTL, c.maxTTL)}
 	}
+	// The API's schema caps what a client may ever send; a server maximum
+	// above it could never be asked for.
+	if c.maxWait > httpapi.WaitSecondsCeiling*time.Second {
+		return c, usageError{error: fmt.Errorf("--max-wait %s: at most %s", c.maxWait, httpapi.WaitSecondsCeiling*time.Second)}
+	}
+	if c.maxTTL > httpapi.TTLSecondsCeiling*time.Second {
+		return c, usageError{error: fmt.Errorf("--max-ttl %s: at most %s", c.maxTTL, httpapi.TTLSecondsCeiling*time.Second)}
+	}
 	return c, nil
 }
 
