@@ -30,9 +30,9 @@ type createDeviceOutput struct {
 
 type listDevicesInput struct {
 	Pool   string `query:"pool" doc:"Only devices in this pool." example:"android"`
-	State  string `query:"state" enum:"idle,leased,offline,maintenance" doc:"Only devices in this state."`
-	Limit  int    `query:"limit" default:"100" minimum:"1" maximum:"1000" doc:"Page size: at most this many devices."`
-	Cursor string `query:"cursor" maxLength:"512" doc:"Opaque: the next_cursor of the previous page; absent for the first page."`
+	State  string `query:"state" enum:"idle,leased,offline,maintenance" doc:"Only devices in this state." example:"idle"`
+	Limit  int    `query:"limit" default:"100" minimum:"1" maximum:"1000" doc:"Page size: at most this many devices." example:"100"`
+	Cursor string `query:"cursor" maxLength:"512" doc:"Opaque: the next_cursor of the previous page; absent for the first page." example:"eyJuYW1lIjoicGl4ZWwtNy0wMSJ9"`
 }
 
 type updateDeviceInput struct {
@@ -42,7 +42,7 @@ type updateDeviceInput struct {
 
 type deleteDeviceInput struct {
 	Name  string `path:"name" minLength:"1" doc:"Device name." example:"pixel-7-01"`
-	Force bool   `query:"force" doc:"Delete even if leased; the lease ends with end_reason device_removed."`
+	Force bool   `query:"force" doc:"Delete even if leased; the lease ends with end_reason device_removed." example:"false"`
 }
 
 type deviceOutput struct {
@@ -66,8 +66,9 @@ func (s *server) registerDevices(api huma.API) {
 	}, s.listDevices)
 	huma.Register(api, huma.Operation{
 		OperationID: "getDevice", Method: http.MethodGet, Path: "/v1/devices/{name}", Tags: tags,
-		Summary: "Get a device",
-		Errors:  []int{http.StatusNotFound},
+		Summary:     "Get a device",
+		Description: "The device by name, with its state and, when leased, its lease id.",
+		Errors:      []int{http.StatusNotFound},
 	}, s.getDevice)
 	huma.Register(api, huma.Operation{
 		OperationID: "updateDevice", Method: http.MethodPatch, Path: "/v1/devices/{name}", Tags: tags,

@@ -23,7 +23,7 @@ type leaseIDInput struct {
 }
 
 type acquireLeaseInput struct {
-	IdempotencyKey string `header:"Idempotency-Key" maxLength:"255" doc:"Makes the acquire safe to retry: your requests with the same key get one lease between them (see the operation's description)."`
+	IdempotencyKey string `header:"Idempotency-Key" maxLength:"255" doc:"Makes the acquire safe to retry: your requests with the same key get one lease between them (see the operation's description)." example:"3f6c1b2e-9a4d-4e8b-bc1a-7d2e5f9a0c31"`
 	// A pointer, so an empty body is accepted: every field has a default.
 	Body *AcquireLeaseRequest
 }
@@ -35,10 +35,10 @@ type acquireLeaseOutput struct {
 }
 
 type listLeasesInput struct {
-	Active bool   `query:"active" doc:"Only active leases."`
+	Active bool   `query:"active" doc:"Only active leases." example:"true"`
 	Pool   string `query:"pool" doc:"Only leases in this pool." example:"android"`
-	Limit  int    `query:"limit" default:"100" minimum:"1" maximum:"1000" doc:"Page size: at most this many leases."`
-	Cursor string `query:"cursor" maxLength:"512" doc:"Opaque: the next_cursor of the previous page; absent for the first page."`
+	Limit  int    `query:"limit" default:"100" minimum:"1" maximum:"1000" doc:"Page size: at most this many leases." example:"100"`
+	Cursor string `query:"cursor" maxLength:"512" doc:"Opaque: the next_cursor of the previous page; absent for the first page." example:"eyJhY3F1aXJlZF9hdF91cyI6MTc2NDExOTI2MDAwMDAwMCwiaWQiOiIwMTkzNmIyZS03ZjNhLTdjMWQtOWI4ZS0yZjRhNWM2ZDdlOGYifQ"`
 }
 
 type renewLeaseInput struct {
@@ -81,8 +81,9 @@ func (s *server) registerLeases(api huma.API) {
 	}, s.listLeases)
 	huma.Register(api, huma.Operation{
 		OperationID: "getLease", Method: http.MethodGet, Path: "/v1/leases/{id}", Tags: tags,
-		Summary: "Get a lease",
-		Errors:  []int{http.StatusForbidden, http.StatusNotFound},
+		Summary:     "Get a lease",
+		Description: "The lease, active or ended. A client key may read only its own leases.",
+		Errors:      []int{http.StatusForbidden, http.StatusNotFound},
 	}, s.getLease)
 	huma.Register(api, huma.Operation{
 		OperationID: "renewLease", Method: http.MethodPost, Path: "/v1/leases/{id}/renew", Tags: tags,

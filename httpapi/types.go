@@ -56,14 +56,14 @@ type Device struct {
 	Pool         string     `json:"pool" doc:"Pool the device is allocated from." example:"android"`
 	Labels       Labels     `json:"labels"`
 	Address      string     `json:"address" doc:"Where a holder reaches the device: host:port for tcp, a URL for http." example:"10.0.0.17:5555"`
-	Probe        string     `json:"probe" enum:"tcp,http,none" doc:"How devalloc checks the device answers before handing it out."`
-	State        string     `json:"state" enum:"idle,leased,offline,maintenance" doc:"idle (can be acquired), leased, offline (failed a probe; rechecked automatically) or maintenance (set by an admin)."`
-	StateReason  string     `json:"state_reason" doc:"Why the device is in its state, e.g. the probe error that took it offline."`
-	LeaseID      *uuid.UUID `json:"lease_id" format:"uuid" nullable:"true" doc:"The active lease, null unless leased."`
+	Probe        string     `json:"probe" enum:"tcp,http,none" doc:"How devalloc checks the device answers before handing it out." example:"tcp"`
+	State        string     `json:"state" enum:"idle,leased,offline,maintenance" doc:"idle (can be acquired), leased, offline (failed a probe; rechecked automatically) or maintenance (set by an admin)." example:"idle"`
+	StateReason  string     `json:"state_reason" doc:"Why the device is in its state, e.g. the probe error that took it offline." example:"tcp 10.0.0.17:5555: connection refused"`
+	LeaseID      *uuid.UUID `json:"lease_id" format:"uuid" nullable:"true" doc:"The active lease, null unless leased." example:"01936b2e-7f3a-7c1d-9b8e-2f4a5c6d7e8f"`
 	FencingToken int64      `json:"fencing_token" doc:"Bumped on every acquire; compare with a lease's token to detect a stale holder." example:"42"`
-	LastProbeAt  *time.Time `json:"last_probe_at" doc:"When the device was last probed, null if never (RFC 3339, UTC)."`
-	CreatedAt    time.Time  `json:"created_at" doc:"RFC 3339, UTC."`
-	UpdatedAt    time.Time  `json:"updated_at" doc:"RFC 3339, UTC."`
+	LastProbeAt  *time.Time `json:"last_probe_at" doc:"When the device was last probed, null if never (RFC 3339, UTC)." example:"2026-11-26T01:41:43.008659Z"`
+	CreatedAt    time.Time  `json:"created_at" doc:"When the device was registered (RFC 3339, UTC)." example:"2026-11-26T01:41:34.219748Z"`
+	UpdatedAt    time.Time  `json:"updated_at" doc:"When the device last changed (RFC 3339, UTC)." example:"2026-11-26T01:41:43.008659Z"`
 }
 
 // DeviceList is the listDevices response.
@@ -78,22 +78,22 @@ type CreateDeviceRequest struct {
 	Pool    string `json:"pool,omitempty" default:"default" minLength:"1" maxLength:"128" pattern:"^[A-Za-z0-9][A-Za-z0-9._-]*$" doc:"Pool to allocate the device from; same syntax as name." example:"android"`
 	Labels  Labels `json:"labels,omitempty"`
 	Address string `json:"address" minLength:"1" maxLength:"1024" doc:"Where a holder (and the probe) reaches the device: host:port for tcp, a URL or host:port[/path] for http." example:"10.0.0.17:5555"`
-	Probe   string `json:"probe,omitempty" default:"tcp" enum:"tcp,http,none" doc:"How devalloc checks the device answers before handing it out."`
+	Probe   string `json:"probe,omitempty" default:"tcp" enum:"tcp,http,none" doc:"How devalloc checks the device answers before handing it out." example:"tcp"`
 }
 
 // UpdateDeviceRequest changes a device; absent fields stay as they are.
 type UpdateDeviceRequest struct {
 	Labels  *Labels `json:"labels,omitempty" doc:"Replaces all of the device's labels."`
 	Address *string `json:"address,omitempty" minLength:"1" maxLength:"1024" doc:"New address." example:"10.0.0.18:5555"`
-	Probe   *string `json:"probe,omitempty" enum:"tcp,http,none" doc:"New probe kind."`
-	State   *string `json:"state,omitempty" enum:"maintenance,idle" doc:"maintenance takes the device out of rotation; idle puts it back. Refused (409) while the device is leased."`
+	Probe   *string `json:"probe,omitempty" enum:"tcp,http,none" doc:"New probe kind." example:"http"`
+	State   *string `json:"state,omitempty" enum:"maintenance,idle" doc:"maintenance takes the device out of rotation; idle puts it back. Refused (409) while the device is leased." example:"maintenance"`
 	Reason  *string `json:"reason,omitempty" maxLength:"1024" doc:"Why the state changes (shown as state_reason); only with state." example:"screen cracked"`
 }
 
 // LeaseDevice is what a lease tells its holder about the device.
 type LeaseDevice struct {
-	Name    string `json:"name" example:"pixel-7-01"`
-	Pool    string `json:"pool" example:"android"`
+	Name    string `json:"name" doc:"The device's name." example:"pixel-7-01"`
+	Pool    string `json:"pool" doc:"The device's pool." example:"android"`
 	Labels  Labels `json:"labels"`
 	Address string `json:"address" doc:"Where to reach the device; empty if it was deleted since." example:"10.0.0.17:5555"`
 }
@@ -105,16 +105,16 @@ type Lease struct {
 	Owner        string      `json:"owner" doc:"The API key that acquired the lease; only it (or an admin) may renew or release it." example:"ci-runner"`
 	Holder       string      `json:"holder" doc:"The client's own description of who holds the device." example:"https://ci.example.com/jobs/1234"`
 	FencingToken int64       `json:"fencing_token" doc:"The device's fencing token for this lease; a larger token means a newer lease." example:"42"`
-	AcquiredAt   time.Time   `json:"acquired_at" doc:"RFC 3339, UTC."`
-	ExpiresAt    time.Time   `json:"expires_at" doc:"The lease ends here unless renewed (RFC 3339, UTC)."`
-	ReleasedAt   *time.Time  `json:"released_at" doc:"When the lease ended, null while active (RFC 3339, UTC)."`
-	EndReason    *string     `json:"end_reason" doc:"Why the lease ended: released, expired, revoked or device_removed; null while active."`
+	AcquiredAt   time.Time   `json:"acquired_at" doc:"When the lease was granted (RFC 3339, UTC)." example:"2026-11-26T01:41:43.036272Z"`
+	ExpiresAt    time.Time   `json:"expires_at" doc:"The lease ends here unless renewed (RFC 3339, UTC)." example:"2026-11-26T01:51:43.036272Z"`
+	ReleasedAt   *time.Time  `json:"released_at" doc:"When the lease ended, null while active (RFC 3339, UTC)." example:"2026-11-26T01:45:02.118Z"`
+	EndReason    *string     `json:"end_reason" enum:"released,expired,revoked,device_removed" nullable:"true" doc:"Why the lease ended: released, expired, revoked or device_removed; null while active." example:"released"`
 }
 
 // LeaseList is the listLeases response.
 type LeaseList struct {
 	Leases     []Lease `json:"leases" nullable:"false" doc:"Leases, newest first."`
-	NextCursor *string `json:"next_cursor,omitempty" doc:"Pass as cursor to get the next page; absent on the last page."`
+	NextCursor *string `json:"next_cursor,omitempty" doc:"Pass as cursor to get the next page; absent on the last page." example:"eyJhY3F1aXJlZF9hdF91cyI6MTc2NDExOTI2MDAwMDAwMCwiaWQiOiIwMTkzNmIyZS03ZjNhLTdjMWQtOWI4ZS0yZjRhNWM2ZDdlOGYifQ"`
 }
 
 // AcquireLeaseRequest asks for a device. Every field is optional, and so
@@ -134,12 +134,12 @@ type RenewLeaseRequest struct {
 
 // PoolSummary counts one pool's devices by state.
 type PoolSummary struct {
-	Name        string `json:"name" example:"android"`
-	Idle        int64  `json:"idle" doc:"Devices that can be acquired now."`
-	Leased      int64  `json:"leased"`
-	Offline     int64  `json:"offline" doc:"Devices that failed a probe; rechecked automatically."`
-	Maintenance int64  `json:"maintenance"`
-	Waiting     int64  `json:"waiting" doc:"Acquires waiting on this pool at the instance that answered."`
+	Name        string `json:"name" doc:"Pool name." example:"android"`
+	Idle        int64  `json:"idle" doc:"Devices that can be acquired now." example:"3"`
+	Leased      int64  `json:"leased" doc:"Devices held under a lease." example:"5"`
+	Offline     int64  `json:"offline" doc:"Devices that failed a probe; rechecked automatically." example:"1"`
+	Maintenance int64  `json:"maintenance" doc:"Devices an admin took out of rotation." example:"0"`
+	Waiting     int64  `json:"waiting" doc:"Acquires waiting on this pool at the instance that answered." example:"2"`
 }
 
 // PoolList is the listPools response.
@@ -149,7 +149,7 @@ type PoolList struct {
 
 // HealthStatus is the healthz/readyz response.
 type HealthStatus struct {
-	Status string `json:"status" example:"ok"`
+	Status string `json:"status" doc:"Always ok when the server answers." example:"ok"`
 }
 
 func deviceFromDB(d db.Device) Device {

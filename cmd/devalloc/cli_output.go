@@ -101,7 +101,7 @@ func leaseStatus(l client.Lease, now time.Time) string {
 	}
 	reason := "ended"
 	if l.EndReason != nil {
-		reason = *l.EndReason
+		reason = string(*l.EndReason)
 	}
 	return reason + " " + human(now.Sub(*l.ReleasedAt)) + " ago"
 }

@@ -84,6 +84,30 @@ func (e DeviceState) Valid() bool {
 	}
 }
 
+// Defines values for LeaseEndReason.
+const (
+	DeviceRemoved LeaseEndReason = "device_removed"
+	Expired       LeaseEndReason = "expired"
+	Released      LeaseEndReason = "released"
+	Revoked       LeaseEndReason = "revoked"
+)
+
+// Valid indicates whether the value is a known member of the LeaseEndReason enum.
+func (e LeaseEndReason) Valid() bool {
+	switch e {
+	case DeviceRemoved:
+		return true
+	case Expired:
+		return true
+	case Released:
+		return true
+	case Revoked:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for UpdateDeviceRequestProbe.
 const (
 	UpdateDeviceRequestProbeHTTP UpdateDeviceRequestProbe = "http"
@@ -198,10 +222,14 @@ type CreateDeviceRequest struct {
 	Pool *string `json:"pool,omitempty"`
 
 	// Probe How devalloc checks the device answers before handing it out.
+	//
+	// Example: tcp
 	Probe *CreateDeviceRequestProbe `json:"probe,omitempty"`
 }
 
 // CreateDeviceRequestProbe How devalloc checks the device answers before handing it out.
+//
+// Example: tcp
 type CreateDeviceRequestProbe string
 
 // Device defines model for Device.
@@ -211,7 +239,9 @@ type Device struct {
 	// Example: 10.0.0.17:5555
 	Address string `json:"address"`
 
-	// CreatedAt RFC 3339, UTC.
+	// CreatedAt When the device was registered (RFC 3339, UTC).
+	//
+	// Example: 2026-11-26T01:41:34.219748Z
 	CreatedAt time.Time `json:"created_at"`
 
 	// FencingToken Bumped on every acquire; compare with a lease's token to detect a stale holder.
@@ -225,9 +255,13 @@ type Device struct {
 	Labels map[string]string `json:"labels"`
 
 	// LastProbeAt When the device was last probed, null if never (RFC 3339, UTC).
+	//
+	// Example: 2026-11-26T01:41:43.008659Z
 	LastProbeAt *time.Time `json:"last_probe_at"`
 
 	// LeaseID The active lease, null unless leased.
+	//
+	// Example: 01936b2e-7f3a-7c1d-9b8e-2f4a5c6d7e8f
 	LeaseID *openapi_types.UUID `json:"lease_id"`
 
 	// Name Unique device name.
@@ -241,22 +275,34 @@ type Device struct {
 	Pool string `json:"pool"`
 
 	// Probe How devalloc checks the device answers before handing it out.
+	//
+	// Example: tcp
 	Probe DeviceProbe `json:"probe"`
 
 	// State idle (can be acquired), leased, offline (failed a probe; rechecked automatically) or maintenance (set by an admin).
+	//
+	// Example: idle
 	State DeviceState `json:"state"`
 
 	// StateReason Why the device is in its state, e.g. the probe error that took it offline.
+	//
+	// Example: tcp 10.0.0.17:5555: connection refused
 	StateReason string `json:"state_reason"`
 
-	// UpdatedAt RFC 3339, UTC.
+	// UpdatedAt When the device last changed (RFC 3339, UTC).
+	//
+	// Example: 2026-11-26T01:41:43.008659Z
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // DeviceProbe How devalloc checks the device answers before handing it out.
+//
+// Example: tcp
 type DeviceProbe string
 
 // DeviceState idle (can be acquired), leased, offline (failed a probe; rechecked automatically) or maintenance (set by an admin).
+//
+// Example: idle
 type DeviceState string
 
 // DeviceList defines model for DeviceList.
@@ -315,20 +361,28 @@ type ErrorModel struct {
 
 // HealthStatus defines model for HealthStatus.
 type HealthStatus struct {
-	// Status Example: ok
+	// Status Always ok when the server answers.
+	//
+	// Example: ok
 	Status string `json:"status"`
 }
 
 // Lease defines model for Lease.
 type Lease struct {
-	// AcquiredAt RFC 3339, UTC.
+	// AcquiredAt When the lease was granted (RFC 3339, UTC).
+	//
+	// Example: 2026-11-26T01:41:43.036272Z
 	AcquiredAt time.Time   `json:"acquired_at"`
 	Device     LeaseDevice `json:"device"`
 
 	// EndReason Why the lease ended: released, expired, revoked or device_removed; null while active.
-	EndReason *string `json:"end_reason"`
+	//
+	// Example: released
+	EndReason *LeaseEndReason `json:"end_reason"`
 
 	// ExpiresAt The lease ends here unless renewed (RFC 3339, UTC).
+	//
+	// Example: 2026-11-26T01:51:43.036272Z
 	ExpiresAt time.Time `json:"expires_at"`
 
 	// FencingToken The device's fencing token for this lease; a larger token means a newer lease.
@@ -352,8 +406,15 @@ type Lease struct {
 	Owner string `json:"owner"`
 
 	// ReleasedAt When the lease ended, null while active (RFC 3339, UTC).
+	//
+	// Example: 2026-11-26T01:45:02.118Z
 	ReleasedAt *time.Time `json:"released_at"`
 }
+
+// LeaseEndReason Why the lease ended: released, expired, revoked or device_removed; null while active.
+//
+// Example: released
+type LeaseEndReason string
 
 // LeaseDevice defines model for LeaseDevice.
 type LeaseDevice struct {
@@ -367,10 +428,14 @@ type LeaseDevice struct {
 	// Example: {"model":"pixel-7","os":"android"}
 	Labels map[string]string `json:"labels"`
 
-	// Name Example: pixel-7-01
+	// Name The device's name.
+	//
+	// Example: pixel-7-01
 	Name string `json:"name"`
 
-	// Pool Example: android
+	// Pool The device's pool.
+	//
+	// Example: android
 	Pool string `json:"pool"`
 }
 
@@ -380,6 +445,8 @@ type LeaseList struct {
 	Leases []Lease `json:"leases"`
 
 	// NextCursor Pass as cursor to get the next page; absent on the last page.
+	//
+	// Example: eyJhY3F1aXJlZF9hdF91cyI6MTc2NDExOTI2MDAwMDAwMCwiaWQiOiIwMTkzNmIyZS03ZjNhLTdjMWQtOWI4ZS0yZjRhNWM2ZDdlOGYifQ
 	NextCursor *string `json:"next_cursor,omitempty"`
 }
 
@@ -392,17 +459,33 @@ type PoolList struct {
 // PoolSummary defines model for PoolSummary.
 type PoolSummary struct {
 	// Idle Devices that can be acquired now.
-	Idle        int64 `json:"idle"`
-	Leased      int64 `json:"leased"`
+	//
+	// Example: 3
+	Idle int64 `json:"idle"`
+
+	// Leased Devices held under a lease.
+	//
+	// Example: 5
+	Leased int64 `json:"leased"`
+
+	// Maintenance Devices an admin took out of rotation.
+	//
+	// Example: 0
 	Maintenance int64 `json:"maintenance"`
 
-	// Name Example: android
+	// Name Pool name.
+	//
+	// Example: android
 	Name string `json:"name"`
 
 	// Offline Devices that failed a probe; rechecked automatically.
+	//
+	// Example: 1
 	Offline int64 `json:"offline"`
 
 	// Waiting Acquires waiting on this pool at the instance that answered.
+	//
+	// Example: 2
 	Waiting int64 `json:"waiting"`
 }
 
@@ -427,6 +510,8 @@ type UpdateDeviceRequest struct {
 	Labels *map[string]string `json:"labels,omitempty"`
 
 	// Probe New probe kind.
+	//
+	// Example: http
 	Probe *UpdateDeviceRequestProbe `json:"probe,omitempty"`
 
 	// Reason Why the state changes (shown as state_reason); only with state.
@@ -435,13 +520,19 @@ type UpdateDeviceRequest struct {
 	Reason *string `json:"reason,omitempty"`
 
 	// State maintenance takes the device out of rotation; idle puts it back. Refused (409) while the device is leased.
+	//
+	// Example: maintenance
 	State *UpdateDeviceRequestState `json:"state,omitempty"`
 }
 
 // UpdateDeviceRequestProbe New probe kind.
+//
+// Example: http
 type UpdateDeviceRequestProbe string
 
 // UpdateDeviceRequestState maintenance takes the device out of rotation; idle puts it back. Refused (409) while the device is leased.
+//
+// Example: maintenance
 type UpdateDeviceRequestState string
 
 // ListDevicesParams defines parameters for ListDevices.
@@ -623,6 +714,8 @@ type ClientInterface interface {
 
 	// GetDevice Get a device
 	//
+	// The device by name, with its state and, when leased, its lease id.
+	//
 	// Corresponds with GET /v1/devices/{name} (the `GetDevice` operationId).
 	GetDevice(ctx context.Context, name string, reqEditors ...RequestEditorFn) (*http.Response, error)
 
@@ -685,6 +778,8 @@ type ClientInterface interface {
 	ReleaseLease(ctx context.Context, id openapi_types.UUID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetLease Get a lease
+	//
+	// The lease, active or ended. A client key may read only its own leases.
 	//
 	// Corresponds with GET /v1/leases/{id} (the `GetLease` operationId).
 	GetLease(ctx context.Context, id openapi_types.UUID, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -823,6 +918,8 @@ func (c *Client) DeleteDevice(ctx context.Context, name string, params *DeleteDe
 
 // GetDevice Get a device
 //
+// The device by name, with its state and, when leased, its lease id.
+//
 // Corresponds with GET /v1/devices/{name} (the `GetDevice` operationId).
 func (c *Client) GetDevice(ctx context.Context, name string, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetDeviceRequest(c.Server, name)
@@ -955,6 +1052,8 @@ func (c *Client) ReleaseLease(ctx context.Context, id openapi_types.UUID, reqEdi
 }
 
 // GetLease Get a lease
+//
+// The lease, active or ended. A client key may read only its own leases.
 //
 // Corresponds with GET /v1/leases/{id} (the `GetLease` operationId).
 func (c *Client) GetLease(ctx context.Context, id openapi_types.UUID, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -1737,6 +1836,8 @@ type ClientWithResponsesInterface interface {
 
 	// GetDeviceWithResponse Get a device
 	//
+	// The device by name, with its state and, when leased, its lease id.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/devices/{name} (the `GetDevice` operationId).
@@ -1805,6 +1906,8 @@ type ClientWithResponsesInterface interface {
 	ReleaseLeaseWithResponse(ctx context.Context, id openapi_types.UUID, reqEditors ...RequestEditorFn) (*ReleaseLeaseResponse, error)
 
 	// GetLeaseWithResponse Get a lease
+	//
+	// The lease, active or ended. A client key may read only its own leases.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2920,6 +3023,8 @@ func (c *ClientWithResponses) DeleteDeviceWithResponse(ctx context.Context, name
 
 // GetDeviceWithResponse Get a device
 //
+// The device by name, with its state and, when leased, its lease id.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /v1/devices/{name} (the `GetDevice` operationId).
@@ -3030,6 +3135,8 @@ func (c *ClientWithResponses) ReleaseLeaseWithResponse(ctx context.Context, id o
 }
 
 // GetLeaseWithResponse Get a lease
+//
+// The lease, active or ended. A client key may read only its own leases.
 //
 // Returns a wrapper object for the known response body format(s).
 //
