@@ -100,6 +100,19 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 	}()
 	checkedSatisfiable := false
 	probeRounds := 0
+	pause := retryPauseMin
+	// retry decides whether a transient database failure (a dropped
+	// connection, a restart, a timeout) is waited out rather than returned:
+	// only while the request may still wait.
+	retry := func(err error) bool {
+		if ctx.Err() != nil || !IsTransient(err) || window.remaining() <= 0 || a.isDraining() {
+			return false
+		}
+		a.log.Warn("acquire attempt failed; retrying", "pool", req.Selector.Pool, "err", err, "in", pause)
+		ok := pauseForRetry(ctx, w, window, pause)
+		pause = min(pause*2, retryPauseMax)
+		return ok
+	}
 	for {
 		if w != nil {
 			w.BeginAttempt()
@@ -123,10 +136,17 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 		}
 		var none noneIdle
 		if !errors.As(err, &none) {
+			if err != nil && retry(err) {
+				continue
+			}
 			return lease, false, err
 		}
+		pause = retryPauseMin
 		if !checkedSatisfiable {
 			if err := a.checkSatisfiable(ctx, req.Selector); err != nil {
+				if retry(err) {
+					continue
+				}
 				return Lease{}, false, err
 			}
 			checkedSatisfiable = true
@@ -141,7 +161,11 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 			// The key's lease may have been granted since this acquire
 			// looked (by a flight that ended just before this one began, or
 			// at another instance): then that is the answer, not a wait.
-			if lease, ok, err := a.replay(ctx, req); err != nil || ok {
+			lease, ok, err := a.replay(ctx, req)
+			if err != nil && retry(err) {
+				continue
+			}
+			if err != nil || ok {
 				return lease, ok, err
 			}
 		}
@@ -155,15 +179,15 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 			w = a.hub.Join(req.Selector)
 			continue
 		}
-		if err := awaitWake(ctx, w, window); err != nil {
+		if err := awaitWake(ctx, w, window, a.draining); err != nil {
 			return Lease{}, false, err
 		}
 	}
 }
 
-// awaitWake blocks until w is woken (nil), the window closes (ErrNoDevice)
-// or ctx ends.
-func awaitWake(ctx context.Context, w *Waiter, window waitWindow) error {
+// awaitWake blocks until w is woken (nil), the window closes (ErrNoDevice),
+// the instance drains (ErrShuttingDown) or ctx ends.
+func awaitWake(ctx context.Context, w *Waiter, window waitWindow, draining <-chan struct{}) error {
 	for {
 		left := window.remaining()
 		if left <= 0 {
@@ -178,6 +202,9 @@ func awaitWake(ctx context.Context, w *Waiter, window waitWindow) error {
 			// Loop: the window may have grown meanwhile.
 		case <-window.grew():
 			timer.Stop()
+		case <-draining:
+			timer.Stop()
+			return ErrShuttingDown
 		case <-ctx.Done():
 			timer.Stop()
 			return ctx.Err()

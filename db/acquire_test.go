@@ -356,3 +356,32 @@ func TestRecheckQueriesDoNotGrowWithWaiters(t *testing.T) {
 		t.Fatalf("%d re-check queries in 1 s with %d waiters; want about 20 (one per pass)", passes, waiters)
 	}
 }
+
+// Drain answers waiting acquires at once, so shutdown is not held up by
+// long polls, and the instance stops being ready.
+func TestDrainEndsWaits(t *testing.T) {
+	a := newAllocator(t, newDB(t), testConfig(&fakeProber{}))
+	mustCreate(t, a, "only", "lab", "h:1", nil)
+	mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}})
+	got := make(chan error, 1)
+	go func() {
+		_, err := a.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: time.Minute, Owner: "w"})
+		got <- err
+	}()
+	waitFor(t, "the waiter to queue", func() bool { return a.Hub().Waiting("lab") == 1 })
+	a.Drain()
+	select {
+	case err := <-got:
+		if !errors.Is(err, ErrShuttingDown) {
+			t.Fatalf("err = %v, want ErrShuttingDown", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a waiting acquire outlived Drain")
+	}
+	if _, err := a.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: time.Minute, Owner: "w"}); !errors.Is(err, ErrShuttingDown) {
+		t.Fatalf("a new wait while draining: %v", err)
+	}
+	if a.Ready(t.Context()) == nil {
+		t.Fatal("a draining instance says it is ready")
+	}
+}

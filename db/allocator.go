@@ -33,6 +33,9 @@ type Allocator struct {
 	// recheckQueries counts the re-checker's queries (a test signal now, a
 	// metric later).
 	recheckQueries atomic.Int64
+	// draining is closed by Drain: waiting acquires give up at once.
+	draining  chan struct{}
+	drainOnce sync.Once
 
 	mu      sync.Mutex
 	stop    context.CancelFunc
@@ -50,6 +53,7 @@ func New(pool *pgxpool.Pool, cfg Config) *Allocator {
 		log:        cfg.Logger,
 		hub:        NewHub(),
 		recheckNow: make(chan struct{}, 1),
+		draining:   make(chan struct{}),
 	}
 	a.listener = newListener(pool.Config().ConnConfig, a.hub, a.log, a.requestRecheck)
 	return a
@@ -80,6 +84,7 @@ func (a *Allocator) Start(ctx context.Context) error {
 
 // Stop ends the background services and waits for them.
 func (a *Allocator) Stop() {
+	a.Drain()
 	a.mu.Lock()
 	stop := a.stop
 	a.mu.Unlock()
@@ -89,10 +94,30 @@ func (a *Allocator) Stop() {
 	a.running.Wait()
 }
 
+// Drain makes this instance give up its waiting acquires at once, with
+// ErrShuttingDown, and refuse new waits, so clients can retry at another
+// instance instead of sitting on a connection about to close. Acquires that
+// need no wait still run. Call it when shutdown begins.
+func (a *Allocator) Drain() {
+	a.drainOnce.Do(func() { close(a.draining) })
+}
+
+func (a *Allocator) isDraining() bool {
+	select {
+	case <-a.draining:
+		return true
+	default:
+		return false
+	}
+}
+
 // Ready reports whether this instance can serve: the database answers and
 // the listener is connected (without it waiters would hear of freed devices
 // only through the slower re-check).
 func (a *Allocator) Ready(ctx context.Context) error {
+	if a.isDraining() {
+		return errors.New("shutting down")
+	}
 	if err := a.pool.Ping(ctx); err != nil {
 		return fmt.Errorf("database: %w", err)
 	}

@@ -20,6 +20,9 @@ var (
 	// ErrUnsatisfiable: no registered device fits the selector, in any
 	// state, so waiting could never succeed.
 	ErrUnsatisfiable = errors.New("no registered device matches the selector")
+	// ErrShuttingDown: the instance is draining; a waiting acquire gave up
+	// so that its client can retry at another instance.
+	ErrShuttingDown = errors.New("instance is shutting down")
 	// ErrLeaseEnded: the lease is over; errors.As a *LeaseEndedError for why.
 	ErrLeaseEnded = errors.New("lease has ended")
 	// ErrIdempotencyKeyReused: the owner already used the acquire's

@@ -142,7 +142,9 @@ func config() huma.Config {
 		"`unsatisfiable-selector` (422), `lease-ended` (410), `forbidden` / `not-your-lease` (403), " +
 		"`no-device-available` (503, with Retry-After), `not-ready` (503), " +
 		"`idempotency-key-reused` (422), `too-many-waiting` (429, with Retry-After), " +
-		"`unauthorized` (401, with WWW-Authenticate), `invalid-value` (422, a value the database refused). " +
+		"`unauthorized` (401, with WWW-Authenticate), `invalid-value` (422, a value the database refused), " +
+		"`database-unavailable` (503, with Retry-After: the database is restarting or unreachable), " +
+		"`shutting-down` (503, with Retry-After: this instance is stopping; retry, maybe elsewhere). " +
 		"Invalid input is 422 with type about:blank and one entry per bad field in `errors`."
 	cfg.Tags = []*huma.Tag{
 		{Name: "devices", Description: "The devices devalloc hands out, and their state."},

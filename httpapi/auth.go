@@ -66,6 +66,12 @@ func (c *keyCache) authenticate(r *http.Request) (Principal, error) {
 	if errors.Is(err, db.ErrUnknownKey) {
 		return Principal{}, unauthorized("unknown or revoked API key")
 	}
+	if db.IsTransient(err) {
+		// The key cannot be checked while the database is away.
+		return Principal{}, huma.ErrorWithHeaders(
+			problem(http.StatusServiceUnavailable, kindDatabaseUnavailable, "the database is unavailable just now; retry later"),
+			http.Header{"Retry-After": {retryAfter()}})
+	}
 	if err != nil {
 		return Principal{}, err
 	}

@@ -31,6 +31,9 @@ const (
 	kindClientGone    = "client-closed-request"
 	kindInvalidValue  = "invalid-value"
 
+	kindDatabaseUnavailable = "database-unavailable"
+	kindShuttingDown        = "shutting-down"
+
 	kindIdempotencyKeyReused = "idempotency-key-reused"
 	kindTooManyWaiting       = "too-many-waiting"
 )
@@ -93,6 +96,20 @@ func (s *server) fail(ctx context.Context, op, subject string, err error) error 
 	case errors.Is(err, db.ErrUnsatisfiable):
 		out = problem(http.StatusUnprocessableEntity, kindUnsatisfiable,
 			"no registered device matches "+subject+", in any state, so waiting could never succeed")
+	case errors.Is(err, db.ErrShuttingDown):
+		out = huma.ErrorWithHeaders(
+			problem(http.StatusServiceUnavailable, kindShuttingDown,
+				"this instance is shutting down; retry (another instance may serve you at once)"),
+			http.Header{"Retry-After": {"1"}})
+	case db.IsTransient(err):
+		// The database is restarting, unreachable or timed out: the
+		// request may succeed shortly (at this instance or another), so
+		// say that, with a Retry-After, rather than a 500.
+		s.log.Warn("database unavailable", "op", op, "subject", subject, "err", err)
+		out = huma.ErrorWithHeaders(
+			problem(http.StatusServiceUnavailable, kindDatabaseUnavailable,
+				"the database is unavailable just now; retry later"),
+			http.Header{"Retry-After": {retryAfter()}})
 	case db.IsInvalidData(err):
 		// A value the edge checks missed, refused by PostgreSQL itself; the
 		// input is at fault, and the transaction has rolled back.

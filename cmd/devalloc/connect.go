@@ -126,12 +126,18 @@ func connectMaintenance(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, er
 }
 
 // openPool opens the allocator's connection pool and checks that it works.
-func openPool(ctx context.Context, databaseURL string, maxConns int) (*pgxpool.Pool, error) {
+// sessionParams are set on every connection (unless the URL sets them).
+func openPool(ctx context.Context, databaseURL string, maxConns int, sessionParams map[string]string) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(databaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("invalid database URL (--database-url / DATABASE_URL): %s", oneLine(err))
 	}
 	cfg.MaxConns = int32(min(maxConns, 1<<30))
+	for k, v := range sessionParams {
+		if _, set := cfg.ConnConfig.RuntimeParams[k]; !set {
+			cfg.ConnConfig.RuntimeParams[k] = v
+		}
+	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = connectTimeout
 	}

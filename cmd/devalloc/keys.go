@@ -118,7 +118,7 @@ func openKeyStore(ctx context.Context, databaseURL string, logger *slog.Logger) 
 	if err := migrateUp(ctx, databaseURL, logger); err != nil {
 		return nil, nil, err
 	}
-	pool, err := openPool(ctx, databaseURL, 2)
+	pool, err := openPool(ctx, databaseURL, 2, nil)
 	if err != nil {
 		return nil, nil, err
 	}

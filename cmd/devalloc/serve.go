@@ -34,7 +34,27 @@ type serveConfig struct {
 	shutdownTimeout time.Duration
 	adminKey        string
 	maxWaitingKey   int
+	statementTO     time.Duration
+	lockTO          time.Duration
 	logs            logFlags
+}
+
+// sessionParams bound what one instance can do to the database, so a
+// stuck statement, a blocked lock or a frozen instance cannot hold devices
+// or connections indefinitely:
+//   - statement_timeout and lock_timeout end a statement that runs or waits
+//     too long (the request then answers 503 and may be retried);
+//   - idle_in_transaction_session_timeout ends the transaction of an
+//     instance that stopped mid-acquire (SIGSTOP, a hung host) and so
+//     releases the row locks it held. An acquire transaction is idle while
+//     it probes, so the bound is the probe timeout plus a margin.
+func (c serveConfig) sessionParams() map[string]string {
+	ms := func(d time.Duration) string { return fmt.Sprint(d.Milliseconds()) }
+	return map[string]string{
+		"statement_timeout":                   ms(c.statementTO),
+		"lock_timeout":                        ms(c.lockTO),
+		"idle_in_transaction_session_timeout": ms(c.probeTimeout + 10*time.Second),
+	}
 }
 
 func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
@@ -54,6 +74,8 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.durationVar(&c.healthInterval, "health-interval", "DEVALLOC_HEALTH_INTERVAL", 2*time.Second, "how often offline devices due for a re-probe are looked for")
 	fs.durationVar(&c.shutdownTimeout, "shutdown-timeout", "DEVALLOC_SHUTDOWN_TIMEOUT", 15*time.Second, "on SIGINT/SIGTERM, how long in-flight requests (long-polls too) may finish before they are cut")
 	fs.stringVar(&c.adminKey, "admin-key", "DEVALLOC_ADMIN_KEY", "", fmt.Sprintf("ensure an admin API key with this secret exists (at least %d characters); prefer the environment variable, flags show in ps", db.MinSecretLength))
+	fs.durationVar(&c.statementTO, "statement-timeout", "DEVALLOC_STATEMENT_TIMEOUT", 10*time.Second, "PostgreSQL statement_timeout on this instance's connections")
+	fs.durationVar(&c.lockTO, "lock-timeout", "DEVALLOC_LOCK_TIMEOUT", 5*time.Second, "PostgreSQL lock_timeout on this instance's connections")
 	fs.intVar(&c.maxWaitingKey, "max-waiting-per-key", "DEVALLOC_MAX_WAITING_PER_KEY", httpapi.DefaultMaxWaitingPerKey, "acquires one API key may have waiting on this instance at once; past it, 429 with Retry-After")
 	c.logs.register(fs)
 	if err := fs.parse(args); err != nil {
@@ -81,6 +103,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 		"probe-timeout": c.probeTimeout, "default-ttl": c.defaultTTL, "max-ttl": c.maxTTL,
 		"max-wait": c.maxWait, "reap-interval": c.reapInterval, "recheck-interval": c.recheckInterval,
 		"health-interval": c.healthInterval, "shutdown-timeout": c.shutdownTimeout,
+		"statement-timeout": c.statementTO, "lock-timeout": c.lockTO,
 	} {
 		if d <= 0 {
 			return c, usageError{error: fmt.Errorf("--%s %s: want a positive duration", name, d)}
@@ -125,7 +148,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	}
-	pool, err := openPool(ctx, c.databaseURL, c.maxConns)
+	pool, err := openPool(ctx, c.databaseURL, c.maxConns, c.sessionParams())
 	if err != nil {
 		return err
 	}
@@ -211,6 +234,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	stop() // a second signal ends the process at once
 	logger.Info("shutting down", "grace", c.shutdownTimeout.String())
+	// Waiting acquires answer 503 now, so their clients retry elsewhere
+	// instead of holding the shutdown for its whole grace period.
+	alloc.Drain()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {

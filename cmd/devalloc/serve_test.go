@@ -210,3 +210,66 @@ func releaseAll(t *testing.T, base string) int {
 	}
 	return code
 }
+
+// On shutdown a waiting acquire is answered 503 with Retry-After at once,
+// and the server does not sit out its grace period for it.
+func TestServeShutdownAnswersWaiters(t *testing.T) {
+	dbURL := dbtest.NewDB(t)
+	base, _, stop, _ := startServe(t, dbURL, "--demo", "2")
+	if code := acquire(t, base, `{"pool":"demo"}`); code != http.StatusCreated {
+		t.Fatalf("acquire: %d", code)
+	}
+	answered := make(chan *http.Response, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, base+"/v1/leases", strings.NewReader(`{"pool":"demo","wait_seconds":60}`))
+		req.Header.Set("Authorization", "Bearer "+demoKey)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			answered <- nil
+			return
+		}
+		resp.Body.Close()
+		answered <- resp
+	}()
+	waitingDeadline := time.Now().Add(10 * time.Second)
+	for demoWaiting(t, base) != 1 {
+		if time.Now().After(waitingDeadline) {
+			t.Fatal("the acquire never started waiting")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	start := time.Now()
+	if code := stop(); code != 0 {
+		t.Fatalf("serve exit code %d", code)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("shutdown took %v with a waiting acquire", took)
+	}
+	resp := <-answered
+	if resp == nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("the waiting acquire got %+v, want 503 with Retry-After", resp)
+	}
+}
+
+// demoWaiting is how many acquires wait on pool demo at this instance.
+func demoWaiting(t *testing.T, base string) int {
+	t.Helper()
+	resp := authDo(t, http.MethodGet, base+"/v1/pools", "")
+	defer resp.Body.Close()
+	var list struct {
+		Pools []struct {
+			Name    string `json:"name"`
+			Waiting int    `json:"waiting"`
+		} `json:"pools"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range list.Pools {
+		if p.Name == "demo" {
+			return p.Waiting
+		}
+	}
+	return 0
+}

@@ -1,0 +1,81 @@
+package db
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// IsTransient reports whether err says the database could not serve the
+// request just now — the connection dropped, the server is restarting or
+// refusing connections, a statement or lock timed out, a deadlock or
+// serialization failure — so the same request may well succeed shortly.
+// Such errors are the server's trouble, not the caller's mistake: callers
+// retry them while they may still wait, and report them as "unavailable,
+// retry later", never as internal errors.
+func IsTransient(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case strings.HasPrefix(pgErr.Code, "08"): // connection exception
+			return true
+		case strings.HasPrefix(pgErr.Code, "57P"): // admin/crash shutdown, cannot connect now
+			return true
+		}
+		switch pgErr.Code {
+		case "40001", // serialization_failure
+			"40P01", // deadlock_detected
+			"55P03", // lock_not_available (lock_timeout)
+			"57014", // query_canceled (statement_timeout)
+			"53300": // too_many_connections
+			return true
+		}
+		return false
+	}
+	var connectErr *pgconn.ConnectError
+	var netErr net.Error
+	return errors.As(err, &connectErr) ||
+		errors.As(err, &netErr) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, pgconn.ErrConnClosed) ||
+		pgconn.SafeToRetry(err)
+}
+
+// retryPause bounds the pauses between attempts that failed transiently.
+const (
+	retryPauseMin = 100 * time.Millisecond
+	retryPauseMax = time.Second
+)
+
+// pauseForRetry waits d (or less, if the window closes first) before an
+// attempt is retried after a transient failure; a wake-up ends it early,
+// since a device freed meanwhile means the database is back. It reports
+// false when waiting is over (window closed or ctx ended).
+func pauseForRetry(ctx context.Context, w *Waiter, window waitWindow, d time.Duration) bool {
+	d = min(d, window.remaining())
+	if d <= 0 {
+		return false
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	var wake <-chan struct{}
+	if w != nil {
+		wake = w.Wake()
+	}
+	select {
+	case <-timer.C:
+	case <-wake:
+	case <-ctx.Done():
+		return false
+	}
+	return window.remaining() > 0 && ctx.Err() == nil
+}
