@@ -18,9 +18,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/devalloc/devalloc/db"
-	"github.com/devalloc/devalloc/db/dbtest"
-	"github.com/devalloc/devalloc/db/probe"
-	"github.com/devalloc/devalloc/httpapi"
+	"github.com/devalloc/devalloc/httpapi/apitest"
 	"github.com/devalloc/devalloc/httpapi/client"
 )
 
@@ -41,31 +39,9 @@ func newCLIServer(t *testing.T) *cliServer {
 // newCLIServerWrapped puts wrap (if not nil) in front of the API.
 func newCLIServerWrapped(t *testing.T, wrap func(http.Handler) http.Handler) *cliServer {
 	t.Helper()
-	pool, _ := dbtest.NewPool(t)
-	alloc := db.New(pool, db.Config{
-		Prober:          probe.Func(func(context.Context, probe.Kind, string) error { return nil }),
-		ReapInterval:    100 * time.Millisecond,
-		RecheckInterval: 200 * time.Millisecond,
-	})
-	if err := alloc.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(alloc.Stop)
-	keys := db.NewKeyStore(pool)
-	h := httpapi.New(alloc, httpapi.Options{Authenticate: httpapi.BearerAuth(keys)})
-	if wrap != nil {
-		h = wrap(h)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	s := &cliServer{url: srv.URL}
+	srv := apitest.Start(t, apitest.Options{Wrap: wrap})
+	s := &cliServer{url: srv.URL, adminKey: srv.Key(t, "admin", db.RoleAdmin), ciKey: srv.Key(t, "ci", db.RoleClient)}
 	var err error
-	if s.adminKey, _, err = keys.Create(t.Context(), "admin", db.RoleAdmin); err != nil {
-		t.Fatal(err)
-	}
-	if s.ciKey, _, err = keys.Create(t.Context(), "ci", db.RoleClient); err != nil {
-		t.Fatal(err)
-	}
 	if s.admin, err = client.NewClientWithResponses(srv.URL, client.WithBearerToken(s.adminKey)); err != nil {
 		t.Fatal(err)
 	}

@@ -1,10 +1,8 @@
 package client_test
 
 import (
-	"context"
 	"errors"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -12,9 +10,8 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/devalloc/devalloc/db"
-	"github.com/devalloc/devalloc/db/dbtest"
-	"github.com/devalloc/devalloc/db/probe"
 	"github.com/devalloc/devalloc/httpapi"
+	"github.com/devalloc/devalloc/httpapi/apitest"
 	"github.com/devalloc/devalloc/httpapi/client"
 )
 
@@ -34,35 +31,13 @@ type sdk struct {
 
 func newSDK(t *testing.T) *sdk {
 	t.Helper()
-	pool, _ := dbtest.NewPool(t)
-	alloc := db.New(pool, db.Config{
-		Prober:          probe.Func(func(context.Context, probe.Kind, string) error { return nil }),
-		ReapInterval:    100 * time.Millisecond,
-		RecheckInterval: 200 * time.Millisecond,
-	})
-	if err := alloc.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(alloc.Stop)
-	keys := db.NewKeyStore(pool)
-	srv := httptest.NewServer(httpapi.New(alloc, httpapi.Options{Authenticate: httpapi.BearerAuth(keys)}))
-	t.Cleanup(srv.Close)
-
+	srv := apitest.Start(t, apitest.Options{})
 	s := &sdk{url: srv.URL}
-	s.admin = newClient(t, srv.URL, createKey(t, keys, "admin", db.RoleAdmin))
-	s.user = newClient(t, srv.URL, createKey(t, keys, "ci", db.RoleClient))
-	s.other = newClient(t, srv.URL, createKey(t, keys, "other", db.RoleClient))
+	s.admin = newClient(t, srv.URL, srv.Key(t, "admin", db.RoleAdmin))
+	s.user = newClient(t, srv.URL, srv.Key(t, "ci", db.RoleClient))
+	s.other = newClient(t, srv.URL, srv.Key(t, "other", db.RoleClient))
 	s.anon = newClient(t, srv.URL, "")
 	return s
-}
-
-func createKey(t *testing.T, keys *db.KeyStore, name, role string) string {
-	t.Helper()
-	secret, _, err := keys.Create(t.Context(), name, role)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return secret
 }
 
 func newClient(t *testing.T, url, key string) *client.ClientWithResponses {
