@@ -124,6 +124,7 @@ func build(alloc *db.Allocator, opts Options) (*http.ServeMux, huma.API) {
 	s.registerPools(api)
 	s.registerHealth(api)
 	declareSecurity(api)
+	declareUnavailable(api)
 	return mux, api
 }
 

@@ -171,3 +171,26 @@ type statusRecorder struct {
 func (r *statusRecorder) Header() http.Header         { return r.header }
 func (r *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
 func (r *statusRecorder) WriteHeader(status int)      { r.status = status }
+
+// declareUnavailable documents on every operation that touches the
+// database the 503 it answers while the database is restarting or
+// unreachable (database-unavailable) or the instance is stopping
+// (shutting-down), so generated SDKs type it. Operations that document a
+// 503 of their own keep theirs.
+func declareUnavailable(api huma.API) {
+	for _, item := range api.OpenAPI().Paths {
+		for _, op := range []*huma.Operation{item.Get, item.Post, item.Put, item.Patch, item.Delete} {
+			if op == nil || isPublic(op) || op.Responses["503"] != nil {
+				continue
+			}
+			op.Responses["503"] = &huma.Response{
+				Description: "The database is unavailable just now, or this instance is shutting down; retry after Retry-After seconds.",
+				Headers: map[string]*huma.Header{"Retry-After": {
+					Description: "Seconds to wait before trying again.",
+					Schema:      &huma.Schema{Type: huma.TypeInteger, Examples: []any{2}},
+				}},
+				Content: map[string]*huma.MediaType{"application/problem+json": {Schema: &huma.Schema{Ref: "#/components/schemas/ErrorModel"}}},
+			}
+		}
+	}
+}
