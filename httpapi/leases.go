@@ -72,7 +72,7 @@ func (s *server) registerLeases(api huma.API) {
 		Errors: []int{http.StatusUnprocessableEntity, http.StatusTooManyRequests, http.StatusServiceUnavailable},
 	}, s.acquireLease)
 	documentRetryAfter(api, "/v1/leases", "429", "This API key has too many acquires waiting at this server.")
-	documentRetryAfter(api, "/v1/leases", "503", "No matching device became free within wait_seconds.")
+	documentRetryAfter(api, "/v1/leases", "503", "No matching device became free within wait_seconds (no-device-available); or the database is unavailable just now (database-unavailable), or this instance is shutting down (shutting-down).")
 	huma.Register(api, huma.Operation{
 		OperationID: "listLeases", Method: http.MethodGet, Path: "/v1/leases", Tags: tags,
 		Summary: "List leases",
