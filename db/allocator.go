@@ -92,6 +92,9 @@ func (a *Allocator) Stop() {
 		stop()
 	}
 	a.running.Wait()
+	// Idempotent acquires run on their own goroutines; draining ended
+	// their waits, so they finish within one attempt.
+	a.flights.running.Wait()
 }
 
 // Drain makes this instance give up its waiting acquires at once, with
