@@ -65,6 +65,19 @@ func (a *Allocator) Acquire(ctx context.Context, req AcquireRequest) (Lease, err
 	return lease, err
 }
 
+// attemptBoundSlack is how far past the end of its wait a statement of an
+// acquire may run: a request blocked in the database (a DBA's table lock, a
+// slow disk) is answered within about wait + this, not after the server's
+// own, longer timeouts.
+const attemptBoundSlack = 500 * time.Millisecond
+
+// attemptBound is the statement bound of an attempt with remaining wait
+// left: the rest of the wait plus a little, never more than the configured
+// database timeouts.
+func (a *Allocator) attemptBound(remaining time.Duration) time.Duration {
+	return min(max(remaining, 0)+attemptBoundSlack, a.cfg.StatementTimeout, a.cfg.LockTimeout)
+}
+
 // waitWindow is how long an acquire may keep waiting. A flight's window
 // grows when a retry that may wait longer joins it.
 type waitWindow interface {
@@ -117,7 +130,7 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 		if w != nil {
 			w.BeginAttempt()
 		}
-		lease, err := a.attempt(ctx, req)
+		lease, err := a.attempt(ctx, req, a.attemptBound(window.remaining()))
 		if w != nil {
 			w.EndAttempt()
 		}
@@ -143,7 +156,7 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 		}
 		pause = retryPauseMin
 		if !checkedSatisfiable {
-			if err := a.checkSatisfiable(ctx, req.Selector); err != nil {
+			if err := a.checkSatisfiable(ctx, req.Selector, a.attemptBound(window.remaining())); err != nil {
 				if retry(err) {
 					continue
 				}
@@ -161,7 +174,7 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 			// The key's lease may have been granted since this acquire
 			// looked (by a flight that ended just before this one began, or
 			// at another instance): then that is the answer, not a wait.
-			lease, ok, err := a.replay(ctx, req)
+			lease, ok, err := a.replayWithin(ctx, req, a.attemptBound(window.remaining()))
 			if err != nil && retry(err) {
 				continue
 			}
@@ -212,7 +225,9 @@ func awaitWake(ctx context.Context, w *Waiter, window waitWindow, draining <-cha
 	}
 }
 
-func (a *Allocator) checkSatisfiable(ctx context.Context, sel Selector) error {
+func (a *Allocator) checkSatisfiable(ctx context.Context, sel Selector, bound time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
 	ok, err := a.q.SelectorCanMatch(ctx, dbsqlc.SelectorCanMatchParams{Pool: sel.Pool, Labels: sel.Labels.encode()})
 	if err != nil {
 		return fmt.Errorf("check selector in pool %q: %w", sel.Pool, err)
@@ -227,9 +242,24 @@ func (a *Allocator) checkSatisfiable(ctx context.Context, sel Selector) error {
 // idle device with SKIP LOCKED, probe it under the row lock, and grant it;
 // a device that fails its probe goes offline and the next candidate is
 // tried, up to ProbeCandidates.
-func (a *Allocator) attempt(ctx context.Context, req AcquireRequest) (Lease, error) {
+//
+// bound caps how long any one statement of the transaction may run or wait
+// for a lock (the probes are not statements and have their own deadline).
+func (a *Allocator) attempt(ctx context.Context, req AcquireRequest, bound time.Duration) (Lease, error) {
 	sel := req.Selector
-	tx, err := a.pool.Begin(ctx)
+	// The bound rides along with BEGIN: one round trip, as before.
+	ms := bound.Milliseconds()
+	// Waiting for a pool connection is bounded the same way: when the
+	// database is slow every connection may be busy.
+	connCtx, cancel := context.WithTimeout(ctx, bound)
+	conn, err := a.pool.Acquire(connCtx)
+	cancel()
+	if err != nil {
+		return Lease{}, fmt.Errorf("acquire in pool %q: connection: %w", sel.Pool, err)
+	}
+	defer conn.Release()
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{BeginQuery: fmt.Sprintf(
+		"BEGIN; SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = %d", ms, ms)})
 	if err != nil {
 		return Lease{}, fmt.Errorf("acquire in pool %q: begin: %w", sel.Pool, err)
 	}

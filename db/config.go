@@ -31,6 +31,12 @@ type Config struct {
 	HealthInterval   time.Duration
 	HealthBackoffMin time.Duration
 	HealthBackoffMax time.Duration
+	// StatementTimeout and LockTimeout cap how long one statement of an
+	// acquire transaction may run or wait for a lock; each attempt is bound
+	// tighter by what is left of its wait. They should match the session's
+	// statement_timeout and lock_timeout (serve sets both).
+	StatementTimeout time.Duration
+	LockTimeout      time.Duration
 	// Prober checks devices; nil means the real network prober.
 	Prober probe.Prober
 	Logger *slog.Logger
@@ -51,6 +57,8 @@ func (c Config) withDefaults() Config {
 	def(&c.HealthInterval, 2*time.Second)
 	def(&c.HealthBackoffMin, 2*time.Second)
 	def(&c.HealthBackoffMax, 5*time.Minute)
+	def(&c.StatementTimeout, 10*time.Second)
+	def(&c.LockTimeout, 5*time.Second)
 	if c.ProbeCandidates <= 0 {
 		c.ProbeCandidates = 3
 	}

@@ -67,6 +67,14 @@ func (r AcquireRequest) fingerprintOf() []byte {
 	return sum[:]
 }
 
+// replayWithin is replay with its database call bounded, for the acquire
+// loop (see attemptBound).
+func (a *Allocator) replayWithin(ctx context.Context, req AcquireRequest, bound time.Duration) (Lease, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	return a.replay(ctx, req)
+}
+
 // replay returns the lease the owner already got with req's key, if any
 // (ok true), or ErrIdempotencyKeyReused if that lease was for a different
 // request.

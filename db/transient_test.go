@@ -96,7 +96,9 @@ func TestAcquireRetriesALockTimeout(t *testing.T) {
 	if strings.Contains(url, "?") {
 		sep = "&"
 	}
-	a := newAllocator(t, url+sep+"lock_timeout=100ms", testConfig(&fakeProber{}))
+	cfg := testConfig(&fakeProber{})
+	cfg.LockTimeout = 100 * time.Millisecond // each acquire statement waits at most this
+	a := newAllocator(t, url+sep+"lock_timeout=100ms", cfg)
 	mustCreate(t, a, "only", "lab", "h:1", nil)
 
 	dba, err := pgx.Connect(t.Context(), url)
@@ -128,5 +130,39 @@ func TestAcquireRetriesALockTimeout(t *testing.T) {
 	}
 	if waited := time.Since(start); waited < 500*time.Millisecond {
 		t.Fatalf("got %s after %v, before the lock was released", lease.Device.Name, waited)
+	}
+}
+
+// A statement blocked behind a DBA's lock is cut when the request's wait
+// is over (plus a little), not at the server's longer lock_timeout: the
+// client hears back about when it asked to.
+func TestBlockedAcquireEndsWithItsWait(t *testing.T) {
+	url := newDB(t)
+	a := newAllocator(t, url, testConfig(&fakeProber{})) // LockTimeout 5 s
+	mustCreate(t, a, "only", "lab", "h:1", nil)
+	dba, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dba.Close(context.Background())
+	tx, err := dba.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background()) //nolint:errcheck // ends the lock
+	if _, err := tx.Exec(t.Context(), "LOCK TABLE devalloc.leases IN EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = a.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: time.Second, Owner: "o"})
+	took := time.Since(start)
+	if !IsTransient(err) {
+		t.Fatalf("err = %v, want a transient error (lock timeout)", err)
+	}
+	if took > 2500*time.Millisecond {
+		t.Fatalf("a 1 s wait blocked by a lock answered after %v", took)
+	}
+	if d := mustDevice(t, a, "only"); d.State != StateIdle {
+		t.Fatalf("device after the cut attempt: %+v", d)
 	}
 }

@@ -17,6 +17,15 @@ import (
 // database again. A revoked key stops working within this time.
 const keyCacheTTL = 2 * time.Second
 
+// keyLookupTimeout bounds a key lookup, including the wait for a pool
+// connection when the database is slow.
+const keyLookupTimeout = 2 * time.Second
+
+// keyCacheGrace is how long past its expiry a verified key is still
+// trusted when the database cannot be asked (it is restarting, or every
+// connection is stuck).
+const keyCacheGrace = time.Minute
+
 // keyCacheMax bounds the cache; past it, it starts over.
 const keyCacheMax = 10000
 
@@ -62,9 +71,16 @@ func (c *keyCache) authenticate(r *http.Request) (Principal, error) {
 	if found && now.Before(hit.expires) {
 		return principalOf(hit.key), nil
 	}
-	key, err := c.keys.Authenticate(r.Context(), secret)
+	lookupCtx, cancel := context.WithTimeout(r.Context(), keyLookupTimeout)
+	key, err := c.keys.Authenticate(lookupCtx, secret)
+	cancel()
 	if errors.Is(err, db.ErrUnknownKey) {
 		return Principal{}, unauthorized("unknown or revoked API key")
+	}
+	if db.IsTransient(err) && found && now.Sub(hit.expires) < keyCacheGrace {
+		// The database is slow or away: a key verified a moment ago is
+		// still trusted, so auth adds no failures of its own to an outage.
+		return principalOf(hit.key), nil
 	}
 	if db.IsTransient(err) {
 		// The key cannot be checked while the database is away.

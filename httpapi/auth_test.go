@@ -3,12 +3,17 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/danielgtaylor/huma/v2"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/devalloc/devalloc/db"
 	"github.com/devalloc/devalloc/db/dbtest"
@@ -125,5 +130,42 @@ func TestKeyCacheSparesTheDatabase(t *testing.T) {
 	}
 	if keys.lookups != 1 {
 		t.Fatalf("%d lookups for five requests within the cache TTL, want 1", keys.lookups)
+	}
+}
+
+// flakyKeys answers from a fixed key until it is told the database is gone.
+type flakyKeys struct {
+	key  db.APIKey
+	down bool
+}
+
+func (f *flakyKeys) Authenticate(context.Context, string) (db.APIKey, error) {
+	if f.down {
+		return db.APIKey{}, fmt.Errorf("look up key: %w", &pgconn.PgError{Code: "57P01"})
+	}
+	return f.key, nil
+}
+
+// While the database is away, a key verified shortly before still works;
+// one never seen gets a 503, not a 401 or 500.
+func TestKeyCacheGraceDuringOutage(t *testing.T) {
+	keys := &flakyKeys{key: db.APIKey{Name: "ci", Role: db.RoleClient}}
+	authn := newKeyCache(keys, 0).authenticate // expired at once
+	req := func(secret string) *http.Request {
+		r := httptest.NewRequestWithContext(t.Context(), "GET", "/v1/pools", nil)
+		r.Header.Set("Authorization", "Bearer "+secret)
+		return r
+	}
+	if _, err := authn(req("known")); err != nil {
+		t.Fatal(err)
+	}
+	keys.down = true
+	if p, err := authn(req("known")); err != nil || p.Name != "ci" {
+		t.Fatalf("known key during an outage: %+v, %v", p, err)
+	}
+	_, err := authn(req("unseen"))
+	var se huma.StatusError
+	if !errors.As(err, &se) || se.GetStatus() != http.StatusServiceUnavailable {
+		t.Fatalf("unseen key during an outage: %v, want 503", err)
 	}
 }

@@ -164,14 +164,16 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer pool.Close()
 
 	alloc := db.New(pool, db.Config{
-		ProbeTimeout:    c.probeTimeout,
-		DefaultTTL:      c.defaultTTL,
-		MaxTTL:          c.maxTTL,
-		MaxWait:         c.maxWait,
-		ReapInterval:    c.reapInterval,
-		RecheckInterval: c.recheckInterval,
-		HealthInterval:  c.healthInterval,
-		Logger:          logger,
+		ProbeTimeout:     c.probeTimeout,
+		DefaultTTL:       c.defaultTTL,
+		MaxTTL:           c.maxTTL,
+		MaxWait:          c.maxWait,
+		ReapInterval:     c.reapInterval,
+		RecheckInterval:  c.recheckInterval,
+		HealthInterval:   c.healthInterval,
+		StatementTimeout: c.statementTO,
+		LockTimeout:      c.lockTO,
+		Logger:           logger,
 	})
 	if err := alloc.Start(ctx); err != nil {
 		return err
