@@ -15,6 +15,11 @@ BIN          := bin/devalloc
 VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS      := -X main.version=$(VERSION)
 TEST_TIMEOUT ?= 20m
+# make chaos / make soak: the fault harness (cmd/devalloc/chaos, build tag
+# chaos). CHAOS_TIMEOUT bounds the whole chaos run; SOAK_DURATION is how
+# long the soak runs (DEVALLOC_SOAK_DURATION).
+CHAOS_TIMEOUT ?= 20m
+SOAK_DURATION ?= 5m
 
 # make run: the database (created when missing), the listen address and the
 # number of simulated demo devices.
@@ -22,7 +27,7 @@ DATABASE_URL ?= postgres://postgres@localhost:5432/devalloc?sslmode=disable
 ADDR         ?= 127.0.0.1:8080
 DEMO         ?= 5
 
-.PHONY: help run build test generate check-generated lint vet fmt-check staticcheck fmt clean
+.PHONY: help run build test chaos soak generate check-generated lint vet fmt-check staticcheck fmt clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -35,6 +40,12 @@ build: ## build bin/devalloc
 
 test: ## run every test with the race detector (TEST_DATABASE_URL, else localhost:5432, else testcontainers)
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+chaos: ## fault scenarios against real serve processes (kill -9, pg_terminate_backend, a PostgreSQL restart, ...); a few minutes
+	$(GO) test -tags chaos -count=1 -timeout $(CHAOS_TIMEOUT) -v -run '^TestChaos' ./cmd/devalloc/chaos/
+
+soak: ## steady load with periodic faults for SOAK_DURATION (5m); prints RSS and connection samples
+	DEVALLOC_SOAK=1 DEVALLOC_SOAK_DURATION='$(SOAK_DURATION)' $(GO) test -tags chaos -count=1 -timeout 3h -v -run '^TestSoak$$' ./cmd/devalloc/chaos/
 
 # Everything generated, and committed: db/dbsqlc (sqlc, from queries/ and
 # migrations/), the OpenAPI documents in httpapi/openapi (from the Huma
@@ -71,6 +82,7 @@ lint: vet fmt-check staticcheck ## go vet, gofmt check and staticcheck
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags chaos ./cmd/devalloc/chaos/
 
 fmt-check:
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*')); \
@@ -78,6 +90,7 @@ fmt-check:
 
 staticcheck:
 	$(STATICCHECK) ./...
+	$(STATICCHECK) -tags chaos ./cmd/devalloc/chaos/
 
 fmt: ## gofmt every Go file in place
 	gofmt -w $$(find . -name '*.go' -not -path './.git/*')
