@@ -193,6 +193,14 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 			continue
 		}
 		if err := awaitWake(ctx, w, window, a.draining); err != nil {
+			if errors.Is(err, ErrNoDevice) && req.IdempotencyKey != "" {
+				// A retry of this request may have won a device at another
+				// instance meanwhile (no device was freed, so nothing woke
+				// us): that lease is the answer, not a 503.
+				if lease, ok, rerr := a.replayWithin(ctx, req, attemptBoundSlack); rerr == nil && ok {
+					return lease, true, nil
+				}
+			}
 			return Lease{}, false, err
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/devalloc/devalloc/db/probe"
 )
@@ -464,4 +465,39 @@ func TestGrantThatLosesTheKeyRollsBack(t *testing.T) {
 		t.Fatalf("the loser's device: %+v, want idle and untouched", d)
 	}
 	waitFlights(t, a)
+}
+
+// A keyed acquire waiting at one instance is not woken when its retry wins
+// a device at another (nothing it could take became idle); when its wait
+// ends it answers with that lease instead of "no device". The trigger is
+// off so that no wake-up can reach it at all.
+func TestWaitEndingAfterARetryWonElsewhereReplays(t *testing.T) {
+	url := newDB(t)
+	a := newAllocator(t, url, testConfig(&fakeProber{}))
+	b := newAllocator(t, url, testConfig(&fakeProber{}))
+	mustCreate(t, a, "d1", "lab", "h:1", nil)
+	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(t.Context(), "ALTER TABLE devalloc.devices DISABLE TRIGGER devices_notify_idle_update"); err != nil {
+		t.Fatal(err)
+	}
+
+	atB := goAcquire(t.Context(), b, keyed("alice", "k", "lab", time.Second))
+	waitFor(t, "b's acquire to wait", func() bool { return b.Hub().Waiting("lab") == 1 })
+	if _, err := a.Release(t.Context(), held.ID); err != nil {
+		t.Fatal(err)
+	}
+	won, replayed, err := a.AcquireOrReplay(t.Context(), keyed("alice", "k", "lab", 0))
+	if err != nil || replayed {
+		t.Fatalf("the retry at a: %+v replayed=%v %v", won, replayed, err)
+	}
+	r := <-atB
+	if r.err != nil || r.lease.ID != won.ID || !r.replayed {
+		t.Fatalf("b's acquire ended with %+v replayed=%v %v; want the lease won at a (%s)", r.lease, r.replayed, r.err, won.ID)
+	}
+	waitFlights(t, b)
 }
