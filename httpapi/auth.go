@@ -84,9 +84,7 @@ func (c *keyCache) authenticate(r *http.Request) (Principal, error) {
 	}
 	if db.IsTransient(err) {
 		// The key cannot be checked while the database is away.
-		return Principal{}, huma.ErrorWithHeaders(
-			problem(http.StatusServiceUnavailable, kindDatabaseUnavailable, "the database is unavailable just now; retry later"),
-			http.Header{"Retry-After": {retryAfter()}})
+		return Principal{}, databaseUnavailable()
 	}
 	if err != nil {
 		return Principal{}, err

@@ -83,10 +83,8 @@ func (s *server) fail(ctx context.Context, op, subject string, err error) error 
 		out = problem(http.StatusGone, kindLeaseEnded,
 			subject+" has ended ("+ended.Lease.EndReason+")")
 	case errors.Is(err, db.ErrNoDevice):
-		out = huma.ErrorWithHeaders(
-			problem(http.StatusServiceUnavailable, kindNoDevice,
-				"no matching device became available for "+subject+"; retry later"),
-			http.Header{"Retry-After": {retryAfter()}})
+		out = retryLater(http.StatusServiceUnavailable, kindNoDevice,
+			"no matching device became available for "+subject+"; retry later", retryAfter())
 	case errors.Is(err, db.ErrIdempotencyKeyReused):
 		// 422 as in the IETF Idempotency-Key draft: the request is wrong,
 		// not in conflict with a state that may change.
@@ -97,19 +95,14 @@ func (s *server) fail(ctx context.Context, op, subject string, err error) error 
 		out = problem(http.StatusUnprocessableEntity, kindUnsatisfiable,
 			"no registered device matches "+subject+", in any state, so waiting could never succeed")
 	case errors.Is(err, db.ErrShuttingDown):
-		out = huma.ErrorWithHeaders(
-			problem(http.StatusServiceUnavailable, kindShuttingDown,
-				"this instance is shutting down; retry (another instance may serve you at once)"),
-			http.Header{"Retry-After": {"1"}})
+		out = retryLater(http.StatusServiceUnavailable, kindShuttingDown,
+			"this instance is shutting down; retry (another instance may serve you at once)", "1")
 	case db.IsTransient(err):
 		// The database is restarting, unreachable or timed out: the
 		// request may succeed shortly (at this instance or another), so
 		// say that, with a Retry-After, rather than a 500.
 		s.log.Warn("database unavailable", "op", op, "subject", subject, "err", err)
-		out = huma.ErrorWithHeaders(
-			problem(http.StatusServiceUnavailable, kindDatabaseUnavailable,
-				"the database is unavailable just now; retry later"),
-			http.Header{"Retry-After": {retryAfter()}})
+		out = databaseUnavailable()
 	case db.IsInvalidData(err):
 		// A value the edge checks missed, refused by PostgreSQL itself; the
 		// input is at fault, and the transaction has rolled back.
@@ -123,6 +116,18 @@ func (s *server) fail(ctx context.Context, op, subject string, err error) error 
 	}
 	s.log.Debug("request refused", "op", op, "subject", subject, "err", err)
 	return out
+}
+
+// retryLater is a problem with a Retry-After header (seconds).
+func retryLater(status int, kind, detail, seconds string) error {
+	return huma.ErrorWithHeaders(problem(status, kind, detail), http.Header{"Retry-After": {seconds}})
+}
+
+// databaseUnavailable is the 503 for a database that is restarting,
+// unreachable or timed out.
+func databaseUnavailable() error {
+	return retryLater(http.StatusServiceUnavailable, kindDatabaseUnavailable,
+		"the database is unavailable just now; retry later", retryAfter())
 }
 
 // retryAfter is the Retry-After for "no device now": a few seconds,

@@ -4,8 +4,6 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
-
-	"github.com/danielgtaylor/huma/v2"
 )
 
 // DefaultMaxWaitingPerKey is Options.MaxWaitingPerKey's default.
@@ -50,9 +48,7 @@ func (l *waitLimiter) enter(name string) (done func(), ok bool) {
 
 // tooManyWaiting is the 429 for a principal at its cap.
 func (l *waitLimiter) tooManyWaiting() error {
-	return huma.ErrorWithHeaders(
-		problem(http.StatusTooManyRequests, kindTooManyWaiting,
-			"this key already has "+strconv.Itoa(l.max)+" acquires waiting at this server; "+
-				"wait for one to end before starting another"),
-		http.Header{"Retry-After": {retryAfter()}})
+	return retryLater(http.StatusTooManyRequests, kindTooManyWaiting,
+		"this key already has "+strconv.Itoa(l.max)+" acquires waiting at this server; "+
+			"wait for one to end before starting another", retryAfter())
 }
