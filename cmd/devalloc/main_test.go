@@ -9,9 +9,10 @@ import (
 )
 
 // runCmd runs the CLI in-process and returns its exit code and output.
+// The buffers are safe for the goroutines some commands write from.
 func runCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	var out, errOut bytes.Buffer
+	var out, errOut syncBuffer
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	code = run(ctx, args, &out, &errOut)
