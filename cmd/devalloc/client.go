@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 
@@ -14,63 +13,6 @@ import (
 
 // The client commands talk to a devalloc server over its HTTP API, through
 // the generated Go client (httpapi/client). They need no database.
-
-// isClientCommand reports whether cmd is one of them.
-func isClientCommand(cmd string) bool {
-	switch cmd {
-	case "acquire", "renew", "release", "leases", "devices", "pools":
-		return true
-	}
-	return false
-}
-
-// runClient runs a client command and returns the exit code: 0 on success,
-// 1 when it failed (one line on stderr, e.g. "devalloc: 410 lease ... has
-// ended (released)"), 2 on a usage mistake; acquire with a command exits
-// with the command's code (see exitCodeError).
-func runClient(ctx context.Context, cmd string, args []string, stdout, stderr io.Writer) int {
-	var err error
-	switch cmd {
-	case "acquire":
-		err = runAcquire(ctx, args, stdout, stderr)
-	case "renew":
-		err = runRenew(ctx, args, stdout, stderr)
-	case "release":
-		err = runRelease(ctx, args, stdout, stderr)
-	case "leases":
-		err = runLeases(ctx, args, stdout, stderr)
-	case "devices":
-		err = runDevices(ctx, args, stdout, stderr)
-	case "pools":
-		err = runPools(ctx, args, stdout, stderr)
-	default:
-		err = usageError{error: fmt.Errorf("unknown command %q", cmd)}
-	}
-	var (
-		uerr usageError
-		code exitCodeError
-	)
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-		return 0
-	case errors.As(err, &code):
-		if code.err != nil {
-			fmt.Fprintf(stderr, "devalloc: %s\n", oneLine(code.err))
-		}
-		return code.code
-	case errors.As(err, &uerr):
-		if !uerr.reported {
-			fmt.Fprintf(stderr, "devalloc: %s\n", oneLine(err))
-		}
-		return 2
-	case errors.Is(err, context.Canceled):
-		fmt.Fprintln(stderr, "devalloc: interrupted")
-		return 1
-	default:
-		fmt.Fprintf(stderr, "devalloc: %s\n", oneLine(err))
-		return 1
-	}
-}
 
 // exitCodeError makes the process exit with code, after printing err if
 // it is not nil.

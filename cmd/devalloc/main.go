@@ -57,11 +57,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cmd, rest := args[0], args[1:]
-	if isClientCommand(cmd) {
-		return runClient(ctx, cmd, rest, stdout, stderr)
-	}
 	var err error
 	switch cmd {
+	case "acquire":
+		err = runAcquire(ctx, rest, stdout, stderr)
+	case "renew":
+		err = runRenew(ctx, rest, stdout, stderr)
+	case "release":
+		err = runRelease(ctx, rest, stdout, stderr)
+	case "leases":
+		err = runLeases(ctx, rest, stdout, stderr)
+	case "devices":
+		err = runDevices(ctx, rest, stdout, stderr)
+	case "pools":
+		err = runPools(ctx, rest, stdout, stderr)
 	case "serve":
 		err = runServe(ctx, rest, stdout, stderr)
 	case "migrate":
@@ -78,12 +87,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	default:
 		err = usageError{error: fmt.Errorf("unknown command %q (run \"devalloc help\")", cmd)}
 	}
-	var uerr usageError
+	return exitCode(err, stderr)
+}
+
+// exitCode reports err on stderr as one line and turns it into the exit
+// code: 0 for none (or -h), 2 for a usage mistake, the code an
+// exitCodeError carries (acquire -- cmd exits with cmd's), 1 otherwise.
+func exitCode(err error, stderr io.Writer) int {
+	var (
+		uerr usageError
+		code exitCodeError
+	)
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
-	case errors.Is(err, flag.ErrHelp):
-		return 0
+	case errors.As(err, &code):
+		if code.err != nil {
+			fmt.Fprintf(stderr, "devalloc: %s\n", oneLine(code.err))
+		}
+		return code.code
 	case errors.Is(err, context.Canceled):
 		// SIGINT/SIGTERM before the command got going.
 		fmt.Fprintln(stderr, "devalloc: interrupted")
