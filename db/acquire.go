@@ -130,7 +130,7 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 		if w != nil {
 			w.BeginAttempt()
 		}
-		lease, err := a.attempt(ctx, req, a.attemptBound(window.remaining()))
+		lease, err := a.attemptAny(ctx, req, a.attemptBound(window.remaining()))
 		if w != nil {
 			w.EndAttempt()
 		}
@@ -249,11 +249,12 @@ func (a *Allocator) checkSatisfiable(ctx context.Context, sel Selector, bound ti
 // attempt is one acquire transaction: pick the least recently released
 // idle device with SKIP LOCKED, probe it under the row lock, and grant it;
 // a device that fails its probe goes offline and the next candidate is
-// tried, up to ProbeCandidates.
+// tried, up to ProbeCandidates. probed tells whether the granted device was
+// probed.
 //
 // bound caps how long any one statement of the transaction may run or wait
 // for a lock (the probes are not statements and have their own deadline).
-func (a *Allocator) attempt(ctx context.Context, req AcquireRequest, bound time.Duration) (Lease, error) {
+func (a *Allocator) attempt(ctx context.Context, req AcquireRequest, bound time.Duration) (lease Lease, probed bool, err error) {
 	sel := req.Selector
 	// The bound rides along with BEGIN: one round trip, as before.
 	ms := bound.Milliseconds()
@@ -263,13 +264,13 @@ func (a *Allocator) attempt(ctx context.Context, req AcquireRequest, bound time.
 	conn, err := a.pool.Acquire(connCtx)
 	cancel()
 	if err != nil {
-		return Lease{}, fmt.Errorf("acquire in pool %q: connection: %w", sel.Pool, err)
+		return Lease{}, false, fmt.Errorf("acquire in pool %q: connection: %w", sel.Pool, err)
 	}
 	defer conn.Release()
 	tx, err := conn.BeginTx(ctx, pgx.TxOptions{BeginQuery: fmt.Sprintf(
 		"BEGIN; SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = %d", ms, ms)})
 	if err != nil {
-		return Lease{}, fmt.Errorf("acquire in pool %q: begin: %w", sel.Pool, err)
+		return Lease{}, false, fmt.Errorf("acquire in pool %q: begin: %w", sel.Pool, err)
 	}
 	// Rollback must run even when ctx is what ended the attempt.
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
@@ -282,31 +283,56 @@ func (a *Allocator) attempt(ctx context.Context, req AcquireRequest, bound time.
 			break
 		}
 		if err != nil {
-			return Lease{}, fmt.Errorf("acquire in pool %q: pick: %w", sel.Pool, err)
+			return Lease{}, false, fmt.Errorf("acquire in pool %q: pick: %w", sel.Pool, err)
 		}
-		probed := probe.Kind(row.Probe) != probe.None
+		probed := a.needsProbe(row)
+		if !probed {
+			lease, err := a.grant(ctx, tx, q, req, row, false)
+			return lease, false, err
+		}
 		if perr := a.probeDevice(ctx, row); perr != nil {
 			if ctx.Err() != nil {
-				return Lease{}, ctx.Err()
+				return Lease{}, false, ctx.Err()
 			}
 			a.log.Info("device failed its probe; taking it offline", "device", row.Name, "pool", row.Pool, "err", perr)
 			if err := q.MarkDeviceOffline(ctx, dbsqlc.MarkDeviceOfflineParams{
 				ID: row.ID, Reason: perr.Error(), RetryInSeconds: a.cfg.HealthBackoffMin.Seconds(),
 			}); err != nil {
-				return Lease{}, fmt.Errorf("acquire in pool %q: mark %q offline: %w", sel.Pool, row.Name, err)
+				return Lease{}, false, fmt.Errorf("acquire in pool %q: mark %q offline: %w", sel.Pool, row.Name, err)
 			}
 			failed++
 			continue
 		}
-		return a.grant(ctx, tx, q, req, row, probed)
+		lease, err := a.grant(ctx, tx, q, req, row, probed)
+		return lease, probed, err
 	}
 	if failed > 0 {
 		// Keep the offline marks: they are what the probes learned.
 		if err := tx.Commit(ctx); err != nil {
-			return Lease{}, fmt.Errorf("acquire in pool %q: commit offline marks: %w", sel.Pool, err)
+			return Lease{}, false, fmt.Errorf("acquire in pool %q: commit offline marks: %w", sel.Pool, err)
 		}
 	}
-	return Lease{}, noneIdle{probesFailed: failed > 0}
+	return Lease{}, false, noneIdle{probesFailed: failed > 0}
+}
+
+// needsProbe tells whether an acquire must probe the device before
+// granting it: always, unless its probe is "none" or, with ProbeFreshness
+// on, it was released by a holder (not merely registered) or passed a
+// probe within that window. The window is read on this instance's clock;
+// GrantUnprobed applies the same rule on the database's.
+func (a *Allocator) needsProbe(row dbsqlc.DevallocDevice) bool {
+	if probe.Kind(row.Probe) == probe.None {
+		return false
+	}
+	fresh := a.cfg.ProbeFreshness
+	if fresh <= 0 {
+		return true
+	}
+	if row.FencingToken > 0 && time.Since(row.IdleSince) < fresh {
+		return false
+	}
+	passed := row.LastProbeOk != nil && *row.LastProbeOk && row.LastProbeAt != nil
+	return !passed || time.Since(*row.LastProbeAt) >= fresh
 }
 
 func (a *Allocator) probeDevice(ctx context.Context, row dbsqlc.DevallocDevice) error {

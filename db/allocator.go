@@ -33,6 +33,10 @@ type Allocator struct {
 	// recheckQueries counts the re-checker's queries (a test signal now, a
 	// metric later).
 	recheckQueries atomic.Int64
+	// probedPools remembers the pools whose last grant needed a probe, so
+	// their acquires skip the one-statement path that cannot probe (see
+	// attemptUnprobed).
+	probedPools sync.Map // pool name → struct{}
 	// draining is closed by Drain: waiting acquires give up at once.
 	draining  chan struct{}
 	drainOnce sync.Once

@@ -114,8 +114,11 @@ func TestConcurrentInstancesNeverDoubleAllocate(t *testing.T) {
 		cfg.RecheckInterval = time.Second
 		allocs = append(allocs, newAllocator(t, url, cfg))
 	}
+	// Half the devices need no probe: acquires take both paths (the one
+	// statement and the probing transaction) in the same pool.
 	for i, addr := range loopbackDevices(t, devices) {
-		mustCreate(t, allocs[0], fmt.Sprintf("dev-%02d", i), "farm", addr, Labels{"kind": "board"})
+		kind := []string{"tcp", "none"}[i%2]
+		mustCreateProbed(t, allocs[0], fmt.Sprintf("dev-%02d", i), "farm", addr, kind, Labels{"kind": "board"})
 	}
 
 	led := &ledger{last: map[string]*ledgerEntry{}, granted: map[uuid.UUID]bool{}}

@@ -15,6 +15,11 @@ type Config struct {
 	// ProbeCandidates bounds how many devices one acquire transaction probes
 	// before it gives up (each failure takes that device offline).
 	ProbeCandidates int
+	// ProbeFreshness, when positive, skips the acquire's probe for a device
+	// released, or seen answering a probe, within this long: such a device
+	// is granted in one statement. 0 (the default) probes every device whose
+	// probe is not "none" on every acquire.
+	ProbeFreshness time.Duration
 	// DefaultTTL is a lease's lifetime when the client names none; MaxTTL caps
 	// what a client may ask for.
 	DefaultTTL time.Duration

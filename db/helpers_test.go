@@ -89,7 +89,15 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 
 func mustCreate(t *testing.T, a *Allocator, name, pool, address string, labels Labels) Device {
 	t.Helper()
-	d, err := a.CreateDevice(t.Context(), DeviceSpec{Name: name, Pool: pool, Labels: labels, Address: address, Probe: "tcp"})
+	return mustCreateProbed(t, a, name, pool, address, "tcp", labels)
+}
+
+// mustCreateProbed registers a device with the given probe kind ("none"
+// devices are granted by the one-statement path, others by the
+// transaction that probes).
+func mustCreateProbed(t *testing.T, a *Allocator, name, pool, address, probeKind string, labels Labels) Device {
+	t.Helper()
+	d, err := a.CreateDevice(t.Context(), DeviceSpec{Name: name, Pool: pool, Labels: labels, Address: address, Probe: probeKind})
 	if err != nil {
 		t.Fatalf("create %s: %v", name, err)
 	}

@@ -148,11 +148,19 @@ func TestConcurrentRetriesAtOneInstanceGetOneLease(t *testing.T) {
 // The same across two instances: the unique index lets one grant win; the
 // other instance rolls back and answers with the winner's lease.
 func TestConcurrentRetriesAcrossInstancesGetOneLease(t *testing.T) {
+	// Both acquire paths: the transaction that probes, and the one
+	// statement that grants devices needing no probe.
+	for _, kind := range []string{"tcp", "none"} {
+		t.Run("probe="+kind, func(t *testing.T) { testConcurrentRetriesAcrossInstances(t, kind) })
+	}
+}
+
+func testConcurrentRetriesAcrossInstances(t *testing.T, probeKind string) {
 	url := newDB(t)
 	a := newAllocator(t, url, testConfig(&fakeProber{}))
 	b := newAllocator(t, url, testConfig(&fakeProber{}))
 	for i := range 5 {
-		mustCreate(t, a, fmt.Sprintf("d%d", i), "lab", fmt.Sprintf("h:%d", i), nil)
+		mustCreateProbed(t, a, fmt.Sprintf("d%d", i), "lab", fmt.Sprintf("h:%d", i), probeKind, nil)
 	}
 	for round := range 10 {
 		key := fmt.Sprintf("k%d", round)

@@ -122,6 +122,30 @@ func (a *Allocator) Release(ctx context.Context, id uuid.UUID) (Lease, error) {
 	return a.end(ctx, id, EndReleased)
 }
 
+// ReleaseOwn is Release for the lease's owner, in one statement (ownership
+// is checked by the statement itself): the common release. done is false,
+// and nothing changed, when id is not an active lease of owner's (unknown,
+// someone else's, already ended): Release or Revoke tell those apart. A
+// lease that lapsed before the call ends as expired and fails with a
+// *LeaseEndedError, as in Release.
+func (a *Allocator) ReleaseOwn(ctx context.Context, id uuid.UUID, owner string) (done bool, err error) {
+	r, err := a.q.EndLease(ctx, dbsqlc.EndLeaseParams{ID: id, EndReason: EndReleased, Owner: &owner})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("release lease %s: %w", id, err)
+	}
+	if r.EndReason != nil && *r.EndReason != EndReleased {
+		lease, err := a.withDevice(ctx, dbsqlc.DevallocLease(r))
+		if err != nil {
+			return false, err
+		}
+		return false, &LeaseEndedError{Lease: lease}
+	}
+	return true, nil
+}
+
 // Revoke ends someone else's lease (an admin's decision) and frees its device.
 func (a *Allocator) Revoke(ctx context.Context, id uuid.UUID) (Lease, error) {
 	return a.end(ctx, id, EndRevoked)

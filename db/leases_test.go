@@ -149,3 +149,50 @@ func TestListLeases(t *testing.T) {
 		t.Fatalf("all=%d active=%d alice=%d q=%d", len(all), len(active), len(alice), len(inQ))
 	}
 }
+
+// ReleaseOwn ends only the caller's own active lease; anything else is
+// left untouched for Release/Revoke to explain.
+func TestReleaseOwnEndsOnlyTheOwnersActiveLease(t *testing.T) {
+	a := newAllocator(t, newDB(t), testConfig(&fakeProber{}))
+	mustCreate(t, a, "d1", "lab", "h:1", nil)
+	lease := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "alice", TTL: time.Minute})
+
+	for _, owner := range []string{"bob", ""} {
+		if done, err := a.ReleaseOwn(t.Context(), lease.ID, owner); done || err != nil {
+			t.Fatalf("ReleaseOwn by %q of alice's lease = %v, %v; want false, nil", owner, done, err)
+		}
+	}
+	if d := mustDevice(t, a, "d1"); d.State != StateLeased {
+		t.Fatalf("someone else's ReleaseOwn changed the device: %+v", d)
+	}
+	if done, err := a.ReleaseOwn(t.Context(), uuid.New(), "alice"); done || err != nil {
+		t.Fatalf("ReleaseOwn of an unknown lease = %v, %v", done, err)
+	}
+	if done, err := a.ReleaseOwn(t.Context(), lease.ID, "alice"); !done || err != nil {
+		t.Fatalf("ReleaseOwn by the owner = %v, %v; want true, nil", done, err)
+	}
+	got, err := a.GetLease(t.Context(), lease.ID)
+	if err != nil || got.EndReason != EndReleased {
+		t.Fatalf("lease after ReleaseOwn = %+v, %v", got, err)
+	}
+	if d := mustDevice(t, a, "d1"); d.State != StateIdle {
+		t.Fatalf("device after ReleaseOwn: %+v", d)
+	}
+	// A second release by the owner is not done here: Release answers it
+	// (idempotently).
+	if done, err := a.ReleaseOwn(t.Context(), lease.ID, "alice"); done || err != nil {
+		t.Fatalf("second ReleaseOwn = %v, %v; want false, nil", done, err)
+	}
+
+	// A lease that lapsed before its owner released it ends as expired.
+	lapsed := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "alice", TTL: time.Minute})
+	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.leases SET expires_at = now() - interval '1 second' WHERE id = $1`, lapsed.ID); err != nil {
+		t.Fatal(err)
+	}
+	if done, err := a.ReleaseOwn(t.Context(), lapsed.ID, "alice"); done || endReason(err) != EndExpired {
+		t.Fatalf("ReleaseOwn of a lapsed lease = %v, %v; want a LeaseEndedError (expired)", done, err)
+	}
+	if d := mustDevice(t, a, "d1"); d.State != StateIdle {
+		t.Fatalf("device after the lapsed lease ended: %+v", d)
+	}
+}

@@ -216,6 +216,19 @@ func (s *server) renewLease(ctx context.Context, in *renewLeaseInput) (*leaseOut
 }
 
 func (s *server) releaseLease(ctx context.Context, in *leaseIDInput) (*struct{}, error) {
+	// The common case first: the caller ends its own active lease, in one
+	// statement that checks ownership itself. Anything else (someone
+	// else's lease, one already ended, an unknown id) takes the path below,
+	// which tells those apart.
+	if id, err := uuid.Parse(in.ID); err == nil && principal(ctx).Name != "" {
+		done, err := s.alloc.ReleaseOwn(ctx, id, principal(ctx).Name)
+		if err != nil {
+			return nil, s.fail(ctx, "releaseLease", leaseSubject(id), err)
+		}
+		if done {
+			return nil, nil
+		}
+	}
 	lease, err := s.ownLease(ctx, "releaseLease", in.ID)
 	if err != nil {
 		return nil, err

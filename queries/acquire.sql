@@ -51,3 +51,49 @@ UPDATE devalloc.devices SET
     next_probe_at  = now() + make_interval(secs => @retry_in_seconds::float8),
     updated_at     = now()
 WHERE id = @id AND state = 'idle';
+
+-- name: GrantUnprobed :one
+-- The whole acquire in one statement, for a device that needs no probe:
+-- pick the least recently released idle device that fits (SKIP LOCKED),
+-- grant it and record the lease. It grants only when the picked device's
+-- probe is "none", or it was released or passed a probe within
+-- fresh_seconds (0 turns that off). No row: nothing fitting is idle (or
+-- every fitting idle device is locked by another acquire). A row without a
+-- lease: the picked device needs a probe, so the caller runs the acquire
+-- transaction, which probes. Run outside a transaction, the statement is its own: one round
+-- trip and one commit per acquire. The lease row comes back with the
+-- device's labels and address, so the answer needs no second query.
+WITH pick AS (
+    SELECT d.id FROM devalloc.devices d
+    WHERE d.state = 'idle' AND d.pool = @pool AND d.labels @> @labels
+    ORDER BY d.idle_since, d.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), dev AS (
+    UPDATE devalloc.devices d SET
+        state         = 'leased',
+        state_reason  = '',
+        lease_id      = @lease_id::uuid,
+        fencing_token = d.fencing_token + 1,
+        updated_at    = now()
+    FROM pick
+    WHERE d.id = pick.id AND d.state = 'idle'
+      AND (d.probe = 'none'
+           OR (@fresh_seconds::float8 > 0
+               AND ((d.fencing_token > 0 AND d.idle_since > now() - make_interval(secs => @fresh_seconds::float8))
+                    OR (d.last_probe_ok AND d.last_probe_at > now() - make_interval(secs => @fresh_seconds::float8)))))
+    RETURNING d.id, d.name, d.pool, d.labels, d.address, d.fencing_token, clock_timestamp() AS granted_at
+), lease AS (
+    INSERT INTO devalloc.leases (id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at,
+                                 idempotency_key, request_fingerprint)
+    SELECT @lease_id, dev.id, dev.name, dev.pool, @owner, @holder, dev.fencing_token,
+           dev.granted_at, dev.granted_at + make_interval(secs => @ttl_seconds::float8),
+           sqlc.narg('idempotency_key'), sqlc.narg('request_fingerprint')
+    FROM dev
+    RETURNING id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at
+)
+SELECT pick.id AS picked_id, lease.id, lease.device_name, lease.pool, lease.owner, lease.holder, lease.fencing_token,
+       lease.acquired_at, lease.expires_at, dev.labels AS device_labels, dev.address AS device_address
+FROM pick
+LEFT JOIN lease ON true
+LEFT JOIN dev ON true;

@@ -39,12 +39,15 @@ RETURNING *;
 -- time ran out before the reaper got to it ends as expired whatever the
 -- caller asked, so the caller can tell its holder it had lost the device.
 -- The device is freed only while it still carries this lease and its
--- fencing token.
+-- fencing token. With owner set, only that owner's lease ends (a holder's
+-- release checks ownership in the same statement, one round trip); NULL
+-- ends whoever's it is.
 WITH ended AS (
     UPDATE devalloc.leases l SET
         released_at = clock_timestamp(),
         end_reason  = CASE WHEN l.expires_at <= now() THEN 'expired' ELSE @end_reason::text END
     WHERE l.id = @id AND l.released_at IS NULL
+      AND (sqlc.narg('owner')::text IS NULL OR l.owner = sqlc.narg('owner'))
     RETURNING l.*
 ), freed AS (
     UPDATE devalloc.devices d SET

@@ -25,6 +25,7 @@ type serveConfig struct {
 	demo            int
 	maxConns        int
 	probeTimeout    time.Duration
+	probeFreshness  time.Duration
 	defaultTTL      time.Duration
 	maxTTL          time.Duration
 	maxWait         time.Duration
@@ -66,6 +67,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.intVar(&c.demo, "demo", "DEVALLOC_DEMO", 0, "register this many simulated devices in pool \"demo\" (loopback listeners owned by this process; one is dead)")
 	fs.intVar(&c.maxConns, "max-conns", "DEVALLOC_MAX_CONNS", 10, "maximum PostgreSQL connections in the pool (the LISTEN connection is extra)")
 	fs.durationVar(&c.probeTimeout, "probe-timeout", "DEVALLOC_PROBE_TIMEOUT", 2*time.Second, "hard deadline of one device probe (the acquire transaction holds the row lock meanwhile)")
+	fs.durationVar(&c.probeFreshness, "probe-freshness", "DEVALLOC_PROBE_FRESHNESS", 0, "skip the acquire's probe of a device released by a holder, or seen answering a probe, within this long (0: probe on every acquire)")
 	fs.durationVar(&c.defaultTTL, "default-ttl", "DEVALLOC_DEFAULT_TTL", 10*time.Minute, "lease lifetime when the client asks for none")
 	fs.durationVar(&c.maxTTL, "max-ttl", "DEVALLOC_MAX_TTL", 24*time.Hour, "longest lease lifetime a client may ask for")
 	fs.durationVar(&c.maxWait, "max-wait", "DEVALLOC_MAX_WAIT", 15*time.Minute, "longest an acquire may long-poll (wait_seconds is capped to it)")
@@ -108,6 +110,9 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 		if d <= 0 {
 			return c, usageError{error: fmt.Errorf("--%s %s: want a positive duration", name, d)}
 		}
+	}
+	if c.probeFreshness < 0 {
+		return c, usageError{error: fmt.Errorf("--probe-freshness %s: want 0 (off) or a positive duration", c.probeFreshness)}
 	}
 	if c.defaultTTL > c.maxTTL {
 		return c, usageError{error: fmt.Errorf("--default-ttl %s is longer than --max-ttl %s", c.defaultTTL, c.maxTTL)}
@@ -165,6 +170,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	alloc := db.New(pool, db.Config{
 		ProbeTimeout:     c.probeTimeout,
+		ProbeFreshness:   c.probeFreshness,
 		DefaultTTL:       c.defaultTTL,
 		MaxTTL:           c.maxTTL,
 		MaxWait:          c.maxWait,

@@ -7,6 +7,7 @@ package dbsqlc
 
 import (
 	"context"
+	"time"
 
 	"github.com/google/uuid"
 )
@@ -80,6 +81,108 @@ func (q *Queries) GrantLease(ctx context.Context, arg GrantLeaseParams) (Devallo
 		&i.IdempotencyKey,
 		&i.ActiveDeviceID,
 		&i.RequestFingerprint,
+	)
+	return i, err
+}
+
+const grantUnprobed = `-- name: GrantUnprobed :one
+WITH pick AS (
+    SELECT d.id FROM devalloc.devices d
+    WHERE d.state = 'idle' AND d.pool = $1 AND d.labels @> $2
+    ORDER BY d.idle_since, d.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), dev AS (
+    UPDATE devalloc.devices d SET
+        state         = 'leased',
+        state_reason  = '',
+        lease_id      = $3::uuid,
+        fencing_token = d.fencing_token + 1,
+        updated_at    = now()
+    FROM pick
+    WHERE d.id = pick.id AND d.state = 'idle'
+      AND (d.probe = 'none'
+           OR ($4::float8 > 0
+               AND ((d.fencing_token > 0 AND d.idle_since > now() - make_interval(secs => $4::float8))
+                    OR (d.last_probe_ok AND d.last_probe_at > now() - make_interval(secs => $4::float8)))))
+    RETURNING d.id, d.name, d.pool, d.labels, d.address, d.fencing_token, clock_timestamp() AS granted_at
+), lease AS (
+    INSERT INTO devalloc.leases (id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at,
+                                 idempotency_key, request_fingerprint)
+    SELECT $3, dev.id, dev.name, dev.pool, $5, $6, dev.fencing_token,
+           dev.granted_at, dev.granted_at + make_interval(secs => $7::float8),
+           $8, $9
+    FROM dev
+    RETURNING id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at
+)
+SELECT pick.id AS picked_id, lease.id, lease.device_name, lease.pool, lease.owner, lease.holder, lease.fencing_token,
+       lease.acquired_at, lease.expires_at, dev.labels AS device_labels, dev.address AS device_address
+FROM pick
+LEFT JOIN lease ON true
+LEFT JOIN dev ON true
+`
+
+type GrantUnprobedParams struct {
+	Pool               string
+	Labels             []byte
+	LeaseID            uuid.UUID
+	FreshSeconds       float64
+	Owner              string
+	Holder             string
+	TtlSeconds         float64
+	IdempotencyKey     *string
+	RequestFingerprint []byte
+}
+
+type GrantUnprobedRow struct {
+	PickedID      int64
+	ID            *uuid.UUID
+	DeviceName    *string
+	Pool          *string
+	Owner         *string
+	Holder        *string
+	FencingToken  *int64
+	AcquiredAt    *time.Time
+	ExpiresAt     *time.Time
+	DeviceLabels  []byte
+	DeviceAddress *string
+}
+
+// The whole acquire in one statement, for a device that needs no probe:
+// pick the least recently released idle device that fits (SKIP LOCKED),
+// grant it and record the lease. It grants only when the picked device's
+// probe is "none", or it was released or passed a probe within
+// fresh_seconds (0 turns that off). No row: nothing fitting is idle (or
+// every fitting idle device is locked by another acquire). A row without a
+// lease: the picked device needs a probe, so the caller runs the acquire
+// transaction, which probes. Run outside a transaction, the statement is its own: one round
+// trip and one commit per acquire. The lease row comes back with the
+// device's labels and address, so the answer needs no second query.
+func (q *Queries) GrantUnprobed(ctx context.Context, arg GrantUnprobedParams) (GrantUnprobedRow, error) {
+	row := q.db.QueryRow(ctx, grantUnprobed,
+		arg.Pool,
+		arg.Labels,
+		arg.LeaseID,
+		arg.FreshSeconds,
+		arg.Owner,
+		arg.Holder,
+		arg.TtlSeconds,
+		arg.IdempotencyKey,
+		arg.RequestFingerprint,
+	)
+	var i GrantUnprobedRow
+	err := row.Scan(
+		&i.PickedID,
+		&i.ID,
+		&i.DeviceName,
+		&i.Pool,
+		&i.Owner,
+		&i.Holder,
+		&i.FencingToken,
+		&i.AcquiredAt,
+		&i.ExpiresAt,
+		&i.DeviceLabels,
+		&i.DeviceAddress,
 	)
 	return i, err
 }

@@ -18,6 +18,7 @@ WITH ended AS (
         released_at = clock_timestamp(),
         end_reason  = CASE WHEN l.expires_at <= now() THEN 'expired' ELSE $1::text END
     WHERE l.id = $2 AND l.released_at IS NULL
+      AND ($3::text IS NULL OR l.owner = $3)
     RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint
 ), freed AS (
     UPDATE devalloc.devices d SET
@@ -36,6 +37,7 @@ SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_
 type EndLeaseParams struct {
 	EndReason string
 	ID        uuid.UUID
+	Owner     *string
 }
 
 type EndLeaseRow struct {
@@ -59,9 +61,11 @@ type EndLeaseRow struct {
 // time ran out before the reaper got to it ends as expired whatever the
 // caller asked, so the caller can tell its holder it had lost the device.
 // The device is freed only while it still carries this lease and its
-// fencing token.
+// fencing token. With owner set, only that owner's lease ends (a holder's
+// release checks ownership in the same statement, one round trip); NULL
+// ends whoever's it is.
 func (q *Queries) EndLease(ctx context.Context, arg EndLeaseParams) (EndLeaseRow, error) {
-	row := q.db.QueryRow(ctx, endLease, arg.EndReason, arg.ID)
+	row := q.db.QueryRow(ctx, endLease, arg.EndReason, arg.ID, arg.Owner)
 	var i EndLeaseRow
 	err := row.Scan(
 		&i.ID,

@@ -1,0 +1,124 @@
+package db
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/devalloc/devalloc/db/dbsqlc"
+)
+
+// unprobed is what the one-statement acquire found.
+type unprobed int
+
+const (
+	// unprobedGranted: the lease exists.
+	unprobedGranted unprobed = iota
+	// unprobedNoneIdle: nothing fitting was idle and unlocked.
+	unprobedNoneIdle
+	// unprobedNeedsProbe: the device at the head of the line needs a probe,
+	// which only the acquire transaction can do.
+	unprobedNeedsProbe
+)
+
+// attemptAny is one acquire attempt: the one-statement path first, unless
+// this pool's devices have been needing probes, then the transaction.
+func (a *Allocator) attemptAny(ctx context.Context, req AcquireRequest, bound time.Duration) (Lease, error) {
+	pool := req.Selector.Pool
+	if _, probes := a.probedPools.Load(pool); !probes {
+		lease, found, err := a.attemptUnprobed(ctx, req, bound)
+		switch {
+		case err != nil:
+			return Lease{}, err
+		case found == unprobedGranted:
+			return lease, nil
+		case found == unprobedNoneIdle:
+			return Lease{}, noneIdle{}
+		}
+		a.probedPools.Store(pool, struct{}{})
+	}
+	lease, probed, err := a.attempt(ctx, req, bound)
+	if err == nil && !probed {
+		// The line has moved on to devices that need no probe.
+		a.probedPools.Delete(pool)
+	}
+	return lease, err
+}
+
+// attemptUnprobed runs the whole acquire as one autocommitted statement
+// (GrantUnprobed): one round trip, one commit. It cannot probe, so it
+// grants only devices whose probe is "none" or fresh.
+//
+// The statement runs to completion even if ctx ends (its commit is its
+// end, and an interrupted commit would leave us not knowing whether the
+// lease exists); bound caps it, as it caps the transaction's statements. A
+// requester that left meanwhile has its lease ended at once, as in grant.
+func (a *Allocator) attemptUnprobed(ctx context.Context, req AcquireRequest, bound time.Duration) (Lease, unprobed, error) {
+	sel := req.Selector
+	leaseID, err := uuid.NewV7()
+	if err != nil {
+		return Lease{}, 0, fmt.Errorf("lease id: %w", err)
+	}
+	var idem *string
+	if req.IdempotencyKey != "" {
+		idem = &req.IdempotencyKey
+	}
+	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
+	defer cancel()
+	row, err := a.q.GrantUnprobed(stmtCtx, dbsqlc.GrantUnprobedParams{
+		Pool:               sel.Pool,
+		Labels:             sel.Labels.encode(),
+		LeaseID:            leaseID,
+		FreshSeconds:       a.cfg.ProbeFreshness.Seconds(),
+		Owner:              req.Owner,
+		Holder:             req.Holder,
+		TtlSeconds:         req.TTL.Seconds(),
+		IdempotencyKey:     idem,
+		RequestFingerprint: req.fingerprint,
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Lease{}, unprobedNoneIdle, nil
+	}
+	if isIdempotencyConflict(err) {
+		// The statement rolled back, so the device it picked is idle still;
+		// which one is unknown, so any waiter of the pool may look.
+		return Lease{}, 0, keyTaken{event: idleEvent{Pool: sel.Pool}}
+	}
+	if err != nil {
+		return Lease{}, 0, fmt.Errorf("acquire in pool %q: grant: %w", sel.Pool, err)
+	}
+	if row.ID == nil {
+		return Lease{}, unprobedNeedsProbe, nil
+	}
+	lease, err := leaseFromUnprobed(row)
+	if err != nil {
+		return Lease{}, 0, err
+	}
+	if ctx.Err() != nil && req.IdempotencyKey == "" {
+		a.abandon(lease)
+		return Lease{}, 0, ctx.Err()
+	}
+	return lease, unprobedGranted, nil
+}
+
+// leaseFromUnprobed builds the lease GrantUnprobed granted (every lease
+// column is set when a lease was granted).
+func leaseFromUnprobed(r dbsqlc.GrantUnprobedRow) (Lease, error) {
+	labels, err := decodeLabels(r.DeviceLabels)
+	if err != nil {
+		return Lease{}, fmt.Errorf("device %q labels: %w", *r.DeviceName, err)
+	}
+	return Lease{
+		ID:           *r.ID,
+		Device:       LeaseDevice{Name: *r.DeviceName, Pool: *r.Pool, Labels: labels, Address: *r.DeviceAddress},
+		Owner:        *r.Owner,
+		Holder:       *r.Holder,
+		FencingToken: *r.FencingToken,
+		AcquiredAt:   *r.AcquiredAt,
+		ExpiresAt:    *r.ExpiresAt,
+	}, nil
+}
