@@ -1,13 +1,14 @@
 -- The acquire transaction: pick, (probe), grant or mark offline.
 
 -- name: PickIdleDevice :one
--- Least recently released idle device that fits the selector. SKIP LOCKED:
--- concurrent acquires never wait on each other's probes.
+-- Least recently released idle device that fits the selector, locked (see
+-- devalloc.pick_idle_device; SKIP LOCKED: concurrent acquires never wait on
+-- each other's probes). The function runs once, in the CTE.
+WITH pick AS (
+    SELECT devalloc.pick_idle_device(@pool::text, @labels::jsonb) AS id
+)
 SELECT * FROM devalloc.devices
-WHERE state = 'idle' AND pool = @pool AND labels @> @labels
-ORDER BY idle_since, id
-LIMIT 1
-FOR UPDATE SKIP LOCKED;
+WHERE id = (SELECT pick.id FROM pick);
 
 -- name: GrantLease :one
 -- Marks the picked device leased, bumps its fencing token and records the
@@ -54,7 +55,8 @@ WHERE id = @id AND state = 'idle';
 
 -- name: GrantUnprobed :one
 -- The whole acquire in one statement, for a device that needs no probe:
--- pick the least recently released idle device that fits (SKIP LOCKED),
+-- pick the least recently released idle device that fits
+-- (devalloc.pick_idle_device, SKIP LOCKED),
 -- grant it and record the lease. It grants only when the picked device's
 -- probe is "none", or it was released or passed a probe within
 -- fresh_seconds (0 turns that off). No row: nothing fitting is idle (or
@@ -63,12 +65,10 @@ WHERE id = @id AND state = 'idle';
 -- transaction, which probes. Run outside a transaction, the statement is its own: one round
 -- trip and one commit per acquire. The lease row comes back with the
 -- device's labels and address, so the answer needs no second query.
-WITH pick AS (
-    SELECT d.id FROM devalloc.devices d
-    WHERE d.state = 'idle' AND d.pool = @pool AND d.labels @> @labels
-    ORDER BY d.idle_since, d.id
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
+WITH picked AS (
+    SELECT devalloc.pick_idle_device(@pool::text, @labels::jsonb) AS id
+), pick AS (
+    SELECT picked.id FROM picked WHERE picked.id IS NOT NULL
 ), dev AS (
     UPDATE devalloc.devices d SET
         state         = 'leased',

@@ -86,12 +86,10 @@ func (q *Queries) GrantLease(ctx context.Context, arg GrantLeaseParams) (Devallo
 }
 
 const grantUnprobed = `-- name: GrantUnprobed :one
-WITH pick AS (
-    SELECT d.id FROM devalloc.devices d
-    WHERE d.state = 'idle' AND d.pool = $1 AND d.labels @> $2
-    ORDER BY d.idle_since, d.id
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
+WITH picked AS (
+    SELECT devalloc.pick_idle_device($1::text, $2::jsonb) AS id
+), pick AS (
+    SELECT picked.id FROM picked WHERE picked.id IS NOT NULL
 ), dev AS (
     UPDATE devalloc.devices d SET
         state         = 'leased',
@@ -149,7 +147,8 @@ type GrantUnprobedRow struct {
 }
 
 // The whole acquire in one statement, for a device that needs no probe:
-// pick the least recently released idle device that fits (SKIP LOCKED),
+// pick the least recently released idle device that fits
+// (devalloc.pick_idle_device, SKIP LOCKED),
 // grant it and record the lease. It grants only when the picked device's
 // probe is "none", or it was released or passed a probe within
 // fresh_seconds (0 turns that off). No row: nothing fitting is idle (or
@@ -214,11 +213,11 @@ func (q *Queries) MarkDeviceOffline(ctx context.Context, arg MarkDeviceOfflinePa
 
 const pickIdleDevice = `-- name: PickIdleDevice :one
 
+WITH pick AS (
+    SELECT devalloc.pick_idle_device($1::text, $2::jsonb) AS id
+)
 SELECT id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at FROM devalloc.devices
-WHERE state = 'idle' AND pool = $1 AND labels @> $2
-ORDER BY idle_since, id
-LIMIT 1
-FOR UPDATE SKIP LOCKED
+WHERE id = (SELECT pick.id FROM pick)
 `
 
 type PickIdleDeviceParams struct {
@@ -227,8 +226,9 @@ type PickIdleDeviceParams struct {
 }
 
 // The acquire transaction: pick, (probe), grant or mark offline.
-// Least recently released idle device that fits the selector. SKIP LOCKED:
-// concurrent acquires never wait on each other's probes.
+// Least recently released idle device that fits the selector, locked (see
+// devalloc.pick_idle_device; SKIP LOCKED: concurrent acquires never wait on
+// each other's probes). The function runs once, in the CTE.
 func (q *Queries) PickIdleDevice(ctx context.Context, arg PickIdleDeviceParams) (DevallocDevice, error) {
 	row := q.db.QueryRow(ctx, pickIdleDevice, arg.Pool, arg.Labels)
 	var i DevallocDevice
