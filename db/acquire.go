@@ -401,7 +401,11 @@ func (a *Allocator) grant(ctx context.Context, tx pgx.Tx, q *dbsqlc.Queries, req
 func (a *Allocator) abandon(lease Lease) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := a.q.EndLease(ctx, dbsqlc.EndLeaseParams{ID: lease.ID, EndReason: EndReleased}); err != nil {
+	r, err := a.q.EndLease(ctx, dbsqlc.EndLeaseParams{ID: lease.ID, EndReason: EndReleased})
+	if err == nil {
+		a.endedLease(r)
+	}
+	if err != nil {
 		// The reaper reclaims it at expiry.
 		a.log.Error("could not end an abandoned lease", "lease", lease.ID, "device", lease.Device.Name, "err", err)
 	}

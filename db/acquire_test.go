@@ -172,7 +172,7 @@ func TestRecheckCoversLostNotifications(t *testing.T) {
 		got <- err
 	}()
 	waitFor(t, "the waiter to queue", func() bool { return a.Hub().Waiting("lab") == 1 })
-	if _, err := a.Release(t.Context(), held.ID); err != nil {
+	if _, err := silentInstance(a).Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-got; err != nil {
@@ -205,7 +205,7 @@ func TestListenerReconnectServesWaiters(t *testing.T) {
 	if _, err := conn.Exec(t.Context(), "ALTER TABLE devalloc.devices DISABLE TRIGGER devices_notify_idle_update"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Release(t.Context(), held.ID); err != nil {
+	if _, err := silentInstance(a).Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)
 	}
 	var killed int

@@ -25,6 +25,7 @@ type Allocator struct {
 	log      *slog.Logger
 	hub      *Hub
 	listener *listener
+	notifier *notifier
 	// flights joins retries of an idempotent acquire that is still running.
 	flights flightGroup
 	// recheckNow asks the re-checker for an immediate full pass (after a
@@ -59,7 +60,8 @@ func New(pool *pgxpool.Pool, cfg Config) *Allocator {
 		recheckNow: make(chan struct{}, 1),
 		draining:   make(chan struct{}),
 	}
-	a.listener = newListener(pool.Config().ConnConfig, a.hub, a.log, a.requestRecheck)
+	a.notifier = newNotifier(pool, a.hub, a.log)
+	a.listener = newListener(pool.Config().ConnConfig, a.hub, a.log, a.notifier.from, a.requestRecheck)
 	return a
 }
 
@@ -75,7 +77,7 @@ func (a *Allocator) Start(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.stop = cancel
-	services := []func(context.Context){a.listener.run, a.runRechecker, a.runReaper, a.runHealthChecker}
+	services := []func(context.Context){a.listener.run, a.notifier.run, a.runRechecker, a.runReaper, a.runHealthChecker}
 	for _, run := range services {
 		a.running.Add(1)
 		go func() {

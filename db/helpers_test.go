@@ -137,3 +137,10 @@ func newDB(t testing.TB) string {
 	t.Helper()
 	return dbtest.NewDB(t)
 }
+
+// silentInstance is another instance on a's pool that was never started:
+// what it frees wakes nobody (no waiters of its own, no notifier running),
+// as if the notification had been lost.
+func silentInstance(a *Allocator) *Allocator {
+	return New(a.pool, testConfig(&fakeProber{}))
+}

@@ -136,8 +136,9 @@ func (a *Allocator) ReleaseOwn(ctx context.Context, id uuid.UUID, owner string) 
 	if err != nil {
 		return false, fmt.Errorf("release lease %s: %w", id, err)
 	}
-	if r.EndReason != nil && *r.EndReason != EndReleased {
-		lease, err := a.withDevice(ctx, dbsqlc.DevallocLease(r))
+	row := a.endedLease(r)
+	if row.EndReason != nil && *row.EndReason != EndReleased {
+		lease, err := a.withDevice(ctx, row)
 		if err != nil {
 			return false, err
 		}
@@ -164,7 +165,7 @@ func (a *Allocator) end(ctx context.Context, id uuid.UUID, reason string) (Lease
 	if err != nil {
 		return Lease{}, fmt.Errorf("end lease %s (%s): %w", id, reason, err)
 	}
-	lease, err := a.withDevice(ctx, dbsqlc.DevallocLease(r))
+	lease, err := a.withDevice(ctx, a.endedLease(r))
 	if err != nil {
 		return Lease{}, err
 	}

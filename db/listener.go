@@ -25,11 +25,14 @@ type listener struct {
 	// reconnected is called after every (re)connect: notifications sent
 	// while the listener was down are lost and a full re-check must cover them.
 	reconnected func()
-	up          atomic.Bool
+	// self is this instance's notifier id: its own batches are skipped,
+	// their waiters having been woken directly.
+	self string
+	up   atomic.Bool
 }
 
-func newListener(cfg *pgx.ConnConfig, hub *Hub, log *slog.Logger, reconnected func()) *listener {
-	return &listener{connConfig: cfg.Copy(), hub: hub, log: log, reconnected: reconnected}
+func newListener(cfg *pgx.ConnConfig, hub *Hub, log *slog.Logger, self string, reconnected func()) *listener {
+	return &listener{connConfig: cfg.Copy(), hub: hub, log: log, self: self, reconnected: reconnected}
 }
 
 func (l *listener) connected() bool { return l.up.Load() }
@@ -76,8 +79,34 @@ func (l *listener) listenOnce(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		l.hub.Notify(parseIdlePayload(n.Payload))
+		for _, ev := range parseIdleNotification(n.Payload, l.self) {
+			l.hub.Notify(ev)
+		}
 	}
+}
+
+// parseIdleNotification reads a notification on the idle channel: one
+// device from the trigger, or a batch from an instance's notifier (none
+// when the batch is from self).
+func parseIdleNotification(payload, self string) []idleEvent {
+	var batch noticeBatch
+	if json.Unmarshal([]byte(payload), &batch) != nil || batch.From == "" {
+		return []idleEvent{parseIdlePayload(payload)}
+	}
+	if batch.From == self {
+		return nil
+	}
+	out := make([]idleEvent, 0, len(batch.Idle))
+	for _, n := range batch.Idle {
+		ev := idleEvent{Pool: n.Pool}
+		if len(n.Labels) > 0 {
+			if labels, err := decodeLabels(n.Labels); err == nil {
+				ev.Labels, ev.LabelsKnown = labels, true
+			}
+		}
+		out = append(out, ev)
+	}
+	return out
 }
 
 // parseIdlePayload reads {"pool":..., "device":..., "labels":{...}}. A payload

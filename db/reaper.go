@@ -37,6 +37,9 @@ func (a *Allocator) reap(ctx context.Context) int {
 		}
 		for _, r := range rows {
 			a.log.Info("lease expired", "lease", r.ID, "device", r.DeviceName, "pool", r.Pool, "owner", r.Owner)
+			if r.FreedDeviceID != nil {
+				a.notifier.freed(r.Pool, *r.FreedDeviceID, r.FreedLabels)
+			}
 		}
 		total += len(rows)
 		if len(rows) < reapBatch {

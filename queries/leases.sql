@@ -41,8 +41,13 @@ RETURNING *;
 -- The device is freed only while it still carries this lease and its
 -- fencing token. With owner set, only that owner's lease ends (a holder's
 -- release checks ownership in the same statement, one round trip); NULL
--- ends whoever's it is.
-WITH ended AS (
+-- ends whoever's it is. The freed device's id and labels come back too:
+-- the caller notifies waiters after commit (notify_by_caller, see
+-- migrations/00007), so the trigger does not NOTIFY inside this
+-- transaction.
+WITH caller_notifies AS (
+    SELECT set_config('devalloc.notify_by_caller', 'on', true) AS notify_by_caller
+), ended AS (
     UPDATE devalloc.leases l SET
         released_at = clock_timestamp(),
         end_reason  = CASE WHEN l.expires_at <= now() THEN 'expired' ELSE @end_reason::text END
@@ -56,17 +61,21 @@ WITH ended AS (
         lease_id     = NULL,
         idle_since   = now(),
         updated_at   = now()
-    FROM ended
+    FROM ended, caller_notifies
     WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
-    RETURNING d.id
+    RETURNING d.id, d.labels
 )
-SELECT * FROM ended;
+SELECT ended.*, freed.id AS freed_device_id, freed.labels AS freed_labels
+FROM ended LEFT JOIN freed ON true;
 
 -- name: ReapExpiredLeases :many
 -- Ends leases whose time ran out (database clock) and frees their devices.
 -- SKIP LOCKED plus the released_at guard: each lease is reaped exactly once
--- however many instances run a reaper.
-WITH due AS (
+-- however many instances run a reaper. Like EndLease, it returns the freed
+-- devices for the caller to notify waiters after commit.
+WITH caller_notifies AS (
+    SELECT set_config('devalloc.notify_by_caller', 'on', true) AS notify_by_caller
+), due AS (
     SELECT id FROM devalloc.leases
     WHERE released_at IS NULL AND expires_at <= now()
     ORDER BY expires_at
@@ -84,8 +93,9 @@ WITH due AS (
         lease_id     = NULL,
         idle_since   = now(),
         updated_at   = now()
-    FROM ended
+    FROM ended, caller_notifies
     WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
-    RETURNING d.id
+    RETURNING d.id, d.labels
 )
-SELECT * FROM ended;
+SELECT ended.*, freed.id AS freed_device_id, freed.labels AS freed_labels
+FROM ended LEFT JOIN freed ON freed.id = ended.device_id;

@@ -13,7 +13,9 @@ import (
 )
 
 const endLease = `-- name: EndLease :one
-WITH ended AS (
+WITH caller_notifies AS (
+    SELECT set_config('devalloc.notify_by_caller', 'on', true) AS notify_by_caller
+), ended AS (
     UPDATE devalloc.leases l SET
         released_at = clock_timestamp(),
         end_reason  = CASE WHEN l.expires_at <= now() THEN 'expired' ELSE $1::text END
@@ -27,11 +29,12 @@ WITH ended AS (
         lease_id     = NULL,
         idle_since   = now(),
         updated_at   = now()
-    FROM ended
+    FROM ended, caller_notifies
     WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
-    RETURNING d.id
+    RETURNING d.id, d.labels
 )
-SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint FROM ended
+SELECT ended.id, ended.device_id, ended.device_name, ended.pool, ended.owner, ended.holder, ended.fencing_token, ended.acquired_at, ended.expires_at, ended.released_at, ended.end_reason, ended.idempotency_key, ended.active_device_id, ended.request_fingerprint, freed.id AS freed_device_id, freed.labels AS freed_labels
+FROM ended LEFT JOIN freed ON true
 `
 
 type EndLeaseParams struct {
@@ -55,6 +58,8 @@ type EndLeaseRow struct {
 	IdempotencyKey     *string
 	ActiveDeviceID     *int64
 	RequestFingerprint []byte
+	FreedDeviceID      *int64
+	FreedLabels        []byte
 }
 
 // Ends an active lease and frees its device in one statement. A lease whose
@@ -63,7 +68,10 @@ type EndLeaseRow struct {
 // The device is freed only while it still carries this lease and its
 // fencing token. With owner set, only that owner's lease ends (a holder's
 // release checks ownership in the same statement, one round trip); NULL
-// ends whoever's it is.
+// ends whoever's it is. The freed device's id and labels come back too:
+// the caller notifies waiters after commit (notify_by_caller, see
+// migrations/00007), so the trigger does not NOTIFY inside this
+// transaction.
 func (q *Queries) EndLease(ctx context.Context, arg EndLeaseParams) (EndLeaseRow, error) {
 	row := q.db.QueryRow(ctx, endLease, arg.EndReason, arg.ID, arg.Owner)
 	var i EndLeaseRow
@@ -82,6 +90,8 @@ func (q *Queries) EndLease(ctx context.Context, arg EndLeaseParams) (EndLeaseRow
 		&i.IdempotencyKey,
 		&i.ActiveDeviceID,
 		&i.RequestFingerprint,
+		&i.FreedDeviceID,
+		&i.FreedLabels,
 	)
 	return i, err
 }
@@ -228,7 +238,9 @@ func (q *Queries) ListLeases(ctx context.Context, arg ListLeasesParams) ([]ListL
 }
 
 const reapExpiredLeases = `-- name: ReapExpiredLeases :many
-WITH due AS (
+WITH caller_notifies AS (
+    SELECT set_config('devalloc.notify_by_caller', 'on', true) AS notify_by_caller
+), due AS (
     SELECT id FROM devalloc.leases
     WHERE released_at IS NULL AND expires_at <= now()
     ORDER BY expires_at
@@ -246,11 +258,12 @@ WITH due AS (
         lease_id     = NULL,
         idle_since   = now(),
         updated_at   = now()
-    FROM ended
+    FROM ended, caller_notifies
     WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
-    RETURNING d.id
+    RETURNING d.id, d.labels
 )
-SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint FROM ended
+SELECT ended.id, ended.device_id, ended.device_name, ended.pool, ended.owner, ended.holder, ended.fencing_token, ended.acquired_at, ended.expires_at, ended.released_at, ended.end_reason, ended.idempotency_key, ended.active_device_id, ended.request_fingerprint, freed.id AS freed_device_id, freed.labels AS freed_labels
+FROM ended LEFT JOIN freed ON freed.id = ended.device_id
 `
 
 type ReapExpiredLeasesRow struct {
@@ -268,11 +281,14 @@ type ReapExpiredLeasesRow struct {
 	IdempotencyKey     *string
 	ActiveDeviceID     *int64
 	RequestFingerprint []byte
+	FreedDeviceID      *int64
+	FreedLabels        []byte
 }
 
 // Ends leases whose time ran out (database clock) and frees their devices.
 // SKIP LOCKED plus the released_at guard: each lease is reaped exactly once
-// however many instances run a reaper.
+// however many instances run a reaper. Like EndLease, it returns the freed
+// devices for the caller to notify waiters after commit.
 func (q *Queries) ReapExpiredLeases(ctx context.Context, batch int32) ([]ReapExpiredLeasesRow, error) {
 	rows, err := q.db.Query(ctx, reapExpiredLeases, batch)
 	if err != nil {
@@ -297,6 +313,8 @@ func (q *Queries) ReapExpiredLeases(ctx context.Context, batch int32) ([]ReapExp
 			&i.IdempotencyKey,
 			&i.ActiveDeviceID,
 			&i.RequestFingerprint,
+			&i.FreedDeviceID,
+			&i.FreedLabels,
 		); err != nil {
 			return nil, err
 		}

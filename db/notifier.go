@@ -1,0 +1,155 @@
+package db
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/devalloc/devalloc/db/dbsqlc"
+)
+
+// notifier tells the other instances about devices this instance freed
+// (released, revoked, expired): after the freeing statement committed, in
+// batches, rather than by a NOTIFY inside each freeing transaction. A
+// notifying commit holds a database-wide lock through its WAL flush, so
+// notifying releases commit one at a time; measured with devalloc bench
+// (notify), sending after commit and coalescing is the fastest of the three
+// ways, and the statements opt out of the trigger for it
+// (devalloc.notify_by_caller, migrations/00007).
+//
+// Waiters at this instance are woken directly (freed), not through the
+// database; the listener ignores this instance's own batches.
+type notifier struct {
+	pool *pgxpool.Pool
+	// from identifies this instance in its batches.
+	from string
+	hub  *Hub
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	pending []idleNotice
+	kick    chan struct{} // capacity 1: "pending is not empty"
+}
+
+// idleNotice is one freed device as the other instances read it.
+type idleNotice struct {
+	Pool   string          `json:"pool"`
+	Device int64           `json:"device"`
+	Labels json.RawMessage `json:"labels,omitempty"`
+}
+
+// noticeBatch is the payload of one coalesced NOTIFY.
+type noticeBatch struct {
+	From string       `json:"from"`
+	Idle []idleNotice `json:"idle"`
+}
+
+// maxPayload keeps a NOTIFY payload under PostgreSQL's 8000-byte limit.
+const maxPayload = 7900
+
+func newNotifier(pool *pgxpool.Pool, hub *Hub, log *slog.Logger) *notifier {
+	return &notifier{pool: pool, from: uuid.NewString(), hub: hub, log: log, kick: make(chan struct{}, 1)}
+}
+
+// freed announces a device the caller's committed statement made idle:
+// waiters here at once, other instances with the next batch.
+func (n *notifier) freed(pool string, device int64, labels []byte) {
+	ev := idleEvent{Pool: pool}
+	if l, err := decodeLabels(labels); err == nil {
+		ev.Labels, ev.LabelsKnown = l, true
+	}
+	n.hub.Notify(ev)
+	n.mu.Lock()
+	n.pending = append(n.pending, idleNotice{Pool: pool, Device: device, Labels: labels})
+	n.mu.Unlock()
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run sends batches until ctx ends: whatever was freed while the previous
+// NOTIFY was in flight goes in the next one, so under load one statement
+// carries many devices and when quiet each device goes out at once.
+func (n *notifier) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			// What is left goes out before the instance stops (bounded: the
+			// database may be the reason it stops).
+			flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			n.send(flushCtx)
+			cancel()
+			return
+		case <-n.kick:
+		}
+		n.send(ctx)
+	}
+}
+
+// send notifies everything pending. A failure loses only hints: the
+// waiters' periodic re-check finds the devices within about a second.
+func (n *notifier) send(ctx context.Context) {
+	n.mu.Lock()
+	batch := n.pending
+	n.pending = nil
+	n.mu.Unlock()
+	if len(batch) == 0 {
+		return
+	}
+	payloads := n.payloads(batch)
+	if _, err := n.pool.Exec(ctx, `SELECT pg_notify('`+idleChannel+`', p) FROM unnest($1::text[]) AS p`, payloads); err != nil && ctx.Err() == nil {
+		n.log.Warn("notify freed devices failed; waiters elsewhere find them at their next re-check", "devices", len(batch), "err", err)
+	}
+}
+
+// payloads packs notices into as few payloads under maxPayload as it can.
+// A notice too large alone goes without its labels (waiters of every
+// selector of the pool then look).
+func (n *notifier) payloads(batch []idleNotice) []string {
+	var out []string
+	cur := noticeBatch{From: n.from}
+	size := len(`{"from":"","idle":[]}`) + len(n.from)
+	flush := func() {
+		if len(cur.Idle) > 0 {
+			b, _ := json.Marshal(cur) // plain strings, numbers and valid JSON only
+			out = append(out, string(b))
+		}
+		cur.Idle = nil
+		size = len(`{"from":"","idle":[]}`) + len(n.from)
+	}
+	for _, notice := range batch {
+		b, _ := json.Marshal(notice)
+		if size+len(b)+1 > maxPayload {
+			flush()
+			if size+len(b) > maxPayload {
+				notice.Labels = nil
+				b, _ = json.Marshal(notice)
+			}
+		}
+		cur.Idle = append(cur.Idle, notice)
+		size += len(b) + 1
+	}
+	flush()
+	return out
+}
+
+// endedLease is the lease an EndLease row describes, after announcing the
+// device the statement freed (if it freed one: a device already given to
+// someone else, or deleted, is not).
+func (a *Allocator) endedLease(r dbsqlc.EndLeaseRow) dbsqlc.DevallocLease {
+	if r.FreedDeviceID != nil {
+		a.notifier.freed(r.Pool, *r.FreedDeviceID, r.FreedLabels)
+	}
+	return dbsqlc.DevallocLease{
+		ID: r.ID, DeviceID: r.DeviceID, DeviceName: r.DeviceName, Pool: r.Pool, Owner: r.Owner, Holder: r.Holder,
+		FencingToken: r.FencingToken, AcquiredAt: r.AcquiredAt, ExpiresAt: r.ExpiresAt, ReleasedAt: r.ReleasedAt,
+		EndReason: r.EndReason, IdempotencyKey: r.IdempotencyKey, ActiveDeviceID: r.ActiveDeviceID,
+		RequestFingerprint: r.RequestFingerprint,
+	}
+}

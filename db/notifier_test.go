@@ -1,0 +1,162 @@
+package db
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// listen returns a connection listening on the idle channel, as another
+// instance's listener would.
+func listen(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	if _, err := conn.Exec(t.Context(), "LISTEN "+idleChannel); err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
+func nextNotification(t *testing.T, conn *pgx.Conn) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	n, err := conn.WaitForNotification(ctx)
+	if err != nil {
+		t.Fatalf("no notification: %v", err)
+	}
+	return n.Payload
+}
+
+// A release does not NOTIFY inside its transaction (the trigger stands
+// aside); the instance sends a batch after commit, naming itself, the pool,
+// the device and its labels.
+func TestReleaseNotifiesAfterCommitInABatch(t *testing.T) {
+	url := newDB(t)
+	a := newAllocator(t, url, testConfig(&fakeProber{}))
+	mustCreate(t, a, "d1", "lab", "h:1", Labels{"os": "android"})
+	lease := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}})
+	conn := listen(t, url)
+	if _, err := a.Release(t.Context(), lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	var batch noticeBatch
+	if err := json.Unmarshal([]byte(nextNotification(t, conn)), &batch); err != nil {
+		t.Fatal(err)
+	}
+	if batch.From != a.notifier.from || len(batch.Idle) != 1 || batch.Idle[0].Pool != "lab" || !strings.Contains(string(batch.Idle[0].Labels), "android") {
+		t.Fatalf("batch = %+v, want one device of pool lab from this instance", batch)
+	}
+	// The batch is the only notification: the trigger stood aside.
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	if n, err := conn.WaitForNotification(ctx); err == nil {
+		t.Fatalf("a second notification for one release: %s", n.Payload)
+	}
+	// Its own listener skips the batch; another instance's reads it.
+	if evs := parseIdleNotification(mustJSON(t, batch), a.notifier.from); len(evs) != 0 {
+		t.Fatalf("own batch parsed into %v", evs)
+	}
+	evs := parseIdleNotification(mustJSON(t, batch), "another")
+	if len(evs) != 1 || !evs[0].LabelsKnown || evs[0].Labels["os"] != "android" {
+		t.Fatalf("another instance reads %+v", evs)
+	}
+}
+
+// Anything else that makes a device idle, a DBA's UPDATE included, still
+// notifies from the trigger.
+func TestDBAUpdateStillNotifiesFromTheTrigger(t *testing.T) {
+	url := newDB(t)
+	a := newAllocator(t, url, testConfig(&fakeProber{}))
+	mustCreate(t, a, "d1", "lab", "h:1", nil)
+	conn := listen(t, url)
+	if _, err := conn.Exec(t.Context(), `UPDATE devalloc.devices SET state = 'maintenance'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(t.Context(), `UPDATE devalloc.devices SET state = 'idle'`); err != nil {
+		t.Fatal(err)
+	}
+	ev := parseIdleNotification(nextNotification(t, conn), a.notifier.from)
+	if len(ev) != 1 || ev[0].Pool != "lab" || !ev[0].LabelsKnown {
+		t.Fatalf("trigger notification read as %+v", ev)
+	}
+}
+
+// An expiry on one instance wakes a waiter on another (the reaper's batch).
+func TestExpiryWakesAWaiterOnAnotherInstance(t *testing.T) {
+	url := newDB(t)
+	reaper := newAllocator(t, url, testConfig(&fakeProber{}))
+	waiter := newAllocator(t, url, testConfig(&fakeProber{}))
+	mustCreate(t, reaper, "d1", "lab", "h:1", nil)
+	mustAcquire(t, reaper, AcquireRequest{Selector: Selector{Pool: "lab"}, TTL: 50 * time.Millisecond})
+	got := make(chan error, 1)
+	go func() {
+		_, err := waiter.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 10 * time.Second, Owner: "w"})
+		got <- err
+	}()
+	waitFor(t, "the waiter to queue", func() bool { return waiter.Hub().Waiting("lab") == 1 })
+	time.Sleep(100 * time.Millisecond) // past the lease's expiry
+	if n := reaper.reap(t.Context()); n != 1 {
+		t.Fatalf("reaped %d leases, want 1", n)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second): // re-checks are off: only the batch can wake it
+		t.Fatal("waiter not woken by the reaper's notification")
+	}
+}
+
+// Batches stay under PostgreSQL's payload limit and carry every device; a
+// device whose labels alone exceed it goes without them.
+func TestNotifierPayloadsStayUnderTheLimit(t *testing.T) {
+	n := newNotifier(nil, NewHub(), nil)
+	var batch []idleNotice
+	for i := range 500 {
+		batch = append(batch, idleNotice{Pool: "pool", Device: int64(i), Labels: json.RawMessage(`{"model":"pixel-8","rack":"r12"}`)})
+	}
+	huge := `{"blob":"` + strings.Repeat("x", 9000) + `"}`
+	batch = append(batch, idleNotice{Pool: "pool", Device: 500, Labels: json.RawMessage(huge)})
+	seen := map[int64]bool{}
+	payloads := n.payloads(batch)
+	if len(payloads) < 2 {
+		t.Fatalf("%d payloads for 501 devices", len(payloads))
+	}
+	for _, p := range payloads {
+		if len(p) > maxPayload {
+			t.Fatalf("payload of %d bytes", len(p))
+		}
+		var b noticeBatch
+		if err := json.Unmarshal([]byte(p), &b); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range b.Idle {
+			seen[d.Device] = true
+			if d.Device == 500 && d.Labels != nil {
+				t.Fatal("the outsized labels were kept")
+			}
+		}
+	}
+	if len(seen) != 501 {
+		t.Fatalf("%d of 501 devices in the payloads", len(seen))
+	}
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
