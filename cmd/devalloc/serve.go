@@ -26,6 +26,7 @@ type serveConfig struct {
 	maxConns        int
 	probeTimeout    time.Duration
 	probeFreshness  time.Duration
+	pprofAddr       string
 	defaultTTL      time.Duration
 	maxTTL          time.Duration
 	maxWait         time.Duration
@@ -67,6 +68,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.intVar(&c.demo, "demo", "DEVALLOC_DEMO", 0, "register this many simulated devices in pool \"demo\" (loopback listeners owned by this process; one is dead)")
 	fs.intVar(&c.maxConns, "max-conns", "DEVALLOC_MAX_CONNS", 10, "maximum PostgreSQL connections in the pool (the LISTEN connection is extra)")
 	fs.durationVar(&c.probeTimeout, "probe-timeout", "DEVALLOC_PROBE_TIMEOUT", 2*time.Second, "hard deadline of one device probe (the acquire transaction holds the row lock meanwhile)")
+	fs.stringVar(&c.pprofAddr, "pprof-addr", "DEVALLOC_PPROF_ADDR", "", "serve Go profiles (/debug/pprof/) on this separate address, e.g. 127.0.0.1:6060; empty: off")
 	fs.durationVar(&c.probeFreshness, "probe-freshness", "DEVALLOC_PROBE_FRESHNESS", 0, "skip the acquire's probe of a device released by a holder, or seen answering a probe, within this long (0: probe on every acquire)")
 	fs.durationVar(&c.defaultTTL, "default-ttl", "DEVALLOC_DEFAULT_TTL", 10*time.Minute, "lease lifetime when the client asks for none")
 	fs.durationVar(&c.maxTTL, "max-ttl", "DEVALLOC_MAX_TTL", 24*time.Hour, "longest lease lifetime a client may ask for")
@@ -206,6 +208,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 
+	if c.pprofAddr != "" {
+		if err := startPprof(ctx, c.pprofAddr, logger); err != nil {
+			return err
+		}
+	}
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", c.addr, err)
