@@ -27,7 +27,7 @@ DATABASE_URL ?= postgres://postgres@localhost:5432/devalloc?sslmode=disable
 ADDR         ?= 127.0.0.1:8080
 DEMO         ?= 5
 
-.PHONY: help run build test chaos soak generate check-generated lint vet fmt-check staticcheck fmt clean
+.PHONY: help run build test bench chaos soak generate check-generated lint vet fmt-check staticcheck fmt clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -40,6 +40,16 @@ build: ## build bin/devalloc
 
 test: ## run every test with the race detector (TEST_DATABASE_URL, else localhost:5432, else testcontainers)
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# make bench: every scenario of "devalloc bench" against BENCH_DATABASE_URL
+# (created when missing; the bench adds and removes its own pools), the
+# report and the README's plots into docs/bench. About 8 minutes on 2 cores.
+BENCH_DATABASE_URL ?= postgres://postgres@localhost:5432/devalloc_bench?sslmode=disable
+BENCH_ARGS ?=
+
+bench: build ## run devalloc bench (all scenarios); report and plots into docs/bench
+	mkdir -p docs/bench
+	DATABASE_URL='$(BENCH_DATABASE_URL)' ./$(BIN) bench --out docs/bench/report.json --plot docs/bench $(BENCH_ARGS)
 
 chaos: ## fault scenarios against real serve processes (kill -9, pg_terminate_backend, a PostgreSQL restart, ...); a few minutes
 	$(GO) test -tags chaos -count=1 -timeout $(CHAOS_TIMEOUT) -v -run '^TestChaos' ./cmd/devalloc/chaos/

@@ -21,6 +21,7 @@ Commands:
   migrate up|down|status     apply, roll back one, or list schema migrations
   keys create|list|revoke    manage API keys (on the database; no server needed)
   openapi [--version 3.1]    print the OpenAPI document (3.0 or 3.1) to stdout
+  bench [scenario...]        measure throughput, handoff, waiters, scale against the bare-SQL floor
   version                    print the version
   help                       show this help
 
@@ -79,6 +80,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runKeys(ctx, rest, stdout, stderr)
 	case "openapi":
 		err = runOpenAPI(rest, stdout, stderr)
+	case "bench":
+		err = runBench(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		err = runVersion(rest, stdout)
 	case "help", "-h", "-help", "--help":

@@ -1,0 +1,52 @@
+package bench
+
+import (
+	"testing"
+)
+
+func TestScale(t *testing.T) {
+	in, db := startAPI(t)
+	points, err := Scale(t.Context(), ScaleOptions{
+		Instances: in, DB: db, Counts: []int{2100, 10}, Cycles: 20, Warmup: 2,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(points) != 2 || points[0].Devices != 10 || points[1].Devices != 2100 {
+		t.Fatalf("points: %+v", points)
+	}
+	for _, p := range points {
+		checkLatency(t, "acquire", p.Acquire)
+		if p.Acquire.N != 20 || p.Labeled == nil || p.Labeled.N != 20 {
+			t.Errorf("%d devices: %+v", p.Devices, p)
+			continue
+		}
+		checkLatency(t, "labeled", *p.Labeled)
+	}
+	checkCleanedUp(t, db)
+}
+
+func TestScaleDevicesMatchOneInAThousand(t *testing.T) {
+	_, db := startAPI(t)
+	if err := insertScaleDevices(t.Context(), db, "bench-scale-t", 0, 10, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := insertScaleDevices(t.Context(), db, "bench-scale-t", 10, 3001, nil); err != nil {
+		t.Fatal(err)
+	}
+	var all, special int
+	err := db.QueryRow(t.Context(), `
+		SELECT count(*), count(*) FILTER (WHERE labels @> '{"rack":"r-special"}')
+		FROM devalloc.devices WHERE pool = 'bench-scale-t'`).Scan(&all, &special)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Devices 0, 1000, 2000 and 3000.
+	if all != 3001 || special != 4 {
+		t.Errorf("%d devices, %d special", all, special)
+	}
+	if err := dropPool(db, "bench-scale-t"); err != nil {
+		t.Fatal(err)
+	}
+	checkCleanedUp(t, db)
+}

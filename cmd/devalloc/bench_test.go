@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/devalloc/devalloc/cmd/devalloc/bench"
+	"github.com/devalloc/devalloc/httpapi/apitest"
+)
+
+func TestBenchFlags(t *testing.T) {
+	c, err := parseBenchFlags(nil, io.Discard)
+	if err != nil || !slices.Equal(c.scenarios, benchScenarios) {
+		t.Fatalf("no scenarios: %v, %v; want all", c.scenarios, err)
+	}
+	if c, err := parseBenchFlags([]string{"handoff", "cycle"}, io.Discard); err != nil || !slices.Equal(c.scenarios, []string{"handoff", "cycle"}) {
+		t.Fatalf("handoff cycle: %v, %v", c.scenarios, err)
+	}
+	for _, args := range [][]string{
+		{"nosuch"},
+		{"--url", "http://127.0.0.1:1"},
+		{"--sweep", "1,x"},
+		{"--scale", "0"},
+	} {
+		var uerr usageError
+		if _, err := parseBenchFlags(args, io.Discard); !errors.As(err, &uerr) {
+			t.Errorf("%v: %v, want a usage error", args, err)
+		}
+	}
+}
+
+func TestBenchTargets(t *testing.T) {
+	r := bench.Report{
+		Cycle:   &bench.CycleResult{Clients: 32, Devices: 1000, Probe: "none", CyclesPerSec: 1100, RawCyclesPerSec: 1000, Ratio: 1.1},
+		Handoff: &bench.HandoffResult{Handoffs: 100, Handoff: bench.Latency{P50: 3, P99: 13}},
+		Waiters: &bench.WaitersResult{
+			ConnsPerInstance: []int{9, 10, 11}, RSSPerWaiterBytes: []float64{10 << 10},
+			Load: []bench.WaitLoad{{Waiters: 1000, XactsPerSec: 10}, {Waiters: 10000, XactsPerSec: 11}},
+		},
+		Scale: []bench.ScalePoint{
+			{Devices: 100, Acquire: bench.Latency{P50: 1}},
+			{Devices: 1_000_000, Acquire: bench.Latency{P50: 1.4}, Labeled: &bench.Latency{P50: 3.5}},
+		},
+	}
+	met := map[string]bool{}
+	for _, c := range checkTargets(r) {
+		met[c.Name] = c.Met
+	}
+	want := map[string]bool{
+		"cycle rate over the SQL floor":           true,
+		"handoff latency":                         false, // p99 13 > 12
+		"connections while waiting":               false, // 11 > 10
+		"memory per waiter":                       true,
+		"database load while waiting":             true,
+		"acquire latency against devices":         true,
+		"labeled acquire latency against devices": false, // 3.5x > 3x
+	}
+	for name, w := range want {
+		if got, ok := met[name]; !ok || got != w {
+			t.Errorf("%s: met %v (checked %v), want %v", name, got, ok, w)
+		}
+	}
+}
+
+// One short run of the command against a running API (the --url mode) and
+// the bare-SQL scenarios: the report is one JSON line with every section
+// asked for, and the targets are checked.
+func TestBenchRunsAgainstAnInstance(t *testing.T) {
+	srv := apitest.Start(t, apitest.Options{})
+	key := srv.Key(t, "bench-admin", "admin")
+	var stdout, stderr strings.Builder
+	code := run(context.Background(), []string{"bench",
+		"--database-url", srv.Pool.Config().ConnString(), "--url", srv.URL, "--key", key,
+		"--clients", "4", "--devices", "8", "--duration", "300ms", "--rounds", "1", "--sql-duration", "300ms", "--quiet",
+		"cycle", "baselines", "notify"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var r bench.Report
+	if err := json.Unmarshal([]byte(stdout.String()), &r); err != nil || strings.Count(stdout.String(), "\n") != 1 {
+		t.Fatalf("stdout is not one JSON line: %v\n%s", err, stdout.String())
+	}
+	if r.Cycle == nil || r.Cycle.CyclesPerSec <= 0 || r.Cycle.RawCyclesPerSec <= 0 || len(r.Baselines) != 4 || len(r.Notify) != 3 {
+		t.Fatalf("report = %+v", r)
+	}
+	if len(r.Targets) != 3 || !strings.Contains(stderr.String(), "cycle rate over the SQL floor") {
+		t.Fatalf("targets %+v; stderr %s", r.Targets, stderr.String())
+	}
+}
