@@ -66,7 +66,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.databaseFlag(&c.databaseURL)
 	fs.boolVar(&c.migrate, "migrate", "DEVALLOC_MIGRATE", true, "apply pending migrations at start (under goose's advisory lock); false leaves them to \"devalloc migrate up\"")
 	fs.intVar(&c.demo, "demo", "DEVALLOC_DEMO", 0, "register this many simulated devices in pool \"demo\" (loopback listeners owned by this process; one is dead)")
-	fs.intVar(&c.maxConns, "max-conns", "DEVALLOC_MAX_CONNS", 10, "maximum PostgreSQL connections in the pool (the LISTEN connection is extra)")
+	fs.intVar(&c.maxConns, "max-conns", "DEVALLOC_MAX_CONNS", 8, "maximum PostgreSQL connections in the pool (the LISTEN connection is one more)")
 	fs.durationVar(&c.probeTimeout, "probe-timeout", "DEVALLOC_PROBE_TIMEOUT", 2*time.Second, "hard deadline of one device probe (the acquire transaction holds the row lock meanwhile)")
 	fs.stringVar(&c.pprofAddr, "pprof-addr", "DEVALLOC_PPROF_ADDR", "", "serve Go profiles (/debug/pprof/) on this separate address, e.g. 127.0.0.1:6060; empty: off")
 	fs.durationVar(&c.probeFreshness, "probe-freshness", "DEVALLOC_PROBE_FRESHNESS", 0, "skip the acquire's probe of a device released by a holder, or seen answering a probe, within this long (0: probe on every acquire)")
