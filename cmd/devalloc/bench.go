@@ -136,7 +136,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	if err := ensureDatabase(ctx, c.databaseURL, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))); err != nil {
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if err := ensureDatabase(ctx, c.databaseURL, logger); err != nil {
+		return err
+	}
+	// The schema first, so every scenario (and its settling) finds it.
+	if err := migrateUp(ctx, c.databaseURL, logger); err != nil {
 		return err
 	}
 	db, err := pgxpool.New(ctx, c.databaseURL)
@@ -156,7 +161,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if r.Machine, err = machine(ctx, db); err != nil {
 		return err
 	}
-	b := &benchRun{cfg: c, db: db, progress: bench.NewProgress(stderr, c.quiet)}
+	b := &benchRun{cfg: c, db: db, progress: bench.NewProgress(stderr, c.quiet), log: logger}
 	for _, s := range c.scenarios {
 		if err := b.scenario(ctx, s, &r); err != nil {
 			return fmt.Errorf("scenario %s: %w", s, err)

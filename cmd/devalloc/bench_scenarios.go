@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -17,6 +18,7 @@ type benchRun struct {
 	cfg      benchConfig
 	db       *pgxpool.Pool
 	progress *bench.Progress
+	log      *slog.Logger
 }
 
 // instances starts n fresh instances for one scenario (each scenario gets
@@ -40,8 +42,21 @@ func (b *benchRun) floor(ctx context.Context, clients int, d time.Duration) (flo
 	return rawsql.Floor(ctx, b.cfg.databaseURL, clients, b.cfg.devices, d)
 }
 
+// settle starts each scenario from the same state: the previous one's
+// dirty pages flushed (a checkpoint landing mid-run would stall its
+// commits) and its dead rows vacuumed. Both are best effort: CHECKPOINT
+// needs a superuser or pg_checkpoint.
+func (b *benchRun) settle(ctx context.Context) {
+	for _, stmt := range []string{"VACUUM (ANALYZE) devalloc.devices, devalloc.leases", "CHECKPOINT"} {
+		if _, err := b.db.Exec(ctx, stmt); err != nil {
+			b.log.Warn("could not settle the database between scenarios", "statement", stmt, "err", err)
+		}
+	}
+}
+
 func (b *benchRun) scenario(ctx context.Context, name string, r *bench.Report) (err error) {
 	c := b.cfg
+	b.settle(ctx)
 	switch name {
 	case "baselines":
 		r.Baselines, err = rawsql.Baselines(ctx, c.databaseURL, c.clients, c.devices, c.sqlDuration)
