@@ -77,3 +77,28 @@ func TestPickSkipsLockedDevicesAtTheFront(t *testing.T) {
 		}
 	}
 }
+
+// Every fitting device at the front of the line is locked by acquires in
+// flight: the pick finds one further back instead of answering "nothing".
+func TestPickLooksPastALockedFront(t *testing.T) {
+	a := newAllocator(t, newDB(t), testConfig(&fakeProber{}))
+	for i := range 70 {
+		mustCreateProbed(t, a, fmt.Sprintf("d-%02d", i), "farm", "x", "none", Labels{"kind": "board"})
+	}
+	if _, err := a.pool.Exec(t.Context(),
+		`UPDATE devalloc.devices SET idle_since = now() - make_interval(secs => 1000 - id)`); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := a.pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(t.Context()) //nolint:errcheck // test cleanup
+	if _, err := tx.Exec(t.Context(), `SELECT id FROM devalloc.devices WHERE name < 'd-64' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	lease := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "farm", Labels: Labels{"kind": "board"}}})
+	if lease.Device.Name != "d-64" {
+		t.Fatalf("picked %s, want d-64 (the first unlocked one)", lease.Device.Name)
+	}
+}

@@ -20,7 +20,7 @@ const (
 	targetScaleAny         = 1.5      // p50 at the largest pool over the smallest
 	targetScaleLabeled     = 3.0      // labeled p50 at the largest over any at the smallest
 	notifyNoise            = 0.05     // modes within 5 % count as equally fast
-	devallocNotifyMode     = "in-transaction"
+	devallocNotifyMode     = "coalesced"
 )
 
 // checkTargets compares what the report measured with the targets; a
