@@ -233,7 +233,13 @@ func awaitWake(ctx context.Context, w *Waiter, window waitWindow, draining <-cha
 	}
 }
 
+// checkSatisfiable fails with ErrUnsatisfiable when no registered device
+// could ever fit sel. A selector found satisfiable recently is not asked
+// about again (see satisfiableFor).
 func (a *Allocator) checkSatisfiable(ctx context.Context, sel Selector, bound time.Duration) error {
+	if a.satisfiable.fresh(sel, time.Now()) {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
 	ok, err := a.q.SelectorCanMatch(ctx, dbsqlc.SelectorCanMatchParams{Pool: sel.Pool, Labels: sel.Labels.encode()})
@@ -243,6 +249,7 @@ func (a *Allocator) checkSatisfiable(ctx context.Context, sel Selector, bound ti
 	if !ok {
 		return ErrUnsatisfiable
 	}
+	a.satisfiable.remember(sel, time.Now())
 	return nil
 }
 

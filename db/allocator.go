@@ -38,6 +38,9 @@ type Allocator struct {
 	// their acquires skip the one-statement path that cannot probe (see
 	// attemptUnprobed).
 	probedPools sync.Map // pool name → struct{}
+	// satisfiable spares waiting acquires the "could anything ever fit"
+	// query for selectors that recently could.
+	satisfiable satisfiableCache
 	// draining is closed by Drain: waiting acquires give up at once.
 	draining  chan struct{}
 	drainOnce sync.Once

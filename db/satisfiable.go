@@ -1,0 +1,43 @@
+package db
+
+import (
+	"sync"
+	"time"
+)
+
+// satisfiableFor is how long a selector found satisfiable (some registered
+// device fits it) is trusted without asking the database again. A waiting
+// acquire checks once, after its first empty attempt; under contention
+// every holder that releases and acquires again waits again, and the check
+// was one more query per cycle. The cost of trusting it: a request whose
+// last fitting device was deleted within this window waits out its wait
+// instead of failing at once with 422.
+const satisfiableFor = 5 * time.Second
+
+// satisfiableCacheMax bounds the cache: selectors come from clients, and
+// this must not grow without end. Past it the cache starts over.
+const satisfiableCacheMax = 10_000
+
+// satisfiableCache remembers when each selector was last found satisfiable.
+type satisfiableCache struct {
+	mu sync.Mutex
+	at map[string]time.Time
+}
+
+// fresh reports whether sel was found satisfiable within satisfiableFor.
+func (c *satisfiableCache) fresh(sel Selector, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at, ok := c.at[sel.key()]
+	return ok && now.Sub(at) < satisfiableFor
+}
+
+// remember records that sel was found satisfiable at now.
+func (c *satisfiableCache) remember(sel Selector, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.at == nil || len(c.at) >= satisfiableCacheMax {
+		c.at = make(map[string]time.Time)
+	}
+	c.at[sel.key()] = now
+}
