@@ -105,7 +105,7 @@ func TestSweep(t *testing.T) {
 	for i, want := range []int{1, 3} {
 		p := points[i]
 		if p.Clients != want || p.CyclesPerSec <= 0 || p.RawCyclesPerSec != float64(10*want) ||
-			p.AcquireP50 <= 0 || p.AcquireP50 > p.AcquireP99 {
+			p.AcquireP50 <= 0 || p.AcquireP50 > p.AcquireP99 || p.Errors != 0 {
 			t.Errorf("point %d: %+v", i, p)
 		}
 	}

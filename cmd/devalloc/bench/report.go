@@ -81,6 +81,7 @@ type SweepPoint struct {
 	RawCyclesPerSec float64 `json:"raw_cycles_per_sec"`
 	AcquireP50      float64 `json:"acquire_p50_ms"`
 	AcquireP99      float64 `json:"acquire_p99_ms"`
+	Errors          int     `json:"errors"`
 }
 
 // HandoffResult is the contention scenario: Waiters clients on Instances
@@ -154,7 +155,15 @@ type BaselineResult struct {
 	Seconds           float64 `json:"seconds"`
 	CyclesPerSec      float64 `json:"cycles_per_sec"`
 	DoubleAllocations int     `json:"double_allocations"`
-	Acquire           Latency `json:"acquire"`
+	// OverlappingLeases cross-checks DoubleAllocations in SQL: leases that
+	// began while an earlier lease of the same device was active (it can be
+	// lower: a naive acquire between the release's two UPDATEs counts only
+	// in the ledger).
+	OverlappingLeases int `json:"overlapping_leases"`
+	// Retries are acquire attempts that found no device (an empty pick, a
+	// guarded UPDATE that matched nothing); they are not cycles.
+	Retries int64   `json:"retries"`
+	Acquire Latency `json:"acquire"`
 }
 
 // NotifyResult is release cycles with NOTIFY sent one way.
@@ -166,6 +175,10 @@ type NotifyResult struct {
 	// Delivery is from the release's commit to a listener receiving the
 	// notification that covers it.
 	Delivery Latency `json:"delivery"`
+	// Releases made, and the notifications that covered them (fewer when
+	// coalesced; every release was covered, or the run failed).
+	Releases      int `json:"releases"`
+	Notifications int `json:"notifications"`
 }
 
 // TargetCheck is one target and what was measured against it.

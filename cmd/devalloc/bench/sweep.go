@@ -60,7 +60,7 @@ func (b *cycleBench) sweep(ctx context.Context, counts []int) ([]SweepPoint, err
 		if err != nil {
 			return nil, err
 		}
-		p := SweepPoint{Clients: clients, CyclesPerSec: st.perSec()}
+		p := SweepPoint{Clients: clients, CyclesPerSec: st.perSec(), Errors: st.errors}
 		lat := acq.Summary()
 		p.AcquireP50, p.AcquireP99 = lat.P50, lat.P99
 		if b.o.Floor != nil {

@@ -101,5 +101,6 @@ func runDesign(ctx context.Context, databaseURL string, ds design, clients, devi
 	run.result.DoubleAllocations = l.doubleAllocations()
 	run.result.Acquire = acquire.Summary()
 	run.retries = retries.Load()
+	run.result.Retries, run.result.OverlappingLeases = run.retries, run.overlaps
 	return run, nil
 }

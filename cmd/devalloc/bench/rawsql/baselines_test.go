@@ -38,6 +38,9 @@ func TestBaselines(t *testing.T) {
 		if r.Design == "select-then-update" {
 			continue // TestSelectThenUpdateDoubleAllocates
 		}
+		if r.OverlappingLeases != run.overlaps || r.Retries != run.retries {
+			t.Errorf("%s: report says %d overlaps, %d retries; the run counted %d, %d", r.Design, r.OverlappingLeases, r.Retries, run.overlaps, run.retries)
+		}
 		if r.DoubleAllocations != 0 || run.overlaps != 0 {
 			t.Errorf("%s: %d double allocations, %d overlapping leases: want none", r.Design, r.DoubleAllocations, run.overlaps)
 		}

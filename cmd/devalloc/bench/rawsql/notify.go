@@ -133,6 +133,7 @@ func runNotifyMode(ctx context.Context, databaseURL, mode string, clients, devic
 	r := t.report()
 	run.result.Delivery = r.delivery
 	run.releases, run.missing, run.overtook, run.notices, run.strays = r.releases, r.missing, r.overtook, r.notices, r.strays
+	run.result.Releases, run.result.Notifications = r.releases, r.notices
 	return run, nil
 }
 

@@ -38,6 +38,10 @@ func TestNotify(t *testing.T) {
 		if r.Delivery.N < cycles {
 			t.Errorf("%s: %d deliveries for %d cycles", r.Mode, r.Delivery.N, cycles)
 		}
+		if r.Releases < cycles || r.Notifications < 1 || r.Notifications > r.Releases ||
+			(r.Mode != "coalesced" && r.Notifications != r.Releases) {
+			t.Errorf("%s: %d releases, %d notifications", r.Mode, r.Releases, r.Notifications)
+		}
 	}
 	assertNoRawSchemas(ctx, t, url)
 }
