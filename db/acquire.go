@@ -106,9 +106,13 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 		// attempt and joining would otherwise wake nobody.
 		w = a.hub.Join(req.Selector)
 	}
+	var waited time.Duration
 	defer func() {
 		if w != nil {
 			w.Leave()
+		}
+		if waited > 0 {
+			a.cfg.Observer.AcquireWaited(waited)
 		}
 	}()
 	checkedSatisfiable := false
@@ -192,7 +196,10 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 			w = a.hub.Join(req.Selector)
 			continue
 		}
-		if err := awaitWake(ctx, w, window, a.draining); err != nil {
+		blocked := time.Now()
+		err = awaitWake(ctx, w, window, a.draining)
+		waited += time.Since(blocked)
+		if err != nil {
 			if errors.Is(err, ErrNoDevice) && req.IdempotencyKey != "" {
 				// A retry of this request may have won a device at another
 				// instance meanwhile (no device was freed, so nothing woke
@@ -345,7 +352,15 @@ func (a *Allocator) needsProbe(row dbsqlc.DevallocDevice) bool {
 func (a *Allocator) probeDevice(ctx context.Context, row dbsqlc.DevallocDevice) error {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.ProbeTimeout)
 	defer cancel()
-	return a.cfg.Prober.Probe(ctx, probe.Kind(row.Probe), row.Address)
+	return a.probe(ctx, row.Probe, row.Address)
+}
+
+// probe runs the configured prober and tells the observer how it went.
+func (a *Allocator) probe(ctx context.Context, kind, address string) error {
+	start := time.Now()
+	err := a.cfg.Prober.Probe(ctx, probe.Kind(kind), address)
+	a.cfg.Observer.ProbeDone(kind, time.Since(start), err)
+	return err
 }
 
 // grant marks the locked device leased and records the lease, then commits.

@@ -64,7 +64,10 @@ func New(pool *pgxpool.Pool, cfg Config) *Allocator {
 		draining:   make(chan struct{}),
 	}
 	a.notifier = newNotifier(pool, a.hub, a.log)
-	a.listener = newListener(pool.Config().ConnConfig, a.hub, a.log, a.notifier.from, a.requestRecheck)
+	a.listener = newListener(pool.Config().ConnConfig, a.hub, a.log, a.notifier.from, func() {
+		cfg.Observer.ListenerConnected()
+		a.requestRecheck()
+	})
 	return a
 }
 

@@ -45,6 +45,9 @@ type Config struct {
 	// Prober checks devices; nil means the real network prober.
 	Prober probe.Prober
 	Logger *slog.Logger
+	// Observer is told about acquires, probes, expiries and the listener,
+	// for metrics; nil means nobody.
+	Observer Observer
 }
 
 func (c Config) withDefaults() Config {
@@ -69,6 +72,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Prober == nil {
 		c.Prober = &probe.Network{Timeout: c.ProbeTimeout}
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

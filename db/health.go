@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/devalloc/devalloc/db/dbsqlc"
-	"github.com/devalloc/devalloc/db/probe"
 )
 
 // healthBatch bounds how many offline devices one pass probes (in parallel).
@@ -62,7 +61,7 @@ func (a *Allocator) checkOffline(ctx context.Context) int {
 
 func (a *Allocator) recheckDevice(ctx context.Context, dev dbsqlc.DevallocDevice) bool {
 	pctx, cancel := context.WithTimeout(ctx, a.cfg.ProbeTimeout)
-	perr := a.cfg.Prober.Probe(pctx, probe.Kind(dev.Probe), dev.Address)
+	perr := a.probe(pctx, dev.Probe, dev.Address)
 	cancel()
 	if ctx.Err() != nil {
 		return false

@@ -39,6 +39,13 @@ const idempotencyIndex = "leases_owner_idempotency_key"
 // A lease with a key is not ended when its requester goes away before
 // receiving it, as an unkeyed one is: the retry needs it.
 func (a *Allocator) AcquireOrReplay(ctx context.Context, req AcquireRequest) (Lease, bool, error) {
+	start := time.Now()
+	lease, replayed, err := a.acquireOrReplay(ctx, req)
+	a.cfg.Observer.AcquireDone(AcquireOutcome(replayed, err), time.Since(start))
+	return lease, replayed, err
+}
+
+func (a *Allocator) acquireOrReplay(ctx context.Context, req AcquireRequest) (Lease, bool, error) {
 	req.Wait = min(max(req.Wait, 0), a.cfg.MaxWait)
 	if req.IdempotencyKey == "" {
 		return a.acquire(ctx, req, fixedWindow(time.Now().Add(req.Wait)))

@@ -42,6 +42,9 @@ func (a *Allocator) reap(ctx context.Context) int {
 			}
 		}
 		total += len(rows)
+		if len(rows) > 0 {
+			a.cfg.Observer.LeasesReaped(len(rows))
+		}
 		if len(rows) < reapBatch {
 			return total
 		}

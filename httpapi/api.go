@@ -34,6 +34,10 @@ type Options struct {
 	// may have in progress at this instance; more get 429. 0 (or less)
 	// means DefaultMaxWaitingPerKey.
 	MaxWaitingPerKey int
+	// Metrics, when set, are served at GET /metrics (Prometheus text
+	// format, without authentication, like /healthz); pass the same value
+	// as the allocator's db.Config.Observer.
+	Metrics *Metrics
 }
 
 // DefaultMaxBodyBytes fits the largest valid request (32 labels of 63+256
@@ -65,6 +69,13 @@ type server struct {
 // New returns the HTTP handler serving the whole API for alloc.
 func New(alloc *db.Allocator, opts Options) http.Handler {
 	mux, _ := build(alloc, opts)
+	if opts.Metrics != nil {
+		log := opts.Logger
+		if log == nil {
+			log = slog.Default()
+		}
+		mux.Handle("GET /metrics", opts.Metrics.handler(alloc, log))
+	}
 	return withProblemFallback(mux)
 }
 

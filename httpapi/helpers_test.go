@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,6 +20,9 @@ import (
 	"github.com/devalloc/devalloc/db/dbtest"
 	"github.com/devalloc/devalloc/db/probe"
 )
+
+// deadAddress is the one device address whose probe fails in an env.
+const deadAddress = "203.0.113.1:9"
 
 // env is one API server on its own fresh database.
 type env struct {
@@ -41,11 +45,20 @@ func newEnv(t *testing.T, authn Authenticator) *env {
 func newEnvWith(t *testing.T, opts Options) *env {
 	t.Helper()
 	pool, _ := dbtest.NewPool(t)
-	alloc := db.New(pool, db.Config{
-		Prober:          probe.Func(func(context.Context, probe.Kind, string) error { return nil }),
+	cfg := db.Config{
+		Prober: probe.Func(func(_ context.Context, _ probe.Kind, address string) error {
+			if address == deadAddress {
+				return errors.New("connection refused")
+			}
+			return nil
+		}),
 		ReapInterval:    100 * time.Millisecond,
 		RecheckInterval: 200 * time.Millisecond,
-	})
+	}
+	if opts.Metrics != nil {
+		cfg.Observer = opts.Metrics
+	}
+	alloc := db.New(pool, cfg)
 	if err := alloc.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}

@@ -170,7 +170,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}()
 	defer pool.Close()
 
+	metrics := httpapi.NewMetrics()
 	alloc := db.New(pool, db.Config{
+		Observer:         metrics,
 		ProbeTimeout:     c.probeTimeout,
 		ProbeFreshness:   c.probeFreshness,
 		DefaultTTL:       c.defaultTTL,
@@ -222,6 +224,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			Logger:           logger,
 			Authenticate:     httpapi.BearerAuth(keys),
 			MaxWaitingPerKey: c.maxWaitingKey,
+			Metrics:          metrics,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		// No ReadTimeout or WriteTimeout: an acquire may long-poll for up to
