@@ -83,7 +83,7 @@ func (a *Allocator) Start(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.stop = cancel
-	services := []func(context.Context){a.listener.run, a.notifier.run, a.runRechecker, a.runReaper, a.runHealthChecker}
+	services := []func(context.Context){a.listener.run, a.notifier.run, a.runRechecker, a.runReaper, a.runHealthChecker, a.runPruner}
 	for _, run := range services {
 		a.running.Add(1)
 		go func() {

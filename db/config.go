@@ -28,6 +28,13 @@ type Config struct {
 	MaxWait time.Duration
 	// ReapInterval is how often this instance looks for expired leases.
 	ReapInterval time.Duration
+	// HistoryRetention is how long ended leases are kept as history; older
+	// ones are deleted in small batches every PruneInterval. 0 keeps them
+	// for ever.
+	HistoryRetention time.Duration
+	// PruneInterval is how often this instance prunes history (jittered);
+	// default 10 minutes.
+	PruneInterval time.Duration
 	// RecheckInterval is how often (jittered) each pool with waiters is
 	// re-read, in case a notification was lost.
 	RecheckInterval time.Duration
@@ -61,6 +68,7 @@ func (c Config) withDefaults() Config {
 	def(&c.MaxTTL, 24*time.Hour)
 	def(&c.MaxWait, 15*time.Minute)
 	def(&c.ReapInterval, time.Second)
+	def(&c.PruneInterval, 10*time.Minute)
 	def(&c.RecheckInterval, time.Second)
 	def(&c.HealthInterval, 2*time.Second)
 	def(&c.HealthBackoffMin, 2*time.Second)

@@ -11,7 +11,7 @@ const reapBatch = 100
 // runReaper ends expired leases every ReapInterval (jittered). Every
 // instance runs one; SKIP LOCKED and the released_at guard in the query make
 // each expiry happen exactly once. Freed devices wake waiters through the
-// devices trigger.
+// notifier, after the reaping statement commits.
 func (a *Allocator) runReaper(ctx context.Context) {
 	for {
 		select {

@@ -1,0 +1,60 @@
+package db
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// Pruning deletes the leases that ended before the cutoff, in batches, and
+// keeps recent history and every active lease, however old.
+func TestPruneDeletesOnlyOldEndedLeases(t *testing.T) {
+	a := newAllocator(t, newDB(t), testConfig(&fakeProber{}))
+	mustCreate(t, a, "d1", "lab", "h:1", nil)
+	mustCreate(t, a, "d2", "lab", "h:2", nil)
+	for range 5 {
+		l := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, TTL: time.Hour})
+		if _, err := a.Release(t.Context(), l.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recent := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, TTL: time.Hour})
+	if _, err := a.Release(t.Context(), recent.ID); err != nil {
+		t.Fatal(err)
+	}
+	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, TTL: time.Hour})
+	// Age everything but the recent one by 40 days: five ended leases and
+	// the active one.
+	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.leases SET
+		acquired_at = acquired_at - interval '40 days', expires_at = expires_at - interval '40 days' + interval '41 days',
+		released_at = released_at - interval '40 days' WHERE id <> $1`, recent.ID); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.prune(t.Context(), time.Now().Add(-30*24*time.Hour), 2); n != 5 {
+		t.Fatalf("pruned %d leases, want the 5 old ended ones", n)
+	}
+	if got, err := a.GetLease(t.Context(), recent.ID); err != nil || got.EndReason != EndReleased {
+		t.Fatalf("the recent ended lease: %+v, %v", got, err)
+	}
+	if got, err := a.GetLease(t.Context(), held.ID); err != nil || !got.Active() {
+		t.Fatalf("the old active lease: %+v, %v", got, err)
+	}
+	if n := a.prune(t.Context(), time.Now().Add(-30*24*time.Hour), 2); n != 0 {
+		t.Fatalf("second prune deleted %d", n)
+	}
+}
+
+// With no retention the pruner does not run at all.
+func TestPrunerOffWithoutRetention(t *testing.T) {
+	a := newAllocator(t, newDB(t), testConfig(&fakeProber{}))
+	done := make(chan struct{})
+	go func() {
+		a.runPruner(context.Background())
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("runPruner kept running with HistoryRetention 0")
+	}
+}
