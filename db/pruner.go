@@ -29,14 +29,29 @@ func (a *Allocator) runPruner(ctx context.Context) {
 }
 
 // prune deletes, batch by batch, the leases that ended before cutoff and
-// reports how many it deleted.
+// the device events older than it, and reports how many rows it deleted.
 func (a *Allocator) prune(ctx context.Context, cutoff time.Time, batch int) int {
+	leases := a.pruneTable(ctx, "lease history", batch, func() (int64, error) {
+		return a.q.PruneHistory(ctx, dbsqlc.PruneHistoryParams{Cutoff: cutoff, Batch: int32(batch)})
+	})
+	events := a.pruneTable(ctx, "device events", batch, func() (int64, error) {
+		return a.q.PruneDeviceEvents(ctx, dbsqlc.PruneDeviceEventsParams{Cutoff: cutoff, Batch: int32(batch)})
+	})
+	if leases+events > 0 {
+		a.log.Info("pruned history", "leases", leases, "device_events", events, "before", cutoff.UTC().Format(time.RFC3339))
+	}
+	return leases + events
+}
+
+// pruneTable runs one pruning statement until it deletes less than a
+// full batch.
+func (a *Allocator) pruneTable(ctx context.Context, what string, batch int, deleteBatch func() (int64, error)) int {
 	total := 0
 	for ctx.Err() == nil {
-		n, err := a.q.PruneHistory(ctx, dbsqlc.PruneHistoryParams{Cutoff: cutoff, Batch: int32(batch)})
+		n, err := deleteBatch()
 		if err != nil {
 			if ctx.Err() == nil {
-				a.log.Warn("pruning lease history failed; trying again next time", "err", err)
+				a.log.Warn("pruning failed; trying again next time", "what", what, "err", err)
 			}
 			break
 		}
@@ -44,9 +59,6 @@ func (a *Allocator) prune(ctx context.Context, cutoff time.Time, batch int) int 
 		if n < int64(batch) {
 			break
 		}
-	}
-	if total > 0 {
-		a.log.Info("pruned lease history", "deleted", total, "ended_before", cutoff.UTC().Format(time.RFC3339))
 	}
 	return total
 }

@@ -2,6 +2,7 @@ package db
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 )
@@ -56,5 +57,57 @@ func TestPrunerOffWithoutRetention(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("runPruner kept running with HistoryRetention 0")
+	}
+}
+
+// Going offline, coming back and maintenance are recorded as device events
+// (a DBA's UPDATE too); acquires and releases are not; old events are
+// pruned with the history.
+func TestDeviceEventsRecordedAndPruned(t *testing.T) {
+	p := &fakeProber{}
+	a := newAllocator(t, newDB(t), testConfig(p))
+	mustCreate(t, a, "d1", "lab", "h:1", nil)
+	l := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}})
+	if _, err := a.Release(t.Context(), l.ID); err != nil {
+		t.Fatal(err)
+	}
+	p.setDead("h:1", true)
+	if _, err := a.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "x"}); err == nil {
+		t.Fatal("acquired a dead device")
+	}
+	p.setDead("h:1", false)
+	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.devices SET next_probe_at = now()`); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.checkOffline(t.Context()); n != 1 {
+		t.Fatalf("recovered %d devices, want 1", n)
+	}
+	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.devices SET state = 'maintenance', state_reason = 'new cable'`); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := a.pool.Query(t.Context(), `SELECT from_state || '>' || to_state || ':' || reason FROM devalloc.device_events ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, s)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"idle>offline:tcp h:1: connection refused", "offline>idle:", "idle>maintenance:new cable"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("events %q, want %q", got, want)
+	}
+	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.device_events SET at = at - interval '40 days' WHERE to_state <> 'maintenance'`); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.prune(t.Context(), time.Now().Add(-30*24*time.Hour), 500); n != 2 {
+		t.Fatalf("pruned %d rows, want the 2 old events", n)
 	}
 }

@@ -99,18 +99,3 @@ WITH caller_notifies AS (
 )
 SELECT ended.*, freed.id AS freed_device_id, freed.labels AS freed_labels
 FROM ended LEFT JOIN freed ON freed.id = ended.device_id;
-
--- name: PruneHistory :execrows
--- Deletes up to batch ended leases that were released before cutoff,
--- oldest first. It walks leases_acquired from the oldest lease (a lease
--- released before cutoff was acquired before it too), so each batch reads
--- little; long-held active leases are passed over, never deleted. SKIP
--- LOCKED: instances pruning at once take different rows.
-DELETE FROM devalloc.leases
-WHERE id IN (
-    SELECT l.id FROM devalloc.leases l
-    WHERE l.acquired_at < @cutoff AND l.released_at < @cutoff
-    ORDER BY l.acquired_at, l.id
-    LIMIT @batch
-    FOR UPDATE SKIP LOCKED
-);

@@ -237,35 +237,6 @@ func (q *Queries) ListLeases(ctx context.Context, arg ListLeasesParams) ([]ListL
 	return items, nil
 }
 
-const pruneHistory = `-- name: PruneHistory :execrows
-DELETE FROM devalloc.leases
-WHERE id IN (
-    SELECT l.id FROM devalloc.leases l
-    WHERE l.acquired_at < $1 AND l.released_at < $1
-    ORDER BY l.acquired_at, l.id
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-)
-`
-
-type PruneHistoryParams struct {
-	Cutoff time.Time
-	Batch  int32
-}
-
-// Deletes up to batch ended leases that were released before cutoff,
-// oldest first. It walks leases_acquired from the oldest lease (a lease
-// released before cutoff was acquired before it too), so each batch reads
-// little; long-held active leases are passed over, never deleted. SKIP
-// LOCKED: instances pruning at once take different rows.
-func (q *Queries) PruneHistory(ctx context.Context, arg PruneHistoryParams) (int64, error) {
-	result, err := q.db.Exec(ctx, pruneHistory, arg.Cutoff, arg.Batch)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
-}
-
 const reapExpiredLeases = `-- name: ReapExpiredLeases :many
 WITH caller_notifies AS (
     SELECT set_config('devalloc.notify_by_caller', 'on', true) AS notify_by_caller

@@ -78,6 +78,26 @@ type DevallocDevice struct {
 	UpdatedAt time.Time
 }
 
+// State changes of devices into or out of offline and maintenance (probe failures, recoveries, maintenance), newest last; pruned with the lease history.
+type DevallocDeviceEvent struct {
+	// Order of the events.
+	ID int64
+	// The device; NULL once it was deleted.
+	DeviceID *int64
+	// The device's name at the time.
+	Device string
+	// The device's pool at the time.
+	Pool string
+	// State before the change.
+	FromState string
+	// State after the change.
+	ToState string
+	// The device's state_reason after the change, e.g. the probe error that took it offline.
+	Reason string
+	// When the change was made (clock time of the changing statement).
+	At time.Time
+}
+
 // Leases, active (released_at IS NULL) and ended: the ended rows are the audit history.
 type DevallocLease struct {
 	// Lease id handed to the client.
