@@ -64,7 +64,11 @@ func New(pool *pgxpool.Pool, cfg Config) *Allocator {
 		draining:   make(chan struct{}),
 	}
 	a.notifier = newNotifier(pool, a.hub, a.log)
-	a.listener = newListener(pool.Config().ConnConfig, a.hub, a.log, a.notifier.from, func() {
+	listenTo := cfg.ListenConnConfig
+	if listenTo == nil {
+		listenTo = pool.Config().ConnConfig
+	}
+	a.listener = newListener(listenTo, a.hub, a.log, a.notifier.from, func() {
 		cfg.Observer.ListenerConnected()
 		a.requestRecheck()
 	})

@@ -4,6 +4,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/devalloc/devalloc/db/probe"
 )
 
@@ -52,6 +54,11 @@ type Config struct {
 	// Prober checks devices; nil means the real network prober.
 	Prober probe.Prober
 	Logger *slog.Logger
+	// ListenConnConfig is where the one LISTEN connection goes; nil means
+	// the pool's own settings. Set it when the pool goes through a
+	// transaction pooler (PgBouncer in transaction mode), which cannot
+	// carry LISTEN: point it at PostgreSQL directly.
+	ListenConnConfig *pgx.ConnConfig
 	// Observer is told about acquires, probes, expiries and the listener,
 	// for metrics; nil means nobody.
 	Observer Observer

@@ -42,6 +42,10 @@ func (a *Allocator) AcquireOrReplay(ctx context.Context, req AcquireRequest) (Le
 	start := time.Now()
 	lease, replayed, err := a.acquireOrReplay(ctx, req)
 	a.cfg.Observer.AcquireDone(AcquireOutcome(replayed, err), time.Since(start))
+	if err == nil {
+		a.log.Debug("lease granted", "lease", lease.ID, "device", lease.Device.Name, "pool", lease.Device.Pool,
+			"owner", lease.Owner, "holder", lease.Holder, "replayed", replayed, "took", time.Since(start))
+	}
 	return lease, replayed, err
 }
 

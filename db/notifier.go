@@ -143,6 +143,9 @@ func (n *notifier) payloads(batch []idleNotice) []string {
 // device the statement freed (if it freed one: a device already given to
 // someone else, or deleted, is not).
 func (a *Allocator) endedLease(r dbsqlc.EndLeaseRow) dbsqlc.DevallocLease {
+	if r.EndReason != nil {
+		a.log.Debug("lease ended", "lease", r.ID, "device", r.DeviceName, "pool", r.Pool, "owner", r.Owner, "reason", *r.EndReason)
+	}
 	if r.FreedDeviceID != nil {
 		a.notifier.freed(r.Pool, *r.FreedDeviceID, r.FreedLabels)
 	}

@@ -160,3 +160,44 @@ func mustJSON(t *testing.T, v any) string {
 	}
 	return string(b)
 }
+
+// With ListenConnConfig the LISTEN connection goes where it says (e.g.
+// straight to PostgreSQL past a transaction pooler), and wake-ups from
+// other instances arrive through it.
+func TestListenerUsesItsOwnConnConfig(t *testing.T) {
+	url := newDB(t)
+	listenTo, err := pgx.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listenTo.RuntimeParams["application_name"] = "devalloc-own-listener"
+	cfg := testConfig(&fakeProber{})
+	cfg.ListenConnConfig = listenTo
+	waiter := newAllocator(t, url, cfg)
+	holder := newAllocator(t, url, testConfig(&fakeProber{}))
+	waitFor(t, "the listener on its own connection", func() bool {
+		var n int
+		err := holder.pool.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
+			WHERE application_name = 'devalloc-own-listener' AND query = 'LISTEN devalloc_idle'`).Scan(&n)
+		return err == nil && n == 1
+	})
+	mustCreate(t, holder, "d1", "lab", "h:1", nil)
+	held := mustAcquire(t, holder, AcquireRequest{Selector: Selector{Pool: "lab"}})
+	got := make(chan error, 1)
+	go func() {
+		_, err := waiter.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 10 * time.Second, Owner: "w"})
+		got <- err
+	}()
+	waitFor(t, "the waiter to queue", func() bool { return waiter.Hub().Waiting("lab") == 1 })
+	if _, err := holder.Release(t.Context(), held.ID); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second): // re-checks are off: only the notification can wake it
+		t.Fatal("the waiter was not woken through its listener")
+	}
+}

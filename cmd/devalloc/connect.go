@@ -152,6 +152,22 @@ func openPool(ctx context.Context, databaseURL string, maxConns int, sessionPara
 	return pool, nil
 }
 
+// listenConfig parses --listen-database-url; nil when it is empty (the
+// listener then uses the pool's settings).
+func listenConfig(url string) (*pgx.ConnConfig, error) {
+	if url == "" {
+		return nil, nil
+	}
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, usageError{error: fmt.Errorf("invalid --listen-database-url: %s", oneLine(err))}
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = connectTimeout
+	}
+	return cfg, nil
+}
+
 // connError turns a failed connection into one line an operator can act on.
 func connError(cfg *pgx.ConnConfig, err error) error {
 	addr := serverAddr(cfg.Config)

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/devalloc/devalloc/db"
 	"github.com/devalloc/devalloc/db/migrate"
 	"github.com/devalloc/devalloc/httpapi"
@@ -27,6 +29,8 @@ type serveConfig struct {
 	probeTimeout    time.Duration
 	probeFreshness  time.Duration
 	retention       time.Duration
+	listenURL       string
+	listenTo        *pgx.ConnConfig // parsed listenURL; nil: the pool's
 	pprofAddr       string
 	defaultTTL      time.Duration
 	maxTTL          time.Duration
@@ -70,6 +74,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.intVar(&c.maxConns, "max-conns", "DEVALLOC_MAX_CONNS", 8, "maximum PostgreSQL connections in the pool (the LISTEN connection is one more)")
 	fs.durationVar(&c.probeTimeout, "probe-timeout", "DEVALLOC_PROBE_TIMEOUT", 2*time.Second, "hard deadline of one device probe (the acquire transaction holds the row lock meanwhile)")
 	fs.stringVar(&c.pprofAddr, "pprof-addr", "DEVALLOC_PPROF_ADDR", "", "serve Go profiles (/debug/pprof/) on this separate address, e.g. 127.0.0.1:6060; empty: off")
+	fs.stringVar(&c.listenURL, "listen-database-url", "DEVALLOC_LISTEN_DATABASE_URL", "", "PostgreSQL URL for the one LISTEN connection, when --database-url goes through a pooler that cannot carry LISTEN (PgBouncer in transaction mode); empty: --database-url")
 	fs.durationVar(&c.retention, "history-retention", "DEVALLOC_HISTORY_RETENTION", 90*24*time.Hour, "keep ended leases (the history, and their Idempotency-Keys) this long, then delete them in small batches; 0 keeps them for ever")
 	fs.durationVar(&c.probeFreshness, "probe-freshness", "DEVALLOC_PROBE_FRESHNESS", 0, "skip the acquire's probe of a device released by a holder, or seen answering a probe, within this long (0: probe on every acquire)")
 	fs.durationVar(&c.defaultTTL, "default-ttl", "DEVALLOC_DEFAULT_TTL", 10*time.Minute, "lease lifetime when the client asks for none")
@@ -114,6 +119,10 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 		if d <= 0 {
 			return c, usageError{error: fmt.Errorf("--%s %s: want a positive duration", name, d)}
 		}
+	}
+	var err error
+	if c.listenTo, err = listenConfig(c.listenURL); err != nil {
+		return c, err
 	}
 	if c.retention < 0 {
 		return c, usageError{error: fmt.Errorf("--history-retention %s: want 0 (keep for ever) or a positive duration", c.retention)}
@@ -185,6 +194,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		MaxWait:          c.maxWait,
 		ReapInterval:     c.reapInterval,
 		HistoryRetention: c.retention,
+		ListenConnConfig: c.listenTo,
 		RecheckInterval:  c.recheckInterval,
 		HealthInterval:   c.healthInterval,
 		StatementTimeout: c.statementTO,
