@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 
@@ -10,7 +11,7 @@ import (
 
 // runDevices is "devalloc devices [--pool P] [--state S]".
 func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("devices", "devices [--pool POOL] [--state idle|leased|offline|maintenance] [flags]", stderr)
+	fs := newFlagSet("devices", "devices [--pool POOL] [--state idle|leased|offline|maintenance] [flags] | devices import FILE", stderr)
 	var (
 		cf          clientFlags
 		pool, state string
@@ -21,6 +22,12 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	positional, err := fs.parseInterleaved(args)
 	if err != nil {
 		return err
+	}
+	if len(positional) > 0 && positional[0] == "import" {
+		if len(positional) != 2 {
+			return usageError{error: errors.New("usage: devalloc devices import FILE (.csv with header name,pool,address,probe,labels, or .yaml)")}
+		}
+		return runDevicesImport(ctx, &cf, fs, positional[1], stdout, stderr)
 	}
 	if len(positional) > 0 {
 		return usageError{error: fmt.Errorf("unexpected argument %q (usage: devalloc %s)", positional[0], fs.synopsis)}
@@ -91,4 +98,31 @@ func runPools(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return printJSON(stdout, r.JSON200)
 	}
 	return printPools(stdout, r.JSON200.Pools)
+}
+
+// runDevicesImport is "devalloc devices import FILE": the file is read and
+// checked whole first (a mistake in it changes nothing), then each device
+// is created or updated to match (see importDevices).
+func runDevicesImport(ctx context.Context, cf *clientFlags, fs *flagSet, path string, stdout, stderr io.Writer) error {
+	devices, err := readImportFile(path)
+	if err != nil {
+		return err
+	}
+	api, err := cf.connect(fs)
+	if err != nil {
+		return err
+	}
+	n, err := importDevices(ctx, api, devices, stderr, cf.reachError)
+	if err != nil {
+		return fmt.Errorf("import stopped after %d created, %d updated, %d unchanged: %w", n.created, n.updated, n.unchanged, err)
+	}
+	if cf.json {
+		err = printJSON(stdout, map[string]int{"created": n.created, "updated": n.updated, "unchanged": n.unchanged, "failed": n.failed})
+	} else {
+		_, err = fmt.Fprintf(stdout, "%d devices: %d created, %d updated, %d unchanged, %d failed\n", len(devices), n.created, n.updated, n.unchanged, n.failed)
+	}
+	if err == nil && n.failed > 0 {
+		err = exitCodeError{code: 1, err: fmt.Errorf("%d of %d devices could not be imported (see above)", n.failed, len(devices))}
+	}
+	return err
 }

@@ -31,6 +31,7 @@ Client commands (talk to a server: --url/DEVALLOC_URL, --key/DEVALLOC_KEY):
   release LEASE-ID           give a device back
   leases                     list leases (--active, --pool)
   devices                    list devices (--pool, --state)
+  devices import FILE        create or update devices from a CSV or YAML file (idempotent)
   pools                      count each pool's devices by state
 
 Run "devalloc <command> -h" for a command's flags. Every flag has an
