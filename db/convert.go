@@ -20,6 +20,7 @@ func deviceFromRow(r dbsqlc.DevallocDevice) (Device, error) {
 		State:        r.State,
 		StateReason:  r.StateReason,
 		LeaseID:      r.LeaseID,
+		Drain:        r.Drain,
 		FencingToken: r.FencingToken,
 		LastProbeAt:  r.LastProbeAt,
 		LastProbeOK:  r.LastProbeOk,

@@ -107,11 +107,16 @@ func (a *Allocator) ListDevices(ctx context.Context, f DeviceFilter) ([]Device, 
 
 // DevicePatch changes a device; nil fields stay as they are. State may be
 // StateMaintenance (take it out of rotation) or StateIdle (put it back).
+// Drain true asks for maintenance without cutting off a holder: at once
+// when the device is not leased, else when its lease ends; Drain false
+// cancels that and puts a device in maintenance back to idle. Give State
+// or Drain, not both.
 type DevicePatch struct {
 	Labels  *Labels
 	Address *string
 	Probe   *string
 	State   *string
+	Drain   *bool
 	Reason  string
 }
 
@@ -140,6 +145,11 @@ func (a *Allocator) UpdateDevice(ctx context.Context, name string, patch DeviceP
 				return err
 			}
 		}
+		if patch.Drain != nil {
+			if row, err = a.drain(ctx, q, row, *patch.Drain, patch.Reason); err != nil {
+				return err
+			}
+		}
 		if patch.State != nil && *patch.State != row.State {
 			if row.State == StateLeased {
 				return ErrDeviceLeased
@@ -160,6 +170,24 @@ func (a *Allocator) UpdateDevice(ctx context.Context, name string, patch DeviceP
 		return Device{}, fmt.Errorf("update device %q: %w", name, err)
 	}
 	return out, nil
+}
+
+// drain applies a drain request to the locked device row.
+func (a *Allocator) drain(ctx context.Context, q *dbsqlc.Queries, row dbsqlc.DevallocDevice, on bool, reason string) (dbsqlc.DevallocDevice, error) {
+	switch {
+	case on && row.State == StateLeased:
+		return q.SetDeviceDrain(ctx, dbsqlc.SetDeviceDrainParams{ID: row.ID, Drain: true})
+	case on && row.State != StateMaintenance:
+		if reason == "" {
+			reason = "drained"
+		}
+		return q.SetDeviceState(ctx, dbsqlc.SetDeviceStateParams{ID: row.ID, State: StateMaintenance, StateReason: reason})
+	case !on && row.State == StateMaintenance:
+		return q.SetDeviceState(ctx, dbsqlc.SetDeviceStateParams{ID: row.ID, State: StateIdle, StateReason: reason})
+	case !on && row.Drain:
+		return q.SetDeviceDrain(ctx, dbsqlc.SetDeviceDrainParams{ID: row.ID, Drain: false})
+	}
+	return row, nil
 }
 
 // DeleteDevice removes a device. A leased device fails with

@@ -141,12 +141,12 @@ func (n *notifier) payloads(batch []idleNotice) []string {
 
 // endedLease is the lease an EndLease row describes, after announcing the
 // device the statement freed (if it freed one: a device already given to
-// someone else, or deleted, is not).
+// someone else, deleted, or drained into maintenance is not).
 func (a *Allocator) endedLease(r dbsqlc.EndLeaseRow) dbsqlc.DevallocLease {
 	if r.EndReason != nil {
 		a.log.Debug("lease ended", "lease", r.ID, "device", r.DeviceName, "pool", r.Pool, "owner", r.Owner, "reason", *r.EndReason)
 	}
-	if r.FreedDeviceID != nil {
+	if r.FreedDeviceID != nil && r.FreedState != nil && *r.FreedState == StateIdle {
 		a.notifier.freed(r.Pool, *r.FreedDeviceID, r.FreedLabels)
 	}
 	return dbsqlc.DevallocLease{

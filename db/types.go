@@ -81,14 +81,16 @@ func (s Selector) clone() Selector {
 
 // Device is one registered device.
 type Device struct {
-	Name         string
-	Pool         string
-	Labels       Labels
-	Address      string
-	Probe        string
-	State        string
-	StateReason  string
-	LeaseID      *uuid.UUID
+	Name        string
+	Pool        string
+	Labels      Labels
+	Address     string
+	Probe       string
+	State       string
+	StateReason string
+	LeaseID     *uuid.UUID
+	// Drain: maintenance is due when the current lease ends.
+	Drain        bool
 	FencingToken int64
 	LastProbeAt  *time.Time
 	LastProbeOK  *bool

@@ -148,7 +148,7 @@ func (s *server) updateDevice(ctx context.Context, in *updateDeviceInput) (*devi
 	}
 	b := in.Body
 	var errs []error
-	patch := db.DevicePatch{Address: b.Address, Probe: b.Probe, State: b.State}
+	patch := db.DevicePatch{Address: b.Address, Probe: b.Probe, State: b.State, Drain: b.Drain}
 	if b.Address != nil {
 		errs = append(errs, checkText("body.address", *b.Address)...)
 	}
@@ -157,11 +157,16 @@ func (s *server) updateDevice(ctx context.Context, in *updateDeviceInput) (*devi
 		labels := db.Labels(*b.Labels)
 		patch.Labels = &labels
 	}
+	if b.State != nil && b.Drain != nil {
+		errs = append(errs, &huma.ErrorDetail{
+			Location: "body.drain", Message: "give state or drain, not both", Value: *b.Drain,
+		})
+	}
 	if b.Reason != nil {
-		if b.State == nil {
+		if b.State == nil && b.Drain == nil {
 			// The db layer would drop it silently; say so instead.
 			errs = append(errs, &huma.ErrorDetail{
-				Location: "body.reason", Message: "reason is only accepted together with state", Value: *b.Reason,
+				Location: "body.reason", Message: "reason is only accepted together with state or drain", Value: *b.Reason,
 			})
 		}
 		errs = append(errs, checkText("body.reason", *b.Reason)...)

@@ -12,7 +12,7 @@ func TestCreateDevice(t *testing.T) {
 	e := newEnv(t, nil)
 
 	r := expect(t, e.do("POST", "/v1/devices", map[string]any{"name": "pixel-1", "address": "10.0.0.1:5555"}), http.StatusCreated)
-	wantKeys := []string{"address", "created_at", "fencing_token", "labels", "last_probe_at", "lease_id",
+	wantKeys := []string{"address", "created_at", "drain", "fencing_token", "labels", "last_probe_at", "lease_id",
 		"name", "pool", "probe", "state", "state_reason", "updated_at"}
 	if got := keysOf(t, r.body); !slices.Equal(got, wantKeys) {
 		t.Fatalf("device keys %v, want %v", got, wantKeys)
@@ -195,4 +195,21 @@ func TestDeleteDevice(t *testing.T) {
 	if typ := problemType(t, r); typ != problemTypePrefix+kindLeaseEnded {
 		t.Fatalf("type %q", typ)
 	}
+}
+
+// PATCH drain: a leased device keeps its holder and says it is draining;
+// state and drain together are refused and change nothing.
+func TestDrainThroughTheAPI(t *testing.T) {
+	e := newEnv(t, nil)
+	e.createDevice("d1", "lab", nil)
+	e.acquire(map[string]any{"pool": "lab"})
+	r := expect(t, e.do("PATCH", "/v1/devices/d1", map[string]any{"state": "maintenance", "drain": true}), http.StatusUnprocessableEntity)
+	if !strings.Contains(r.String(), "body.drain") {
+		t.Fatalf("state with drain: %s", r)
+	}
+	d := decode[Device](t, expect(t, e.do("PATCH", "/v1/devices/d1", map[string]any{"drain": true, "reason": "firmware"}), http.StatusOK))
+	if d.State != "leased" || !d.Drain {
+		t.Fatalf("drained leased device: %+v", d)
+	}
+	expect(t, e.do("PATCH", "/v1/devices/d1", map[string]any{"state": "maintenance"}), http.StatusConflict)
 }

@@ -60,6 +60,7 @@ type Device struct {
 	State        string     `json:"state" enum:"idle,leased,offline,maintenance" doc:"idle (can be acquired), leased, offline (failed a probe; rechecked automatically) or maintenance (set by an admin)." example:"idle"`
 	StateReason  string     `json:"state_reason" doc:"Why the device is in its state, e.g. the probe error that took it offline." example:"tcp 10.0.0.17:5555: connection refused"`
 	LeaseID      *uuid.UUID `json:"lease_id" format:"uuid" nullable:"true" doc:"The active lease, null unless leased." example:"01936b2e-7f3a-7c1d-9b8e-2f4a5c6d7e8f"`
+	Drain        bool       `json:"drain" doc:"true when an admin drained the device while it was leased: it goes to maintenance, not idle, when the lease ends." example:"false"`
 	FencingToken int64      `json:"fencing_token" doc:"Bumped on every acquire; compare with a lease's token to detect a stale holder." example:"42"`
 	LastProbeAt  *time.Time `json:"last_probe_at" doc:"When the device was last probed, null if never (RFC 3339, UTC)." example:"2026-11-26T01:41:43.008659Z"`
 	CreatedAt    time.Time  `json:"created_at" doc:"When the device was registered (RFC 3339, UTC)." example:"2026-11-26T01:41:34.219748Z"`
@@ -86,8 +87,9 @@ type UpdateDeviceRequest struct {
 	Labels  *Labels `json:"labels,omitempty" doc:"Replaces all of the device's labels."`
 	Address *string `json:"address,omitempty" minLength:"1" maxLength:"1024" doc:"New address." example:"10.0.0.18:5555"`
 	Probe   *string `json:"probe,omitempty" enum:"tcp,http,none" doc:"New probe kind." example:"http"`
-	State   *string `json:"state,omitempty" enum:"maintenance,idle" doc:"maintenance takes the device out of rotation; idle puts it back. Refused (409) while the device is leased." example:"maintenance"`
-	Reason  *string `json:"reason,omitempty" maxLength:"1024" doc:"Why the state changes (shown as state_reason); only with state." example:"screen cracked"`
+	State   *string `json:"state,omitempty" enum:"maintenance,idle" doc:"maintenance takes the device out of rotation; idle puts it back. Refused (409) while the device is leased (drain it instead)." example:"maintenance"`
+	Drain   *bool   `json:"drain,omitempty" doc:"true: maintenance without cutting off a holder, at once if the device is not leased, else when its lease ends. false: cancel that, and put a device in maintenance back to idle. Not together with state." example:"true"`
+	Reason  *string `json:"reason,omitempty" maxLength:"1024" doc:"Why the state changes (shown as state_reason); only with state or drain." example:"screen cracked"`
 }
 
 // LeaseDevice is what a lease tells its holder about the device.
@@ -162,6 +164,7 @@ func deviceFromDB(d db.Device) Device {
 		State:        d.State,
 		StateReason:  d.StateReason,
 		LeaseID:      d.LeaseID,
+		Drain:        d.Drain,
 		FencingToken: d.FencingToken,
 		LastProbeAt:  utcPtr(d.LastProbeAt),
 		CreatedAt:    d.CreatedAt.UTC(),

@@ -43,11 +43,18 @@ RETURNING *;
 UPDATE devalloc.devices SET
     state          = @state,
     state_reason   = @state_reason,
+    drain          = false,
     idle_since     = CASE WHEN @state::text = 'idle' THEN now() ELSE idle_since END,
     probe_failures = 0,
     next_probe_at  = NULL,
     updated_at     = now()
 WHERE id = @id AND state <> 'leased'
+RETURNING *;
+
+-- name: SetDeviceDrain :one
+-- Marks a leased device for maintenance when its lease ends, or clears that.
+UPDATE devalloc.devices SET drain = @drain, updated_at = now()
+WHERE id = @id
 RETURNING *;
 
 -- name: DeleteDevice :execrows

@@ -39,7 +39,8 @@ RETURNING *;
 -- time ran out before the reaper got to it ends as expired whatever the
 -- caller asked, so the caller can tell its holder it had lost the device.
 -- The device is freed only while it still carries this lease and its
--- fencing token. With owner set, only that owner's lease ends (a holder's
+-- fencing token, and goes to maintenance instead of idle when an admin
+-- drained it meanwhile. With owner set, only that owner's lease ends (a holder's
 -- release checks ownership in the same statement, one round trip); NULL
 -- ends whoever's it is. The freed device's id and labels come back too:
 -- the caller notifies waiters after commit (notify_by_caller, see
@@ -56,16 +57,17 @@ WITH caller_notifies AS (
     RETURNING l.*
 ), freed AS (
     UPDATE devalloc.devices d SET
-        state        = 'idle',
-        state_reason = '',
+        state        = CASE WHEN d.drain THEN 'maintenance' ELSE 'idle' END,
+        state_reason = CASE WHEN d.drain THEN 'drained: maintenance once its lease ended' ELSE '' END,
+        drain        = false,
         lease_id     = NULL,
         idle_since   = now(),
         updated_at   = now()
     FROM ended, caller_notifies
     WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
-    RETURNING d.id, d.labels
+    RETURNING d.id, d.labels, d.state
 )
-SELECT ended.*, freed.id AS freed_device_id, freed.labels AS freed_labels
+SELECT ended.*, freed.id AS freed_device_id, freed.labels AS freed_labels, freed.state AS freed_state
 FROM ended LEFT JOIN freed ON true;
 
 -- name: ReapExpiredLeases :many
@@ -88,14 +90,15 @@ WITH caller_notifies AS (
     RETURNING l.*
 ), freed AS (
     UPDATE devalloc.devices d SET
-        state        = 'idle',
-        state_reason = '',
+        state        = CASE WHEN d.drain THEN 'maintenance' ELSE 'idle' END,
+        state_reason = CASE WHEN d.drain THEN 'drained: maintenance once its lease ended' ELSE '' END,
+        drain        = false,
         lease_id     = NULL,
         idle_since   = now(),
         updated_at   = now()
     FROM ended, caller_notifies
     WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
-    RETURNING d.id, d.labels
+    RETURNING d.id, d.labels, d.state
 )
-SELECT ended.*, freed.id AS freed_device_id, freed.labels AS freed_labels
+SELECT ended.*, freed.id AS freed_device_id, freed.labels AS freed_labels, freed.state AS freed_state
 FROM ended LEFT JOIN freed ON freed.id = ended.device_id;

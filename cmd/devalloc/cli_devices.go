@@ -11,14 +11,15 @@ import (
 
 // runDevices is "devalloc devices [--pool P] [--state S]".
 func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("devices", "devices [--pool POOL] [--state idle|leased|offline|maintenance] [flags] | devices import FILE", stderr)
+	fs := newFlagSet("devices", "devices [--pool POOL] [--state idle|leased|offline|maintenance] [flags] | devices import FILE | devices drain|undrain NAME [--reason R]", stderr)
 	var (
-		cf          clientFlags
-		pool, state string
+		cf                  clientFlags
+		pool, state, reason string
 	)
 	cf.register(fs)
 	fs.stringVar(&pool, "pool", "DEVALLOC_POOL", "", "only devices in this pool (empty: all pools)")
 	fs.stringVar(&state, "state", "DEVALLOC_STATE", "", "only devices in this state: idle, leased, offline or maintenance")
+	fs.stringVar(&reason, "reason", "DEVALLOC_REASON", "", "drain: why (shown as the device's state_reason)")
 	positional, err := fs.parseInterleaved(args)
 	if err != nil {
 		return err
@@ -28,6 +29,12 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return usageError{error: errors.New("usage: devalloc devices import FILE (.csv with header name,pool,address,probe,labels, or .yaml)")}
 		}
 		return runDevicesImport(ctx, &cf, fs, positional[1], stdout, stderr)
+	}
+	if len(positional) > 0 && (positional[0] == "drain" || positional[0] == "undrain") {
+		if len(positional) != 2 {
+			return usageError{error: fmt.Errorf("usage: devalloc devices %s NAME", positional[0])}
+		}
+		return runDevicesDrain(ctx, &cf, fs, positional[1], positional[0] == "drain", reason, stdout)
 	}
 	if len(positional) > 0 {
 		return usageError{error: fmt.Errorf("unexpected argument %q (usage: devalloc %s)", positional[0], fs.synopsis)}
@@ -125,4 +132,31 @@ func runDevicesImport(ctx context.Context, cf *clientFlags, fs *flagSet, path st
 		err = exitCodeError{code: 1, err: fmt.Errorf("%d of %d devices could not be imported (see above)", n.failed, len(devices))}
 	}
 	return err
+}
+
+// runDevicesDrain is "devalloc devices drain|undrain NAME": maintenance
+// without cutting off a holder (at once when the device is not leased,
+// else when its lease ends), or back into rotation.
+func runDevicesDrain(ctx context.Context, cf *clientFlags, fs *flagSet, name string, on bool, reason string, stdout io.Writer) error {
+	api, err := cf.connect(fs)
+	if err != nil {
+		return err
+	}
+	patch := client.UpdateDeviceRequest{Drain: &on}
+	if reason != "" {
+		patch.Reason = &reason
+	}
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	r, err := api.UpdateDeviceWithResponse(ctx, name, patch)
+	if err != nil {
+		return cf.reachError(err)
+	}
+	if err := client.CheckResponse(r.HTTPResponse, r.Body); err != nil {
+		return err
+	}
+	if cf.json {
+		return printJSON(stdout, r.JSON200)
+	}
+	return printDevices(stdout, []client.Device{*r.JSON200})
 }

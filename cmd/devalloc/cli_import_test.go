@@ -130,3 +130,27 @@ func TestDevicesImportRefusals(t *testing.T) {
 		t.Fatalf("client key: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
+
+// drain keeps the holder and sends the device to maintenance when its
+// lease ends; undrain puts it back.
+func TestDevicesDrainAndUndrain(t *testing.T) {
+	s := newCLIServer(t)
+	s.device(t, "board", "lab", nil)
+	held := s.hold(t, "lab")
+	r := s.cli(t, s.adminKey, "devices", "drain", "board", "--reason", "firmware update")
+	wantCode(t, r, 0)
+	if row := rowOf(t, r.stdout, "board"); row[2] != "leased (draining)" {
+		t.Fatalf("after drain: %q", r.stdout)
+	}
+	s.release(t, held.ID)
+	r = s.cli(t, s.adminKey, "devices", "--pool", "lab")
+	if row := rowOf(t, r.stdout, "board"); row[2] != "maintenance" {
+		t.Fatalf("after the release: %q", r.stdout)
+	}
+	r = s.cli(t, s.adminKey, "devices", "undrain", "board")
+	wantCode(t, r, 0)
+	if row := rowOf(t, r.stdout, "board"); row[2] != "idle" {
+		t.Fatalf("after undrain: %q", r.stdout)
+	}
+	wantCode(t, s.cli(t, s.ciKey, "devices", "drain", "board"), 1) // admins only
+}

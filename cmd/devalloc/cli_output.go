@@ -76,7 +76,11 @@ func printLeases(w io.Writer, leases []client.Lease, now time.Time) error {
 func printDevices(w io.Writer, devices []client.Device) error {
 	t := newTable(w, "NAME", "POOL", "STATE", "PROBE", "ADDRESS", "LABELS", "REASON")
 	for _, d := range devices {
-		t.row(d.Name, d.Pool, string(d.State), string(d.Probe), d.Address, labelString(d.Labels), d.StateReason)
+		state := string(d.State)
+		if d.Drain {
+			state += " (draining)"
+		}
+		t.row(d.Name, d.Pool, state, string(d.Probe), d.Address, labelString(d.Labels), d.StateReason)
 	}
 	return t.flush()
 }

@@ -32,6 +32,7 @@ Client commands (talk to a server: --url/DEVALLOC_URL, --key/DEVALLOC_KEY):
   leases                     list leases (--active, --pool)
   devices                    list devices (--pool, --state)
   devices import FILE        create or update devices from a CSV or YAML file (idempotent)
+  devices drain|undrain NAME maintenance once the current lease ends; back into rotation
   pools                      count each pool's devices by state
 
 Run "devalloc <command> -h" for a command's flags. Every flag has an

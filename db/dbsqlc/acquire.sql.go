@@ -216,7 +216,7 @@ const pickIdleDevice = `-- name: PickIdleDevice :one
 WITH pick AS (
     SELECT devalloc.pick_idle_device($1::text, $2::jsonb) AS id
 )
-SELECT id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at FROM devalloc.devices
+SELECT id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at, drain FROM devalloc.devices
 WHERE id = (SELECT pick.id FROM pick)
 `
 
@@ -250,6 +250,7 @@ func (q *Queries) PickIdleDevice(ctx context.Context, arg PickIdleDeviceParams) 
 		&i.NextProbeAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Drain,
 	)
 	return i, err
 }

@@ -13,7 +13,7 @@ const createDevice = `-- name: CreateDevice :one
 
 INSERT INTO devalloc.devices (name, pool, labels, address, probe)
 VALUES ($1, $2, $3, $4, $5)
-RETURNING id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at
+RETURNING id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at, drain
 `
 
 type CreateDeviceParams struct {
@@ -52,6 +52,7 @@ func (q *Queries) CreateDevice(ctx context.Context, arg CreateDeviceParams) (Dev
 		&i.NextProbeAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Drain,
 	)
 	return i, err
 }
@@ -69,7 +70,7 @@ func (q *Queries) DeleteDevice(ctx context.Context, id int64) (int64, error) {
 }
 
 const getDevice = `-- name: GetDevice :one
-SELECT id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at FROM devalloc.devices WHERE name = $1
+SELECT id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at, drain FROM devalloc.devices WHERE name = $1
 `
 
 func (q *Queries) GetDevice(ctx context.Context, name string) (DevallocDevice, error) {
@@ -93,12 +94,13 @@ func (q *Queries) GetDevice(ctx context.Context, name string) (DevallocDevice, e
 		&i.NextProbeAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Drain,
 	)
 	return i, err
 }
 
 const getDeviceByID = `-- name: GetDeviceByID :one
-SELECT id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at FROM devalloc.devices WHERE id = $1
+SELECT id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at, drain FROM devalloc.devices WHERE id = $1
 `
 
 func (q *Queries) GetDeviceByID(ctx context.Context, id int64) (DevallocDevice, error) {
@@ -122,6 +124,7 @@ func (q *Queries) GetDeviceByID(ctx context.Context, id int64) (DevallocDevice, 
 		&i.NextProbeAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Drain,
 	)
 	return i, err
 }
@@ -166,7 +169,7 @@ func (q *Queries) IdleDeviceLabels(ctx context.Context, arg IdleDeviceLabelsPara
 }
 
 const listDevices = `-- name: ListDevices :many
-SELECT id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at FROM devalloc.devices
+SELECT id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at, drain FROM devalloc.devices
 WHERE ($1::text IS NULL OR pool = $1)
   AND ($2::text IS NULL OR state = $2)
   AND name >= coalesce($3::text, '')
@@ -218,6 +221,7 @@ func (q *Queries) ListDevices(ctx context.Context, arg ListDevicesParams) ([]Dev
 			&i.NextProbeAt,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.Drain,
 		); err != nil {
 			return nil, err
 		}
@@ -230,7 +234,7 @@ func (q *Queries) ListDevices(ctx context.Context, arg ListDevicesParams) ([]Dev
 }
 
 const lockDevice = `-- name: LockDevice :one
-SELECT id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at FROM devalloc.devices WHERE name = $1 FOR UPDATE
+SELECT id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at, drain FROM devalloc.devices WHERE name = $1 FOR UPDATE
 `
 
 // Locks the row so an admin change cannot interleave with an acquire or release.
@@ -255,6 +259,7 @@ func (q *Queries) LockDevice(ctx context.Context, name string) (DevallocDevice, 
 		&i.NextProbeAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Drain,
 	)
 	return i, err
 }
@@ -324,16 +329,55 @@ func (q *Queries) SelectorCanMatch(ctx context.Context, arg SelectorCanMatchPara
 	return can_match, err
 }
 
+const setDeviceDrain = `-- name: SetDeviceDrain :one
+UPDATE devalloc.devices SET drain = $1, updated_at = now()
+WHERE id = $2
+RETURNING id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at, drain
+`
+
+type SetDeviceDrainParams struct {
+	Drain bool
+	ID    int64
+}
+
+// Marks a leased device for maintenance when its lease ends, or clears that.
+func (q *Queries) SetDeviceDrain(ctx context.Context, arg SetDeviceDrainParams) (DevallocDevice, error) {
+	row := q.db.QueryRow(ctx, setDeviceDrain, arg.Drain, arg.ID)
+	var i DevallocDevice
+	err := row.Scan(
+		&i.ID,
+		&i.Name,
+		&i.Pool,
+		&i.Labels,
+		&i.Address,
+		&i.Probe,
+		&i.State,
+		&i.StateReason,
+		&i.LeaseID,
+		&i.FencingToken,
+		&i.IdleSince,
+		&i.LastProbeAt,
+		&i.LastProbeOk,
+		&i.ProbeFailures,
+		&i.NextProbeAt,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.Drain,
+	)
+	return i, err
+}
+
 const setDeviceState = `-- name: SetDeviceState :one
 UPDATE devalloc.devices SET
     state          = $1,
     state_reason   = $2,
+    drain          = false,
     idle_since     = CASE WHEN $1::text = 'idle' THEN now() ELSE idle_since END,
     probe_failures = 0,
     next_probe_at  = NULL,
     updated_at     = now()
 WHERE id = $3 AND state <> 'leased'
-RETURNING id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at
+RETURNING id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at, drain
 `
 
 type SetDeviceStateParams struct {
@@ -364,6 +408,7 @@ func (q *Queries) SetDeviceState(ctx context.Context, arg SetDeviceStateParams) 
 		&i.NextProbeAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Drain,
 	)
 	return i, err
 }
@@ -375,7 +420,7 @@ UPDATE devalloc.devices SET
     probe      = coalesce($3, probe),
     updated_at = now()
 WHERE id = $4
-RETURNING id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at
+RETURNING id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at, drain
 `
 
 type UpdateDeviceSpecParams struct {
@@ -412,6 +457,7 @@ func (q *Queries) UpdateDeviceSpec(ctx context.Context, arg UpdateDeviceSpecPara
 		&i.NextProbeAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Drain,
 	)
 	return i, err
 }

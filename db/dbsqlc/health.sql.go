@@ -19,7 +19,7 @@ WHERE id IN (
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
-RETURNING id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at
+RETURNING id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at, drain
 `
 
 type ClaimOfflineDueParams struct {
@@ -57,6 +57,7 @@ func (q *Queries) ClaimOfflineDue(ctx context.Context, arg ClaimOfflineDueParams
 			&i.NextProbeAt,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.Drain,
 		); err != nil {
 			return nil, err
 		}

@@ -24,16 +24,17 @@ WITH caller_notifies AS (
     RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint
 ), freed AS (
     UPDATE devalloc.devices d SET
-        state        = 'idle',
-        state_reason = '',
+        state        = CASE WHEN d.drain THEN 'maintenance' ELSE 'idle' END,
+        state_reason = CASE WHEN d.drain THEN 'drained: maintenance once its lease ended' ELSE '' END,
+        drain        = false,
         lease_id     = NULL,
         idle_since   = now(),
         updated_at   = now()
     FROM ended, caller_notifies
     WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
-    RETURNING d.id, d.labels
+    RETURNING d.id, d.labels, d.state
 )
-SELECT ended.id, ended.device_id, ended.device_name, ended.pool, ended.owner, ended.holder, ended.fencing_token, ended.acquired_at, ended.expires_at, ended.released_at, ended.end_reason, ended.idempotency_key, ended.active_device_id, ended.request_fingerprint, freed.id AS freed_device_id, freed.labels AS freed_labels
+SELECT ended.id, ended.device_id, ended.device_name, ended.pool, ended.owner, ended.holder, ended.fencing_token, ended.acquired_at, ended.expires_at, ended.released_at, ended.end_reason, ended.idempotency_key, ended.active_device_id, ended.request_fingerprint, freed.id AS freed_device_id, freed.labels AS freed_labels, freed.state AS freed_state
 FROM ended LEFT JOIN freed ON true
 `
 
@@ -60,13 +61,15 @@ type EndLeaseRow struct {
 	RequestFingerprint []byte
 	FreedDeviceID      *int64
 	FreedLabels        []byte
+	FreedState         *string
 }
 
 // Ends an active lease and frees its device in one statement. A lease whose
 // time ran out before the reaper got to it ends as expired whatever the
 // caller asked, so the caller can tell its holder it had lost the device.
 // The device is freed only while it still carries this lease and its
-// fencing token. With owner set, only that owner's lease ends (a holder's
+// fencing token, and goes to maintenance instead of idle when an admin
+// drained it meanwhile. With owner set, only that owner's lease ends (a holder's
 // release checks ownership in the same statement, one round trip); NULL
 // ends whoever's it is. The freed device's id and labels come back too:
 // the caller notifies waiters after commit (notify_by_caller, see
@@ -92,6 +95,7 @@ func (q *Queries) EndLease(ctx context.Context, arg EndLeaseParams) (EndLeaseRow
 		&i.RequestFingerprint,
 		&i.FreedDeviceID,
 		&i.FreedLabels,
+		&i.FreedState,
 	)
 	return i, err
 }
@@ -253,16 +257,17 @@ WITH caller_notifies AS (
     RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint
 ), freed AS (
     UPDATE devalloc.devices d SET
-        state        = 'idle',
-        state_reason = '',
+        state        = CASE WHEN d.drain THEN 'maintenance' ELSE 'idle' END,
+        state_reason = CASE WHEN d.drain THEN 'drained: maintenance once its lease ended' ELSE '' END,
+        drain        = false,
         lease_id     = NULL,
         idle_since   = now(),
         updated_at   = now()
     FROM ended, caller_notifies
     WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
-    RETURNING d.id, d.labels
+    RETURNING d.id, d.labels, d.state
 )
-SELECT ended.id, ended.device_id, ended.device_name, ended.pool, ended.owner, ended.holder, ended.fencing_token, ended.acquired_at, ended.expires_at, ended.released_at, ended.end_reason, ended.idempotency_key, ended.active_device_id, ended.request_fingerprint, freed.id AS freed_device_id, freed.labels AS freed_labels
+SELECT ended.id, ended.device_id, ended.device_name, ended.pool, ended.owner, ended.holder, ended.fencing_token, ended.acquired_at, ended.expires_at, ended.released_at, ended.end_reason, ended.idempotency_key, ended.active_device_id, ended.request_fingerprint, freed.id AS freed_device_id, freed.labels AS freed_labels, freed.state AS freed_state
 FROM ended LEFT JOIN freed ON freed.id = ended.device_id
 `
 
@@ -283,6 +288,7 @@ type ReapExpiredLeasesRow struct {
 	RequestFingerprint []byte
 	FreedDeviceID      *int64
 	FreedLabels        []byte
+	FreedState         *string
 }
 
 // Ends leases whose time ran out (database clock) and frees their devices.
@@ -315,6 +321,7 @@ func (q *Queries) ReapExpiredLeases(ctx context.Context, batch int32) ([]ReapExp
 			&i.RequestFingerprint,
 			&i.FreedDeviceID,
 			&i.FreedLabels,
+			&i.FreedState,
 		); err != nil {
 			return nil, err
 		}

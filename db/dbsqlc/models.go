@@ -76,6 +76,8 @@ type DevallocDevice struct {
 	CreatedAt time.Time
 	// When the row last changed.
 	UpdatedAt time.Time
+	// Maintenance is due when the current lease ends (set through PATCH {"drain": true} while leased).
+	Drain bool
 }
 
 // State changes of devices into or out of offline and maintenance (probe failures, recoveries, maintenance), newest last; pruned with the lease history.

@@ -244,6 +244,11 @@ type Device struct {
 	// Example: 2026-11-26T01:41:34.219748Z
 	CreatedAt time.Time `json:"created_at"`
 
+	// Drain true when an admin drained the device while it was leased: it goes to maintenance, not idle, when the lease ends.
+	//
+	// Example: false
+	Drain bool `json:"drain"`
+
 	// FencingToken Bumped on every acquire; compare with a lease's token to detect a stale holder.
 	//
 	// Example: 42
@@ -504,6 +509,11 @@ type UpdateDeviceRequest struct {
 	// Example: 10.0.0.18:5555
 	Address *string `json:"address,omitempty"`
 
+	// Drain true: maintenance without cutting off a holder, at once if the device is not leased, else when its lease ends. false: cancel that, and put a device in maintenance back to idle. Not together with state.
+	//
+	// Example: true
+	Drain *bool `json:"drain,omitempty"`
+
 	// Labels Replaces all of the device's labels.
 	//
 	// Example: {"model":"pixel-7","os":"android"}
@@ -514,12 +524,12 @@ type UpdateDeviceRequest struct {
 	// Example: http
 	Probe *UpdateDeviceRequestProbe `json:"probe,omitempty"`
 
-	// Reason Why the state changes (shown as state_reason); only with state.
+	// Reason Why the state changes (shown as state_reason); only with state or drain.
 	//
 	// Example: screen cracked
 	Reason *string `json:"reason,omitempty"`
 
-	// State maintenance takes the device out of rotation; idle puts it back. Refused (409) while the device is leased.
+	// State maintenance takes the device out of rotation; idle puts it back. Refused (409) while the device is leased (drain it instead).
 	//
 	// Example: maintenance
 	State *UpdateDeviceRequestState `json:"state,omitempty"`
@@ -530,7 +540,7 @@ type UpdateDeviceRequest struct {
 // Example: http
 type UpdateDeviceRequestProbe string
 
-// UpdateDeviceRequestState maintenance takes the device out of rotation; idle puts it back. Refused (409) while the device is leased.
+// UpdateDeviceRequestState maintenance takes the device out of rotation; idle puts it back. Refused (409) while the device is leased (drain it instead).
 //
 // Example: maintenance
 type UpdateDeviceRequestState string
