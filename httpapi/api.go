@@ -69,6 +69,8 @@ type server struct {
 // New returns the HTTP handler serving the whole API for alloc.
 func New(alloc *db.Allocator, opts Options) http.Handler {
 	mux, _ := build(alloc, opts)
+	mux.Handle("GET /dashboard", dashboardHandler())
+	mux.Handle("GET /dashboard/", dashboardHandler())
 	if opts.Metrics != nil {
 		log := opts.Logger
 		if log == nil {

@@ -257,8 +257,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if c.demo > 0 {
 		fmt.Fprintf(stdout, "\nAcquire a demo device (the key is a client key named %q, new at every start):\n\n"+
 			"  curl -s -X POST %s/v1/leases -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' -d '{\"pool\":\"%s\",\"wait_seconds\":10}'\n\n"+
+			"Watch it live at %s/dashboard (sign in with that key).\n"+
 			"An admin key (to register devices) comes from: bin/devalloc keys create --name me --role admin\n\n",
-			demoKeyName, base, demoKey, demoPool)
+			demoKeyName, base, demoKey, demoPool, base)
 	}
 
 	select {
