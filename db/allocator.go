@@ -87,7 +87,7 @@ func (a *Allocator) Start(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.stop = cancel
-	services := []func(context.Context){a.listener.run, a.notifier.run, a.runRechecker, a.runReaper, a.runHealthChecker, a.runPruner}
+	services := []func(context.Context){a.listener.run, a.notifier.run, a.runRechecker, a.runReaper, a.runHealthChecker, a.runPruner, a.runWaitingReporter}
 	for _, run := range services {
 		a.running.Add(1)
 		go func() {

@@ -37,6 +37,10 @@ type Config struct {
 	// PruneInterval is how often this instance prunes history (jittered);
 	// default 10 minutes.
 	PruneInterval time.Duration
+	// WaitingReportInterval is how often (jittered) this instance writes
+	// its waiting acquires per pool for the pool_summary view, while it has
+	// any; default 2 s.
+	WaitingReportInterval time.Duration
 	// RecheckInterval is how often (jittered) each pool with waiters is
 	// re-read, in case a notification was lost.
 	RecheckInterval time.Duration
@@ -76,6 +80,7 @@ func (c Config) withDefaults() Config {
 	def(&c.MaxWait, 15*time.Minute)
 	def(&c.ReapInterval, time.Second)
 	def(&c.PruneInterval, 10*time.Minute)
+	def(&c.WaitingReportInterval, 2*time.Second)
 	def(&c.RecheckInterval, time.Second)
 	def(&c.HealthInterval, 2*time.Second)
 	def(&c.HealthBackoffMin, 2*time.Second)

@@ -100,6 +100,18 @@ type DevallocDeviceEvent struct {
 	At time.Time
 }
 
+// Acquires waiting per instance and pool, as each instance last reported (every ~2 s while it has waiters); rows older than ~10 s are from an instance that stopped.
+type DevallocInstanceWaiting struct {
+	// The reporting instance (an id of its own, new at every start).
+	Instance string
+	// The pool they wait for.
+	Pool string
+	// How many acquires wait there.
+	Waiting int32
+	// When the instance last reported it.
+	ReportedAt time.Time
+}
+
 // Leases, active (released_at IS NULL) and ended: the ended rows are the audit history.
 type DevallocLease struct {
 	// Lease id handed to the client.
@@ -146,7 +158,7 @@ type DevallocLeaseHistory struct {
 	HeldFor      int32
 }
 
-// Devices per pool by state.
+// Devices per pool by state, and the acquires waiting for the pool across all live instances.
 type DevallocPoolSummary struct {
 	Pool        string
 	Devices     int64
@@ -154,4 +166,5 @@ type DevallocPoolSummary struct {
 	Leased      int64
 	Offline     int64
 	Maintenance int64
+	Waiting     interface{}
 }
