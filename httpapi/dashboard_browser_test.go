@@ -127,13 +127,8 @@ func TestDashboardInABrowser(t *testing.T) {
 	leaseCall(t, http.MethodDelete, srv.URL+"/v1/leases/"+lease.ID, key, nil, nil)
 	waitShown("idle")
 
-	events, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#events")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Contains([]byte(events), []byte("d1 acquired by ci job 7")) || !bytes.Contains([]byte(events), []byte("d1 released")) {
-		t.Fatalf("events %q", events)
-	}
+	waitEvent(t, ctx, "d1 acquired by ci job 7")
+	waitEvent(t, ctx, "d1 released (lease of ci job 7)")
 
 	// An admin puts the device into maintenance from the page.
 	if err := chromedp.Do(ctx,
@@ -161,5 +156,19 @@ func TestDashboardInABrowser(t *testing.T) {
 	got, err := srv.Alloc.GetLease(t.Context(), uuid.MustParse(lease.ID))
 	if err != nil || got.EndReason != db.EndRevoked {
 		t.Fatalf("the lease after revoke from the page: %+v, %v", got, err)
+	}
+	// The events say how each lease ended.
+	waitEvent(t, ctx, "d1 revoked (lease of ci)")
+}
+
+// waitEvent waits, at most 2 s, for the page's events to mention what.
+func waitEvent(t *testing.T, ctx context.Context, what string) {
+	t.Helper()
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	quoted, _ := json.Marshal(what)
+	if _, err := chromedp.Run(wctx, chromedp.Poll[bool](`document.getElementById("events").textContent.includes(`+string(quoted)+`)`)); err != nil {
+		text, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#events")))
+		t.Fatalf("no event %q within 2 s: %v; events %q", what, err, text)
 	}
 }

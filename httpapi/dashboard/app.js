@@ -6,6 +6,7 @@ const keyStore = "devalloc.key";
 const pollMs = 1000;
 let timer = null;
 let lastStates = null; // device name -> "state holder" seen at the previous poll
+let lastLeases = new Map(); // device name -> its active lease at the previous poll
 const events = [];
 
 const $ = (id) => document.getElementById(id);
@@ -58,17 +59,38 @@ function noteEvents(devices, leaseByDevice) {
     const wasState = before.split(" ")[0];
     if (wasState === d.state) continue;
     let what = d.state;
+    if (wasState === "leased" && lastLeases.has(d.name)) {
+      // How the lease ended (released, expired, revoked) is on the lease.
+      endedEvent(now, d, lastLeases.get(d.name));
+      continue;
+    }
     if (d.state === "leased") what = "acquired by " + (holder || "someone");
-    else if (d.state === "idle" && wasState === "leased") what = "released";
     else if (d.state === "idle" && wasState === "offline") what = "recovered";
     else if (d.state === "offline") what = "went offline: " + d.state_reason;
     else if (d.state === "maintenance") what = "in maintenance" + (d.state_reason ? ": " + d.state_reason : "");
     events.unshift(now + "  " + d.name + " " + what);
   }
   lastStates = seen;
+  lastLeases = leaseByDevice;
+  showEvents();
+}
+
+function showEvents() {
   events.splice(50);
   const ol = $("events");
   ol.replaceChildren(...events.map((e) => { const li = document.createElement("li"); li.textContent = e; return li; }));
+}
+
+async function endedEvent(now, d, lease) {
+  let how = "released";
+  try {
+    const ended = await api("GET", "/v1/leases/" + lease.id);
+    how = ended.end_reason || how;
+  } catch (_) { /* not ours to read, or gone: say released */ }
+  let what = how + " (lease of " + (lease.holder || lease.owner) + ")";
+  if (d.state === "maintenance") what += ", now in maintenance";
+  events.unshift(now + "  " + d.name + " " + what);
+  showEvents();
 }
 
 async function refresh() {
