@@ -29,7 +29,9 @@ GROUP BY pool;
 COMMENT ON VIEW devalloc.pool_summary IS 'Devices per pool by state, and the acquires waiting for the pool across all live instances.';
 
 -- +goose Down
-CREATE OR REPLACE VIEW devalloc.pool_summary AS
+-- A view cannot lose a column in place: drop it and create the old one.
+DROP VIEW devalloc.pool_summary;
+CREATE VIEW devalloc.pool_summary AS
 SELECT pool,
        count(*)                                      AS devices,
        count(*) FILTER (WHERE state = 'idle')        AS idle,
@@ -38,4 +40,5 @@ SELECT pool,
        count(*) FILTER (WHERE state = 'maintenance') AS maintenance
 FROM devalloc.devices
 GROUP BY pool;
+COMMENT ON VIEW devalloc.pool_summary IS 'Devices per pool by state.';
 DROP TABLE devalloc.instance_waiting;
