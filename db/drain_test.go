@@ -58,7 +58,7 @@ func TestDrainTakesALeasedDeviceOutWhenItsLeaseEnds(t *testing.T) {
 func TestDrainOfAnIdleDeviceAndUndrainOfALeasedOne(t *testing.T) {
 	a := newAllocator(t, newDB(t), testConfig(&fakeProber{}))
 	mustCreate(t, a, "d1", "lab", "h:1", nil)
-	d, err := a.UpdateDevice(t.Context(), "d1", DevicePatch{Drain: ptrTo(true), Reason: "new cable"})
+	d, err := a.UpdateDevice(t.Context(), "d1", DevicePatch{Drain: ptr(true), Reason: "new cable"})
 	if err != nil || d.State != StateMaintenance || d.StateReason != "new cable" || d.Drain {
 		t.Fatalf("drain of an idle device: %+v, %v", d, err)
 	}
@@ -79,5 +79,3 @@ func TestDrainOfAnIdleDeviceAndUndrainOfALeasedOne(t *testing.T) {
 		t.Fatalf("after the release: %+v", d)
 	}
 }
-
-func ptrTo[T any](v T) *T { return &v }
