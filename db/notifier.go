@@ -146,13 +146,20 @@ func (a *Allocator) endedLease(r dbsqlc.EndLeaseRow) dbsqlc.DevallocLease {
 	if r.EndReason != nil {
 		a.log.Debug("lease ended", "lease", r.ID, "device", r.DeviceName, "pool", r.Pool, "owner", r.Owner, "reason", *r.EndReason)
 	}
-	if r.FreedDeviceID != nil && r.FreedState != nil && *r.FreedState == StateIdle {
-		a.notifier.freed(r.Pool, *r.FreedDeviceID, r.FreedLabels)
-	}
+	a.announceFreed(r.Pool, r.FreedDeviceID, r.FreedLabels, r.FreedState)
 	return dbsqlc.DevallocLease{
 		ID: r.ID, DeviceID: r.DeviceID, DeviceName: r.DeviceName, Pool: r.Pool, Owner: r.Owner, Holder: r.Holder,
 		FencingToken: r.FencingToken, AcquiredAt: r.AcquiredAt, ExpiresAt: r.ExpiresAt, ReleasedAt: r.ReleasedAt,
 		EndReason: r.EndReason, IdempotencyKey: r.IdempotencyKey, ActiveDeviceID: r.ActiveDeviceID,
 		RequestFingerprint: r.RequestFingerprint,
+	}
+}
+
+// announceFreed tells waiters about the device a lease-ending statement
+// freed: only when it freed one (not given to someone else, deleted) and
+// the device went idle (not drained into maintenance).
+func (a *Allocator) announceFreed(pool string, device *int64, labels []byte, state *string) {
+	if device != nil && state != nil && *state == StateIdle {
+		a.notifier.freed(pool, *device, labels)
 	}
 }

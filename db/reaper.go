@@ -37,9 +37,7 @@ func (a *Allocator) reap(ctx context.Context) int {
 		}
 		for _, r := range rows {
 			a.log.Info("lease expired", "lease", r.ID, "device", r.DeviceName, "pool", r.Pool, "owner", r.Owner)
-			if r.FreedDeviceID != nil && r.FreedState != nil && *r.FreedState == StateIdle {
-				a.notifier.freed(r.Pool, *r.FreedDeviceID, r.FreedLabels)
-			}
+			a.announceFreed(r.Pool, r.FreedDeviceID, r.FreedLabels, r.FreedState)
 		}
 		total += len(rows)
 		if len(rows) > 0 {

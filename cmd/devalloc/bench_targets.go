@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"slices"
@@ -82,7 +83,7 @@ func checkTargets(r bench.Report) []bench.TargetCheck {
 		add("probe cost", "measured (tcp to loopback) and bounded by --probe-timeout", measured, p.TCP.N > 0)
 	}
 	if len(r.Notify) > 0 {
-		best := slices.MaxFunc(r.Notify, func(a, b bench.NotifyResult) int { return cmpFloat(a.CyclesPerSec, b.CyclesPerSec) })
+		best := slices.MaxFunc(r.Notify, func(a, b bench.NotifyResult) int { return cmp.Compare(a.CyclesPerSec, b.CyclesPerSec) })
 		var ours bench.NotifyResult
 		measured := ""
 		for _, n := range r.Notify {
@@ -111,16 +112,6 @@ func checkTargets(r bench.Report) []bench.TargetCheck {
 			measured, safeFastest == "skip-locked" && naiveDoubles > 0)
 	}
 	return out
-}
-
-func cmpFloat(a, b float64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // printTargets writes one line per target to w (stderr: stdout is the
