@@ -29,6 +29,11 @@ type AcquireRequest struct {
 	// requests with the same key get one lease between them (see
 	// AcquireOrReplay).
 	IdempotencyKey string
+	// Count is how many devices to lease, all or none (a group); 0 means 1.
+	Count int
+	// Priority orders the line: higher is served first, and waiting makes
+	// up for it over time (Config.PriorityAging). The API bounds it per role.
+	Priority int
 
 	// fingerprint identifies the request for its idempotency key; set by
 	// AcquireOrReplay.
@@ -42,8 +47,10 @@ const maxProbeRoundsWithoutWait = 3
 
 // noneIdle: this attempt found nothing it could lease. probesFailed
 // distinguishes "every candidate was dead" (worth retrying at once: the dead
-// ones are offline now) from "nothing idle" (wait for a wake-up).
-type noneIdle struct{ probesFailed bool }
+// ones are offline now) from "nothing idle" (wait for a wake-up); queued
+// says others wait in the pool's line, which a new request must join
+// rather than overtake, even when it may not wait.
+type noneIdle struct{ probesFailed, queued bool }
 
 func (noneIdle) Error() string { return "no idle device matched" }
 
@@ -93,29 +100,15 @@ type fixedWindow time.Time
 func (w fixedWindow) remaining() time.Duration { return time.Until(time.Time(w)) }
 func (fixedWindow) grew() <-chan struct{}      { return nil }
 
-// acquire is the acquire loop: attempt, and when nothing is idle, wait for a
-// wake-up within window. With an idempotency key it ends as soon as the
-// key's lease exists, replaying it (replayed true).
+// acquire is the acquire loop: a device at once when one is idle and
+// nobody waits in the pool's line, else a place in that line (waitInLine)
+// until one is handed over or the window closes. With an idempotency key it
+// ends as soon as the key's lease exists, replaying it (replayed true).
 func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window waitWindow) (lease Lease, replayed bool, err error) {
 	if req.TTL <= 0 {
 		req.TTL = a.cfg.DefaultTTL
 	}
-	var w *Waiter
-	if window.remaining() > 0 {
-		// Join before the first attempt: a device freed between an empty
-		// attempt and joining would otherwise wake nobody.
-		w = a.hub.Join(req.Selector)
-	}
-	var waited time.Duration
-	defer func() {
-		if w != nil {
-			w.Leave()
-		}
-		if waited > 0 {
-			a.cfg.Observer.AcquireWaited(waited)
-		}
-	}()
-	checkedSatisfiable := false
+	req.Count = max(req.Count, 1)
 	probeRounds := 0
 	pause := retryPauseMin
 	// retry decides whether a transient database failure (a dropped
@@ -126,18 +119,15 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 			return false
 		}
 		a.log.Warn("acquire attempt failed; retrying", "pool", req.Selector.Pool, "err", err, "in", pause)
-		ok := pauseForRetry(ctx, w, window, pause)
+		ok := pauseForRetry(ctx, nil, window, pause)
 		pause = min(pause*2, retryPauseMax)
 		return ok
 	}
-	for {
-		if w != nil {
-			w.BeginAttempt()
-		}
+	// A group always goes through the line: the pool's dispatcher is what
+	// gathers several devices at once without racing other groups.
+	queued := req.Count > 1
+	for !queued {
 		lease, err := a.attemptAny(ctx, req, a.attemptBound(window.remaining()))
-		if w != nil {
-			w.EndAttempt()
-		}
 		var taken keyTaken
 		if errors.As(err, &taken) {
 			// Pass the device we let go on to whoever else wants it; then
@@ -159,25 +149,29 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 			return lease, false, err
 		}
 		pause = retryPauseMin
-		if !checkedSatisfiable {
-			if err := a.checkSatisfiable(ctx, req.Selector, a.attemptBound(window.remaining())); err != nil {
-				if retry(err) {
-					continue
-				}
-				return Lease{}, false, err
-			}
-			checkedSatisfiable = true
-		}
-		if none.probesFailed && (w != nil || probeRounds < maxProbeRoundsWithoutWait) {
+		if none.probesFailed && (window.remaining() > 0 || probeRounds < maxProbeRoundsWithoutWait) {
 			// The dead candidates are offline now; live ones may be next in
 			// line, so try again at once rather than wait or give up.
 			probeRounds++
 			continue
 		}
-		if req.IdempotencyKey != "" {
-			// The key's lease may have been granted since this acquire
-			// looked (by a flight that ended just before this one began, or
-			// at another instance): then that is the answer, not a wait.
+		queued = none.queued
+		break
+	}
+	for {
+		err := a.checkSatisfiable(ctx, req.Selector, req.Count, a.attemptBound(window.remaining()))
+		if err == nil {
+			break
+		}
+		if !retry(err) {
+			return Lease{}, false, err
+		}
+	}
+	if req.IdempotencyKey != "" {
+		// The key's lease may have been granted since this acquire
+		// looked (by a flight that ended just before this one began, or
+		// at another instance): then that is the answer, not a wait.
+		for {
 			lease, ok, err := a.replayWithin(ctx, req, a.attemptBound(window.remaining()))
 			if err != nil && retry(err) {
 				continue
@@ -185,32 +179,13 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 			if err != nil || ok {
 				return lease, ok, err
 			}
-		}
-		if window.remaining() <= 0 {
-			return Lease{}, false, ErrNoDevice
-		}
-		if w == nil {
-			// The window opened after the first attempt (a retry that may
-			// wait joined this flight): queue now, then look again at once
-			// so a device freed in between is not missed.
-			w = a.hub.Join(req.Selector)
-			continue
-		}
-		blocked := time.Now()
-		err = awaitWake(ctx, w, window, a.draining)
-		waited += time.Since(blocked)
-		if err != nil {
-			if errors.Is(err, ErrNoDevice) && req.IdempotencyKey != "" {
-				// A retry of this request may have won a device at another
-				// instance meanwhile (no device was freed, so nothing woke
-				// us): that lease is the answer, not a 503.
-				if lease, ok, rerr := a.replayWithin(ctx, req, attemptBoundSlack); rerr == nil && ok {
-					return lease, true, nil
-				}
-			}
-			return Lease{}, false, err
+			break
 		}
 	}
+	if !queued && window.remaining() <= 0 {
+		return Lease{}, false, ErrNoDevice
+	}
+	return a.waitInLine(ctx, req, window)
 }
 
 // awaitWake blocks until w is woken (nil), the window closes (ErrNoDevice),
@@ -240,16 +215,16 @@ func awaitWake(ctx context.Context, w *Waiter, window waitWindow, draining <-cha
 	}
 }
 
-// checkSatisfiable fails with ErrUnsatisfiable when no registered device
-// could ever fit sel. A selector found satisfiable recently is not asked
-// about again (see satisfiableFor).
-func (a *Allocator) checkSatisfiable(ctx context.Context, sel Selector, bound time.Duration) error {
-	if a.satisfiable.fresh(sel, time.Now()) {
+// checkSatisfiable fails with ErrUnsatisfiable when fewer than count
+// registered devices could ever fit sel. A selector found satisfiable for
+// one device recently is not asked about again (see satisfiableFor).
+func (a *Allocator) checkSatisfiable(ctx context.Context, sel Selector, count int, bound time.Duration) error {
+	if count <= 1 && a.satisfiable.fresh(sel, time.Now()) {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
-	ok, err := a.q.SelectorCanMatch(ctx, dbsqlc.SelectorCanMatchParams{Pool: sel.Pool, Labels: sel.Labels.encode()})
+	ok, err := a.q.SelectorCanMatch(ctx, dbsqlc.SelectorCanMatchParams{Pool: sel.Pool, Labels: sel.Labels.encode(), Want: int32(max(count, 1))})
 	if err != nil {
 		return fmt.Errorf("check selector in pool %q: %w", sel.Pool, err)
 	}

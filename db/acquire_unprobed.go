@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/devalloc/devalloc/db/dbsqlc"
 )
@@ -23,6 +22,8 @@ const (
 	// unprobedNeedsProbe: the device at the head of the line needs a probe,
 	// which only the acquire transaction can do.
 	unprobedNeedsProbe
+	// unprobedQueued: others wait in the pool's line; nothing was picked.
+	unprobedQueued
 )
 
 // attemptAny is one acquire attempt: the one-statement path first, unless
@@ -38,6 +39,8 @@ func (a *Allocator) attemptAny(ctx context.Context, req AcquireRequest, bound ti
 			return lease, nil
 		case found == unprobedNoneIdle:
 			return Lease{}, noneIdle{}
+		case found == unprobedQueued:
+			return Lease{}, noneIdle{queued: true}
 		}
 		a.probedPools.Store(pool, struct{}{})
 	}
@@ -45,6 +48,16 @@ func (a *Allocator) attemptAny(ctx context.Context, req AcquireRequest, bound ti
 	if err == nil && !probed {
 		// The line has moved on to devices that need no probe.
 		a.probedPools.Delete(pool)
+	}
+	var none noneIdle
+	if errors.As(err, &none) && !none.probesFailed {
+		// The transaction picks nothing while others wait in line either;
+		// tell that apart from nothing idle.
+		busy, qerr := a.q.QueueBusy(ctx, pool)
+		if qerr != nil {
+			return Lease{}, fmt.Errorf("acquire in pool %q: look at the line: %w", pool, qerr)
+		}
+		return Lease{}, noneIdle{queued: busy}
 	}
 	return lease, err
 }
@@ -80,9 +93,6 @@ func (a *Allocator) attemptUnprobed(ctx context.Context, req AcquireRequest, bou
 		IdempotencyKey:     idem,
 		RequestFingerprint: req.fingerprint,
 	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Lease{}, unprobedNoneIdle, nil
-	}
 	if isIdempotencyConflict(err) {
 		// The statement rolled back, so the device it picked is idle still;
 		// which one is unknown, so any waiter of the pool may look.
@@ -91,7 +101,12 @@ func (a *Allocator) attemptUnprobed(ctx context.Context, req AcquireRequest, bou
 	if err != nil {
 		return Lease{}, 0, fmt.Errorf("acquire in pool %q: grant: %w", sel.Pool, err)
 	}
-	if row.ID == nil {
+	switch {
+	case row.Queued:
+		return Lease{}, unprobedQueued, nil
+	case row.PickedID == nil:
+		return Lease{}, unprobedNoneIdle, nil
+	case row.ID == nil:
 		return Lease{}, unprobedNeedsProbe, nil
 	}
 	lease, err := leaseFromUnprobed(row)

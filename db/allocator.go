@@ -41,6 +41,9 @@ type Allocator struct {
 	// satisfiable spares waiting acquires the "could anything ever fit"
 	// query for selectors that recently could.
 	satisfiable satisfiableCache
+	// instanceID is this instance's row in devalloc.instances, 0 until its
+	// listener first connects (see claimLiveness).
+	instanceID atomic.Int64
 	// draining is closed by Drain: waiting acquires give up at once.
 	draining  chan struct{}
 	drainOnce sync.Once
@@ -68,7 +71,7 @@ func New(pool *pgxpool.Pool, cfg Config) *Allocator {
 	if listenTo == nil {
 		listenTo = pool.Config().ConnConfig
 	}
-	a.listener = newListener(listenTo, a.hub, a.log, a.notifier.from, func() {
+	a.listener = newListener(listenTo, a.hub, a.log, a.notifier.from, a.claimLiveness, func() {
 		cfg.Observer.ListenerConnected()
 		a.requestRecheck()
 	})
@@ -87,7 +90,7 @@ func (a *Allocator) Start(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.stop = cancel
-	services := []func(context.Context){a.listener.run, a.notifier.run, a.runRechecker, a.runReaper, a.runHealthChecker, a.runPruner, a.runWaitingReporter}
+	services := []func(context.Context){a.listener.run, a.notifier.run, a.runRechecker, a.runReaper, a.runHealthChecker, a.runPruner, a.runInstanceKeeper}
 	for _, run := range services {
 		a.running.Add(1)
 		go func() {

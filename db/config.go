@@ -37,10 +37,19 @@ type Config struct {
 	// PruneInterval is how often this instance prunes history (jittered);
 	// default 10 minutes.
 	PruneInterval time.Duration
-	// WaitingReportInterval is how often (jittered) this instance writes
-	// its waiting acquires per pool for the pool_summary view, while it has
-	// any; default 2 s.
-	WaitingReportInterval time.Duration
+	// PriorityAging is how long a waiter must wait to rank like a request
+	// one priority higher: waiting PriorityAging x k makes up for k levels,
+	// so no priority starves. Default 1 minute.
+	PriorityAging time.Duration
+	// ProbeOnHandoff makes a waiter probe each device handed to it from the
+	// line before answering (a dead one goes offline and the waiter keeps
+	// its place). false trusts a handed-over device: it was just in use,
+	// just passed a health probe, or was put back by an operator.
+	ProbeOnHandoff bool
+	// HeartbeatInterval is how often this instance marks itself alive in
+	// devalloc.instances and removes instances silent for
+	// 3 x HeartbeatInterval whose listener is gone; default 10 s.
+	HeartbeatInterval time.Duration
 	// RecheckInterval is how often (jittered) each pool with waiters is
 	// re-read, in case a notification was lost.
 	RecheckInterval time.Duration
@@ -80,7 +89,8 @@ func (c Config) withDefaults() Config {
 	def(&c.MaxWait, 15*time.Minute)
 	def(&c.ReapInterval, time.Second)
 	def(&c.PruneInterval, 10*time.Minute)
-	def(&c.WaitingReportInterval, 2*time.Second)
+	def(&c.PriorityAging, time.Minute)
+	def(&c.HeartbeatInterval, 10*time.Second)
 	def(&c.RecheckInterval, time.Second)
 	def(&c.HealthInterval, 2*time.Second)
 	def(&c.HealthBackoffMin, 2*time.Second)

@@ -54,6 +54,7 @@ func leaseFromRow(r dbsqlc.DevallocLease, dev *Device) Lease {
 		AcquiredAt:   r.AcquiredAt,
 		ExpiresAt:    r.ExpiresAt,
 		ReleasedAt:   r.ReleasedAt,
+		GroupID:      r.GroupID,
 	}
 	if r.EndReason != nil {
 		l.EndReason = *r.EndReason

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -235,8 +236,8 @@ func (a *Allocator) DeleteDevice(ctx context.Context, name string, force bool) e
 	return nil
 }
 
-// Pools summarises every pool's devices by state, with this instance's
-// waiting acquires.
+// Pools summarises every pool's devices by state, with its line across all
+// instances.
 func (a *Allocator) Pools(ctx context.Context) ([]PoolSummary, error) {
 	rows, err := a.q.PoolSummaries(ctx)
 	if err != nil {
@@ -246,7 +247,8 @@ func (a *Allocator) Pools(ctx context.Context) ([]PoolSummary, error) {
 	for _, r := range rows {
 		out = append(out, PoolSummary{
 			Name: r.Pool, Idle: r.Idle, Leased: r.Leased, Offline: r.Offline,
-			Maintenance: r.Maintenance, Waiting: int64(a.hub.Waiting(r.Pool)),
+			Maintenance: r.Maintenance, Waiting: r.Waiting,
+			OldestWait: time.Duration(r.OldestWaitSeconds * float64(time.Second)),
 		})
 	}
 	return out, nil

@@ -2,8 +2,11 @@ package db
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/devalloc/devalloc/db/dbsqlc"
 )
@@ -67,15 +70,19 @@ func (a *Allocator) recheckDevice(ctx context.Context, dev dbsqlc.DevallocDevice
 		return false
 	}
 	if perr == nil {
-		n, err := a.q.RecordRecovered(ctx, dev.ID)
+		r, err := a.q.RecordRecovered(ctx, dev.ID)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false
+		}
 		if err != nil {
 			a.log.Warn("health check: record recovery failed", "device", dev.Name, "err", err)
 			return false
 		}
-		if n > 0 {
-			a.log.Info("device answers again; back to idle", "device", dev.Name, "pool", dev.Pool)
+		a.log.Info("device answers again; back to idle", "device", dev.Name, "pool", dev.Pool, "handed_to_waiters", len(r.HandedTo))
+		if len(r.HandedTo) > 0 {
+			a.notifier.handedOver(r.HandedTo)
 		}
-		return n > 0
+		return true
 	}
 	retry := a.healthBackoff(int(dev.ProbeFailures) + 1)
 	if err := a.q.RecordStillOffline(ctx, dbsqlc.RecordStillOfflineParams{

@@ -144,3 +144,13 @@ func newDB(t testing.TB) string {
 func silentInstance(a *Allocator) *Allocator {
 	return New(a.pool, testConfig(&fakeProber{}))
 }
+
+// queueLength counts the pool's waiters in devalloc.waiters.
+func queueLength(t *testing.T, a *Allocator, pool string) int {
+	t.Helper()
+	var n int
+	if err := a.pool.QueryRow(t.Context(), `SELECT count(*) FROM devalloc.waiters WHERE pool = $1`, pool).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

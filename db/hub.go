@@ -3,6 +3,8 @@ package db
 import (
 	"container/list"
 	"sync"
+
+	"github.com/google/uuid"
 )
 
 // idleEvent says a device became idle: from a NOTIFY, or from a re-check
@@ -17,14 +19,18 @@ type idleEvent struct {
 }
 
 // Hub is one instance's registry of acquires waiting for a device. It holds
-// no database connection: waiters block on channels, and the listener and
-// re-checker turn idle devices into wake-ups. Waiters queue FIFO per
-// selector; an event wakes the oldest matching waiter that is not already
-// woken, preferring one that is not in the middle of an attempt.
+// no database connection: waiters block on channels. Their place in line is
+// a row of devalloc.waiters; the hub delivers two kinds of wake-up: served
+// (a transaction handed this waiter its devices; see Served) and idle hints
+// (the listener and re-checker saw a device become idle, so the oldest
+// matching waiter here runs the pool's dispatch). Hints go to the oldest
+// matching waiter that is not already woken, preferring one that is not in
+// the middle of an attempt.
 type Hub struct {
 	mu    sync.Mutex
 	seq   uint64
 	pools map[string]*poolWaiters
+	byID  map[uuid.UUID]*Waiter
 }
 
 type poolWaiters struct {
@@ -42,7 +48,9 @@ type selectorQueue struct {
 // Waiter is one waiting acquire. Its fields other than sel and wake are
 // guarded by the hub's mutex.
 type Waiter struct {
-	hub   *Hub
+	hub *Hub
+	// ID names the waiter's row in devalloc.waiters.
+	ID    uuid.UUID
 	sel   Selector
 	seq   uint64
 	queue *selectorQueue
@@ -53,11 +61,15 @@ type Waiter struct {
 	pending *idleEvent
 	// attempting is true while the waiter runs an acquire transaction.
 	attempting bool
+	// served is set once a transaction reported handing it its devices.
+	served bool
+	// enqueued is set once its row is in devalloc.waiters.
+	enqueued bool
 }
 
 // NewHub returns an empty hub.
 func NewHub() *Hub {
-	return &Hub{pools: map[string]*poolWaiters{}}
+	return &Hub{pools: map[string]*poolWaiters{}, byID: map[uuid.UUID]*Waiter{}}
 }
 
 // Join queues a waiter for sel. The caller must Leave it.
@@ -77,10 +89,68 @@ func (h *Hub) Join(sel Selector) *Waiter {
 		pw.groups[key] = q
 	}
 	h.seq++
-	w := &Waiter{hub: h, sel: sel, seq: h.seq, queue: q, wake: make(chan struct{}, 1)}
+	w := &Waiter{hub: h, ID: uuid.Must(uuid.NewV7()), sel: sel, seq: h.seq, queue: q, wake: make(chan struct{}, 1)}
 	w.elem = q.waiters.PushBack(w)
+	h.byID[w.ID] = w
 	pw.count++
 	return w
+}
+
+// Served wakes the waiter with this id, if it is here, for good: it was
+// handed its devices. It reports whether the waiter is here.
+func (h *Hub) Served(id uuid.UUID) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	w := h.byID[id]
+	if w == nil {
+		return false
+	}
+	w.served = true
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// IsServed reports whether a served wake-up reached the waiter.
+func (w *Waiter) IsServed() bool {
+	w.hub.mu.Lock()
+	defer w.hub.mu.Unlock()
+	return w.served
+}
+
+// resetServed makes the waiter wait again (it went back in line).
+func (w *Waiter) resetServed() {
+	w.hub.mu.Lock()
+	defer w.hub.mu.Unlock()
+	w.served = false
+	w.enqueued = false
+	select {
+	case <-w.wake:
+	default:
+	}
+}
+
+// markEnqueued records that the waiter's row is in line.
+func (w *Waiter) markEnqueued() {
+	w.hub.mu.Lock()
+	defer w.hub.mu.Unlock()
+	w.enqueued = true
+}
+
+// queuedIDs lists the waiters here whose rows are in line and that are not
+// yet known to be served.
+func (h *Hub) queuedIDs() []uuid.UUID {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]uuid.UUID, 0, len(h.byID))
+	for id, w := range h.byID {
+		if w.enqueued && !w.served {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // Wake delivers a token when a matching device may have become idle.
@@ -119,6 +189,7 @@ func (w *Waiter) Leave() {
 	}
 	w.queue.waiters.Remove(w.elem)
 	w.elem = nil
+	delete(h.byID, w.ID)
 	pw := h.pools[w.sel.Pool]
 	pw.count--
 	if w.queue.waiters.Len() == 0 {
@@ -178,7 +249,7 @@ func (q *selectorQueue) candidate() *Waiter {
 	var busy *Waiter
 	for e := q.waiters.Front(); e != nil; e = e.Next() {
 		w := e.Value.(*Waiter)
-		if w.pending != nil {
+		if w.pending != nil || w.served {
 			continue
 		}
 		if !w.attempting {

@@ -475,15 +475,17 @@ func TestGrantThatLosesTheKeyRollsBack(t *testing.T) {
 	waitFlights(t, a)
 }
 
-// A keyed acquire waiting at one instance is not woken when its retry wins
-// a device at another (nothing it could take became idle); when its wait
-// ends it answers with that lease instead of "no device". The trigger is
-// off and the release is by an instance that notifies nobody, so that no
-// wake-up can reach it at all.
+// A keyed acquire waiting in line at one instance is handed the freed
+// device even though nothing tells it (the trigger is off and the release
+// is by an instance that notifies nobody); its retry at another instance
+// replays that lease, and when the wait ends the waiting acquire answers
+// with the same lease instead of "no device".
 func TestWaitEndingAfterARetryWonElsewhereReplays(t *testing.T) {
 	url := newDB(t)
-	a := newAllocator(t, url, testConfig(&fakeProber{}))
-	b := newAllocator(t, url, testConfig(&fakeProber{}))
+	cfg := testConfig(&fakeProber{})
+	cfg.RecheckInterval = time.Hour
+	a := newAllocator(t, url, cfg)
+	b := newAllocator(t, url, cfg)
 	mustCreate(t, a, "d1", "lab", "h:1", nil)
 	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
 	conn, err := pgx.Connect(t.Context(), url)
@@ -497,16 +499,17 @@ func TestWaitEndingAfterARetryWonElsewhereReplays(t *testing.T) {
 
 	atB := goAcquire(t.Context(), b, keyed("alice", "k", "lab", time.Second))
 	waitFor(t, "b's acquire to wait", func() bool { return b.Hub().Waiting("lab") == 1 })
+	waitFor(t, "b's acquire in line", func() bool { return queueLength(t, a, "lab") == 1 })
 	if _, err := silentInstance(a).Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)
 	}
 	won, replayed, err := a.AcquireOrReplay(t.Context(), keyed("alice", "k", "lab", 0))
-	if err != nil || replayed {
-		t.Fatalf("the retry at a: %+v replayed=%v %v", won, replayed, err)
+	if err != nil || !replayed {
+		t.Fatalf("the retry at a: %+v replayed=%v %v; want the lease handed to the waiting request", won, replayed, err)
 	}
 	r := <-atB
-	if r.err != nil || r.lease.ID != won.ID || !r.replayed {
-		t.Fatalf("b's acquire ended with %+v replayed=%v %v; want the lease won at a (%s)", r.lease, r.replayed, r.err, won.ID)
+	if r.err != nil || r.lease.ID != won.ID {
+		t.Fatalf("b's acquire ended with %+v replayed=%v %v; want the lease the retry replayed (%s)", r.lease, r.replayed, r.err, won.ID)
 	}
 	waitFlights(t, b)
 }

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -22,6 +23,9 @@ type listener struct {
 	connConfig *pgx.ConnConfig
 	hub        *Hub
 	log        *slog.Logger
+	// claim runs on every new connection before it counts as up: it takes
+	// the instance's liveness lock on this session (see claimLiveness).
+	claim func(context.Context, *pgx.Conn) error
 	// reconnected is called after every (re)connect: notifications sent
 	// while the listener was down are lost and a full re-check must cover them.
 	reconnected func()
@@ -31,8 +35,8 @@ type listener struct {
 	up   atomic.Bool
 }
 
-func newListener(cfg *pgx.ConnConfig, hub *Hub, log *slog.Logger, self string, reconnected func()) *listener {
-	return &listener{connConfig: cfg.Copy(), hub: hub, log: log, self: self, reconnected: reconnected}
+func newListener(cfg *pgx.ConnConfig, hub *Hub, log *slog.Logger, self string, claim func(context.Context, *pgx.Conn) error, reconnected func()) *listener {
+	return &listener{connConfig: cfg.Copy(), hub: hub, log: log, self: self, claim: claim, reconnected: reconnected}
 }
 
 func (l *listener) connected() bool { return l.up.Load() }
@@ -72,6 +76,11 @@ func (l *listener) listenOnce(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+idleChannel); err != nil {
 		return err
 	}
+	if l.claim != nil {
+		if err := l.claim(ctx, conn); err != nil {
+			return err
+		}
+	}
 	l.up.Store(true)
 	l.reconnected()
 	for {
@@ -79,7 +88,11 @@ func (l *listener) listenOnce(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		for _, ev := range parseIdleNotification(n.Payload, l.self) {
+		events, served := parseIdleNotification(n.Payload, l.self)
+		for _, id := range served {
+			l.hub.Served(id)
+		}
+		for _, ev := range events {
 			l.hub.Notify(ev)
 		}
 	}
@@ -87,14 +100,14 @@ func (l *listener) listenOnce(ctx context.Context) error {
 
 // parseIdleNotification reads a notification on the idle channel: one
 // device from the trigger, or a batch from an instance's notifier (none
-// when the batch is from self).
-func parseIdleNotification(payload, self string) []idleEvent {
+// when the batch is from self) with the idle devices and the waiters served.
+func parseIdleNotification(payload, self string) ([]idleEvent, []uuid.UUID) {
 	var batch noticeBatch
 	if json.Unmarshal([]byte(payload), &batch) != nil || batch.From == "" {
-		return []idleEvent{parseIdlePayload(payload)}
+		return []idleEvent{parseIdlePayload(payload)}, nil
 	}
 	if batch.From == self {
-		return nil
+		return nil, nil
 	}
 	out := make([]idleEvent, 0, len(batch.Idle))
 	for _, n := range batch.Idle {
@@ -106,7 +119,7 @@ func parseIdleNotification(payload, self string) []idleEvent {
 		}
 		out = append(out, ev)
 	}
-	return out
+	return out, batch.Served
 }
 
 // parseIdlePayload reads {"pool":..., "device":..., "labels":{...}}. A payload

@@ -33,7 +33,10 @@ type notifier struct {
 
 	mu      sync.Mutex
 	pending []idleNotice
-	kick    chan struct{} // capacity 1: "pending is not empty"
+	// served are waiters at other instances that a transaction here handed
+	// devices to.
+	served []uuid.UUID
+	kick   chan struct{} // capacity 1: "pending is not empty"
 }
 
 // idleNotice is one freed device as the other instances read it.
@@ -45,8 +48,9 @@ type idleNotice struct {
 
 // noticeBatch is the payload of one coalesced NOTIFY.
 type noticeBatch struct {
-	From string       `json:"from"`
-	Idle []idleNotice `json:"idle"`
+	From   string       `json:"from"`
+	Idle   []idleNotice `json:"idle"`
+	Served []uuid.UUID  `json:"served,omitempty"`
 }
 
 // maxPayload keeps a NOTIFY payload under PostgreSQL's 8000-byte limit.
@@ -66,6 +70,27 @@ func (n *notifier) freed(pool string, device int64, labels []byte) {
 	n.hub.Notify(ev)
 	n.mu.Lock()
 	n.pending = append(n.pending, idleNotice{Pool: pool, Device: device, Labels: labels})
+	n.mu.Unlock()
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+}
+
+// handedOver tells the waiters a committed transaction served: those here
+// at once, the others with the next batch.
+func (n *notifier) handedOver(waiters []uuid.UUID) {
+	var remote []uuid.UUID
+	for _, id := range waiters {
+		if !n.hub.Served(id) {
+			remote = append(remote, id)
+		}
+	}
+	if len(remote) == 0 {
+		return
+	}
+	n.mu.Lock()
+	n.served = append(n.served, remote...)
 	n.mu.Unlock()
 	select {
 	case n.kick <- struct{}{}:
@@ -96,16 +121,29 @@ func (n *notifier) run(ctx context.Context) {
 // waiters' periodic re-check finds the devices within about a second.
 func (n *notifier) send(ctx context.Context) {
 	n.mu.Lock()
-	batch := n.pending
-	n.pending = nil
+	batch, served := n.pending, n.served
+	n.pending, n.served = nil, nil
 	n.mu.Unlock()
-	if len(batch) == 0 {
+	if len(batch) == 0 && len(served) == 0 {
 		return
 	}
-	payloads := n.payloads(batch)
+	payloads := append(n.payloads(batch), n.servedPayloads(served)...)
 	if _, err := n.pool.Exec(ctx, `SELECT pg_notify('`+idleChannel+`', p) FROM unnest($1::text[]) AS p`, payloads); err != nil && ctx.Err() == nil {
 		n.log.Warn("notify freed devices failed; waiters elsewhere find them at their next re-check", "devices", len(batch), "err", err)
 	}
+}
+
+// servedPayloads packs waiter ids, about 200 to a payload.
+func (n *notifier) servedPayloads(served []uuid.UUID) []string {
+	const perPayload = 180 // 38 bytes each in JSON: well under maxPayload
+	var out []string
+	for len(served) > 0 {
+		k := min(len(served), perPayload)
+		b, _ := json.Marshal(noticeBatch{From: n.from, Idle: []idleNotice{}, Served: served[:k]})
+		out = append(out, string(b))
+		served = served[k:]
+	}
+	return out
 }
 
 // payloads packs notices into as few payloads under maxPayload as it can.
@@ -146,12 +184,16 @@ func (a *Allocator) endedLease(r dbsqlc.EndLeaseRow) dbsqlc.DevallocLease {
 	if r.EndReason != nil {
 		a.log.Debug("lease ended", "lease", r.ID, "device", r.DeviceName, "pool", r.Pool, "owner", r.Owner, "reason", *r.EndReason)
 	}
-	a.announceFreed(r.Pool, r.FreedDeviceID, r.FreedLabels, r.FreedState)
+	if len(r.HandedTo) > 0 {
+		a.notifier.handedOver(r.HandedTo)
+	} else {
+		a.announceFreed(r.Pool, r.FreedDeviceID, r.FreedLabels, r.FreedState)
+	}
 	return dbsqlc.DevallocLease{
 		ID: r.ID, DeviceID: r.DeviceID, DeviceName: r.DeviceName, Pool: r.Pool, Owner: r.Owner, Holder: r.Holder,
 		FencingToken: r.FencingToken, AcquiredAt: r.AcquiredAt, ExpiresAt: r.ExpiresAt, ReleasedAt: r.ReleasedAt,
 		EndReason: r.EndReason, IdempotencyKey: r.IdempotencyKey, ActiveDeviceID: r.ActiveDeviceID,
-		RequestFingerprint: r.RequestFingerprint,
+		RequestFingerprint: r.RequestFingerprint, GroupID: r.GroupID, WaiterID: r.WaiterID,
 	}
 }
 

@@ -37,9 +37,6 @@ func (a *Allocator) prune(ctx context.Context, cutoff time.Time, batch int) int 
 	events := a.pruneTable(ctx, "device events", batch, func() (int64, error) {
 		return a.q.PruneDeviceEvents(ctx, dbsqlc.PruneDeviceEventsParams{Cutoff: cutoff, Batch: int32(batch)})
 	})
-	if err := a.q.ForgetStaleWaiting(ctx); err != nil && ctx.Err() == nil {
-		a.log.Warn("could not forget stale waiting counts", "err", err)
-	}
 	if leases+events > 0 {
 		a.log.Info("pruned history", "leases", leases, "device_events", events, "before", cutoff.UTC().Format(time.RFC3339))
 	}

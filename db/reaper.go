@@ -2,16 +2,21 @@ package db
 
 import (
 	"context"
+	"errors"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/devalloc/devalloc/db/dbsqlc"
 )
 
 // reapBatch bounds one reaper statement; a backlog is drained batch by batch.
 const reapBatch = 100
 
 // runReaper ends expired leases every ReapInterval (jittered). Every
-// instance runs one; SKIP LOCKED and the released_at guard in the query make
-// each expiry happen exactly once. Freed devices wake waiters through the
-// notifier, after the reaping statement commits.
+// instance runs one; EndLease's released_at guard makes each expiry happen
+// exactly once. A freed device goes to the line in the same statement, or
+// wakes waiters through the notifier after it commits.
 func (a *Allocator) runReaper(ctx context.Context) {
 	for {
 		select {
@@ -24,26 +29,39 @@ func (a *Allocator) runReaper(ctx context.Context) {
 }
 
 // reap ends every lease that has expired by the database clock and reports
-// how many it ended.
+// how many it ended. Each lease ends in its own statement (EndLease), which
+// hands its device to the first waiter in line it fits.
 func (a *Allocator) reap(ctx context.Context) int {
 	total := 0
 	for ctx.Err() == nil {
-		rows, err := a.q.ReapExpiredLeases(ctx, reapBatch)
+		due, err := a.q.DueLeases(ctx, reapBatch)
 		if err != nil {
 			if ctx.Err() == nil {
 				a.log.Warn("reaper failed", "err", err)
 			}
 			return total
 		}
-		for _, r := range rows {
+		ended := 0
+		for _, id := range due {
+			r, err := a.q.EndLease(ctx, dbsqlc.EndLeaseParams{ID: id, EndReason: EndExpired})
+			if errors.Is(err, pgx.ErrNoRows) {
+				continue // another instance's reaper, or its holder, ended it first
+			}
+			if err != nil {
+				if ctx.Err() == nil {
+					a.log.Warn("reaper failed", "lease", id, "err", err)
+				}
+				return total + ended
+			}
 			a.log.Info("lease expired", "lease", r.ID, "device", r.DeviceName, "pool", r.Pool, "owner", r.Owner)
-			a.announceFreed(r.Pool, r.FreedDeviceID, r.FreedLabels, r.FreedState)
+			a.endedLease(r)
+			ended++
 		}
-		total += len(rows)
-		if len(rows) > 0 {
-			a.cfg.Observer.LeasesReaped(len(rows))
+		total += ended
+		if ended > 0 {
+			a.cfg.Observer.LeasesReaped(ended)
 		}
-		if len(rows) < reapBatch {
+		if len(due) < reapBatch {
 			return total
 		}
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/devalloc/devalloc/db/dbsqlc"
 )
 
@@ -35,8 +37,10 @@ func (a *Allocator) runRechecker(ctx context.Context) {
 	}
 }
 
-// recheck runs one pass over the pools with waiters.
+// recheck runs one pass over the pools with waiters, and looks for waiters
+// here that were served (or dropped) without the news reaching them.
 func (a *Allocator) recheck(ctx context.Context) {
+	a.recheckServed(ctx)
 	for pool, waiting := range a.hub.waitingPools() {
 		a.recheckQueries.Add(1)
 		rows, err := a.q.IdleDeviceLabels(ctx, dbsqlc.IdleDeviceLabelsParams{
@@ -55,6 +59,33 @@ func (a *Allocator) recheck(ctx context.Context) {
 				ev.Labels, ev.LabelsKnown = labels, true
 			}
 			a.hub.Notify(ev)
+		}
+	}
+}
+
+// recheckServed wakes, as served, the waiters here whose rows left the line
+// without them hearing of it (a lost notification): one query per pass for
+// all of them. Each then reads its leases (or learns it has none).
+func (a *Allocator) recheckServed(ctx context.Context) {
+	ids := a.hub.queuedIDs()
+	if len(ids) == 0 {
+		return
+	}
+	a.recheckQueries.Add(1)
+	still, err := a.q.WaitersStillQueued(ctx, ids)
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("re-check of the line failed", "err", err)
+		}
+		return
+	}
+	queued := make(map[uuid.UUID]bool, len(still))
+	for _, id := range still {
+		queued[id] = true
+	}
+	for _, id := range ids {
+		if !queued[id] {
+			a.hub.Served(id)
 		}
 	}
 }

@@ -26,6 +26,9 @@ const (
 	EndExpired       = "expired"
 	EndRevoked       = "revoked"
 	EndDeviceRemoved = "device_removed"
+	// EndProbeFailed: the device was handed over from the line and failed
+	// the waiter's probe (Config.ProbeOnHandoff).
+	EndProbeFailed = "probe_failed"
 )
 
 // Labels are a device's flat string labels; a selector's labels must all be
@@ -117,13 +120,18 @@ type Lease struct {
 	ExpiresAt    time.Time
 	ReleasedAt   *time.Time
 	EndReason    string
+	// GroupID is shared by the leases of one group acquire (count > 1).
+	GroupID *uuid.UUID
+	// Group lists every lease of the group (this one included), in device
+	// name order, when the lease came from a group acquire's answer.
+	Group []Lease
 }
 
 // Active reports whether the lease has not ended.
 func (l Lease) Active() bool { return l.ReleasedAt == nil }
 
-// PoolSummary counts a pool's devices by state, plus the requests this
-// instance has waiting on it.
+// PoolSummary counts a pool's devices by state, plus its line: how many
+// requests wait for it across all instances, and since when the oldest.
 type PoolSummary struct {
 	Name        string
 	Idle        int64
@@ -131,4 +139,7 @@ type PoolSummary struct {
 	Offline     int64
 	Maintenance int64
 	Waiting     int64
+	// OldestWait is how long the longest-waiting request has been in line;
+	// 0 when nobody waits.
+	OldestWait time.Duration
 }

@@ -4,8 +4,11 @@
 -- Least recently released idle device that fits the selector, locked (see
 -- devalloc.pick_idle_device; SKIP LOCKED: concurrent acquires never wait on
 -- each other's probes). The function runs once, in the CTE.
+-- Nothing is picked while anyone waits in the pool's line: a new request
+-- never overtakes it (the caller queues instead).
 WITH pick AS (
     SELECT devalloc.pick_idle_device(@pool::text, @labels::jsonb) AS id
+    WHERE NOT EXISTS (SELECT 1 FROM devalloc.waiters w WHERE w.pool = @pool::text)
 )
 SELECT * FROM devalloc.devices
 WHERE id = (SELECT pick.id FROM pick);
@@ -65,8 +68,13 @@ WHERE id = @id AND state = 'idle';
 -- transaction, which probes. Run outside a transaction, the statement is its own: one round
 -- trip and one commit per acquire. The lease row comes back with the
 -- device's labels and address, so the answer needs no second query.
-WITH picked AS (
+-- While anyone waits in the pool's line nothing is picked and queued comes
+-- back true: a new request never overtakes the line (the caller queues).
+WITH queue AS (
+    SELECT EXISTS (SELECT 1 FROM devalloc.waiters w WHERE w.pool = @pool::text) AS busy
+), picked AS (
     SELECT devalloc.pick_idle_device(@pool::text, @labels::jsonb) AS id
+    FROM queue WHERE NOT queue.busy
 ), pick AS (
     SELECT picked.id FROM picked WHERE picked.id IS NOT NULL
 ), dev AS (
@@ -92,8 +100,9 @@ WITH picked AS (
     FROM dev
     RETURNING id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at
 )
-SELECT pick.id AS picked_id, lease.id, lease.device_name, lease.pool, lease.owner, lease.holder, lease.fencing_token,
+SELECT queue.busy AS queued, pick.id AS picked_id, lease.id, lease.device_name, lease.pool, lease.owner, lease.holder, lease.fencing_token,
        lease.acquired_at, lease.expires_at, dev.labels AS device_labels, dev.address AS device_address
-FROM pick
+FROM queue
+LEFT JOIN pick ON true
 LEFT JOIN lease ON true
 LEFT JOIN dev ON true;

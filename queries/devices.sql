@@ -61,21 +61,25 @@ RETURNING *;
 DELETE FROM devalloc.devices WHERE id = @id AND state <> 'leased';
 
 -- name: SelectorCanMatch :one
--- Whether any registered device, in any state, fits a selector: if none
--- does, waiting is pointless.
-SELECT EXISTS (
-    SELECT 1 FROM devalloc.devices WHERE pool = @pool AND labels @> @labels
-) AS can_match;
+-- Whether at least want registered devices, in any state, fit a selector:
+-- if fewer do, waiting is pointless.
+SELECT count(*) >= @want::int AS can_match FROM (
+    SELECT 1 FROM devalloc.devices WHERE pool = @pool AND labels @> @labels LIMIT @want::int
+) fitting;
 
 -- name: PoolSummaries :many
-SELECT pool,
-       count(*) FILTER (WHERE state = 'idle')        AS idle,
-       count(*) FILTER (WHERE state = 'leased')      AS leased,
-       count(*) FILTER (WHERE state = 'offline')     AS offline,
-       count(*) FILTER (WHERE state = 'maintenance') AS maintenance
-FROM devalloc.devices
-GROUP BY pool
-ORDER BY pool;
+-- Devices per pool by state, and the pool's line across all instances.
+SELECT d.pool,
+       count(*) FILTER (WHERE d.state = 'idle')        AS idle,
+       count(*) FILTER (WHERE d.state = 'leased')      AS leased,
+       count(*) FILTER (WHERE d.state = 'offline')     AS offline,
+       count(*) FILTER (WHERE d.state = 'maintenance') AS maintenance,
+       (SELECT count(*) FROM devalloc.waiters w WHERE w.pool = d.pool) AS waiting,
+       coalesce((SELECT extract(epoch FROM clock_timestamp() - min(w.enqueued_at))
+                 FROM devalloc.waiters w WHERE w.pool = d.pool), 0)::float8 AS oldest_wait_seconds
+FROM devalloc.devices d
+GROUP BY d.pool
+ORDER BY d.pool;
 
 -- name: IdleDeviceLabels :many
 -- The waiter re-check: which idle devices a pool has now, to wake waiters

@@ -13,17 +13,28 @@ WHERE id IN (
 )
 RETURNING *;
 
--- name: RecordRecovered :execrows
-UPDATE devalloc.devices SET
-    state          = 'idle',
-    state_reason   = '',
-    last_probe_at  = now(),
-    last_probe_ok  = true,
-    probe_failures = 0,
-    next_probe_at  = NULL,
-    idle_since     = now(),
-    updated_at     = now()
-WHERE id = @id AND state = 'offline';
+-- name: RecordRecovered :one
+-- The device answers again: back to idle, and straight to the first waiter
+-- in line it fits, if any (handed_to; see devalloc.hand_off). No row: it
+-- was not offline any more.
+WITH recovered AS (
+    UPDATE devalloc.devices dv SET
+        state          = 'idle',
+        state_reason   = '',
+        last_probe_at  = now(),
+        last_probe_ok  = true,
+        probe_failures = 0,
+        next_probe_at  = NULL,
+        idle_since     = now(),
+        updated_at     = now()
+    WHERE dv.id = @id AND dv.state = 'offline'
+    RETURNING dv.id AS device_id, dv.pool
+)
+SELECT recovered.device_id,
+       CASE WHEN EXISTS (SELECT 1 FROM devalloc.waiters w WHERE w.pool = recovered.pool)
+            THEN (SELECT array_agg(DISTINCT h.waiter_id) FROM devalloc.hand_off(recovered.device_id) h)
+       END::uuid[] AS handed_to
+FROM recovered;
 
 -- name: RecordStillOffline :exec
 UPDATE devalloc.devices SET

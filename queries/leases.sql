@@ -42,8 +42,11 @@ RETURNING *;
 -- fencing token, and goes to maintenance instead of idle when an admin
 -- drained it meanwhile. With owner set, only that owner's lease ends (a holder's
 -- release checks ownership in the same statement, one round trip); NULL
--- ends whoever's it is. The freed device's id and labels come back too:
--- the caller notifies waiters after commit (notify_by_caller, see
+-- ends whoever's it is. A freed device goes straight to the first waiter in
+-- line it fits (devalloc.hand_off, only looked for when the pool has
+-- waiters): handed_to lists the waiters served, for the caller to tell
+-- their instances. Otherwise the freed device's id and labels come back and
+-- the caller notifies after commit (notify_by_caller, see
 -- migrations/00007), so the trigger does not NOTIFY inside this
 -- transaction.
 WITH caller_notifies AS (
@@ -65,40 +68,18 @@ WITH caller_notifies AS (
         updated_at   = now()
     FROM ended, caller_notifies
     WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
-    RETURNING d.id, d.labels, d.state
+    RETURNING d.id, d.pool, d.labels, d.state
 )
-SELECT ended.*, freed.id AS freed_device_id, freed.labels AS freed_labels, freed.state AS freed_state
+SELECT ended.*, freed.id AS freed_device_id, freed.labels AS freed_labels, freed.state AS freed_state,
+       CASE WHEN freed.state = 'idle' AND EXISTS (SELECT 1 FROM devalloc.waiters w WHERE w.pool = freed.pool)
+            THEN (SELECT array_agg(DISTINCT h.waiter_id) FROM devalloc.hand_off(freed.id) h)
+       END::uuid[] AS handed_to
 FROM ended LEFT JOIN freed ON true;
 
--- name: ReapExpiredLeases :many
--- Ends leases whose time ran out (database clock) and frees their devices.
--- SKIP LOCKED plus the released_at guard: each lease is reaped exactly once
--- however many instances run a reaper. Like EndLease, it returns the freed
--- devices for the caller to notify waiters after commit.
-WITH caller_notifies AS (
-    SELECT set_config('devalloc.notify_by_caller', 'on', true) AS notify_by_caller
-), due AS (
-    SELECT id FROM devalloc.leases
-    WHERE released_at IS NULL AND expires_at <= now()
-    ORDER BY expires_at
-    LIMIT @batch
-    FOR UPDATE SKIP LOCKED
-), ended AS (
-    UPDATE devalloc.leases l SET released_at = clock_timestamp(), end_reason = 'expired'
-    FROM due
-    WHERE l.id = due.id AND l.released_at IS NULL
-    RETURNING l.*
-), freed AS (
-    UPDATE devalloc.devices d SET
-        state        = CASE WHEN d.drain THEN 'maintenance' ELSE 'idle' END,
-        state_reason = CASE WHEN d.drain THEN 'drained: maintenance once its lease ended' ELSE '' END,
-        drain        = false,
-        lease_id     = NULL,
-        idle_since   = now(),
-        updated_at   = now()
-    FROM ended, caller_notifies
-    WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
-    RETURNING d.id, d.labels, d.state
-)
-SELECT ended.*, freed.id AS freed_device_id, freed.labels AS freed_labels, freed.state AS freed_state
-FROM ended LEFT JOIN freed ON freed.id = ended.device_id;
+-- name: DueLeases :many
+-- Active leases whose time ran out (database clock), oldest first: the
+-- reaper ends each with EndLease, which hands its device to the line.
+SELECT id FROM devalloc.leases
+WHERE released_at IS NULL AND expires_at <= now()
+ORDER BY expires_at
+LIMIT @batch;

@@ -33,7 +33,7 @@ SELECT $1, dev.id, dev.name, dev.pool, $2, $3, dev.fencing_token,
        dev.granted_at, dev.granted_at + make_interval(secs => $4::float8),
        $5, $6
 FROM dev
-RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint
+RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id
 `
 
 type GrantLeaseParams struct {
@@ -81,13 +81,18 @@ func (q *Queries) GrantLease(ctx context.Context, arg GrantLeaseParams) (Devallo
 		&i.IdempotencyKey,
 		&i.ActiveDeviceID,
 		&i.RequestFingerprint,
+		&i.GroupID,
+		&i.WaiterID,
 	)
 	return i, err
 }
 
 const grantUnprobed = `-- name: GrantUnprobed :one
-WITH picked AS (
+WITH queue AS (
+    SELECT EXISTS (SELECT 1 FROM devalloc.waiters w WHERE w.pool = $1::text) AS busy
+), picked AS (
     SELECT devalloc.pick_idle_device($1::text, $2::jsonb) AS id
+    FROM queue WHERE NOT queue.busy
 ), pick AS (
     SELECT picked.id FROM picked WHERE picked.id IS NOT NULL
 ), dev AS (
@@ -113,9 +118,10 @@ WITH picked AS (
     FROM dev
     RETURNING id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at
 )
-SELECT pick.id AS picked_id, lease.id, lease.device_name, lease.pool, lease.owner, lease.holder, lease.fencing_token,
+SELECT queue.busy AS queued, pick.id AS picked_id, lease.id, lease.device_name, lease.pool, lease.owner, lease.holder, lease.fencing_token,
        lease.acquired_at, lease.expires_at, dev.labels AS device_labels, dev.address AS device_address
-FROM pick
+FROM queue
+LEFT JOIN pick ON true
 LEFT JOIN lease ON true
 LEFT JOIN dev ON true
 `
@@ -133,7 +139,8 @@ type GrantUnprobedParams struct {
 }
 
 type GrantUnprobedRow struct {
-	PickedID      int64
+	Queued        bool
+	PickedID      *int64
 	ID            *uuid.UUID
 	DeviceName    *string
 	Pool          *string
@@ -157,6 +164,8 @@ type GrantUnprobedRow struct {
 // transaction, which probes. Run outside a transaction, the statement is its own: one round
 // trip and one commit per acquire. The lease row comes back with the
 // device's labels and address, so the answer needs no second query.
+// While anyone waits in the pool's line nothing is picked and queued comes
+// back true: a new request never overtakes the line (the caller queues).
 func (q *Queries) GrantUnprobed(ctx context.Context, arg GrantUnprobedParams) (GrantUnprobedRow, error) {
 	row := q.db.QueryRow(ctx, grantUnprobed,
 		arg.Pool,
@@ -171,6 +180,7 @@ func (q *Queries) GrantUnprobed(ctx context.Context, arg GrantUnprobedParams) (G
 	)
 	var i GrantUnprobedRow
 	err := row.Scan(
+		&i.Queued,
 		&i.PickedID,
 		&i.ID,
 		&i.DeviceName,
@@ -215,6 +225,7 @@ const pickIdleDevice = `-- name: PickIdleDevice :one
 
 WITH pick AS (
     SELECT devalloc.pick_idle_device($1::text, $2::jsonb) AS id
+    WHERE NOT EXISTS (SELECT 1 FROM devalloc.waiters w WHERE w.pool = $1::text)
 )
 SELECT id, name, pool, labels, address, probe, state, state_reason, lease_id, fencing_token, idle_since, last_probe_at, last_probe_ok, probe_failures, next_probe_at, created_at, updated_at, drain FROM devalloc.devices
 WHERE id = (SELECT pick.id FROM pick)
@@ -229,6 +240,8 @@ type PickIdleDeviceParams struct {
 // Least recently released idle device that fits the selector, locked (see
 // devalloc.pick_idle_device; SKIP LOCKED: concurrent acquires never wait on
 // each other's probes). The function runs once, in the CTE.
+// Nothing is picked while anyone waits in the pool's line: a new request
+// never overtakes it (the caller queues instead).
 func (q *Queries) PickIdleDevice(ctx context.Context, arg PickIdleDeviceParams) (DevallocDevice, error) {
 	row := q.db.QueryRow(ctx, pickIdleDevice, arg.Pool, arg.Labels)
 	var i DevallocDevice

@@ -265,24 +265,30 @@ func (q *Queries) LockDevice(ctx context.Context, name string) (DevallocDevice, 
 }
 
 const poolSummaries = `-- name: PoolSummaries :many
-SELECT pool,
-       count(*) FILTER (WHERE state = 'idle')        AS idle,
-       count(*) FILTER (WHERE state = 'leased')      AS leased,
-       count(*) FILTER (WHERE state = 'offline')     AS offline,
-       count(*) FILTER (WHERE state = 'maintenance') AS maintenance
-FROM devalloc.devices
-GROUP BY pool
-ORDER BY pool
+SELECT d.pool,
+       count(*) FILTER (WHERE d.state = 'idle')        AS idle,
+       count(*) FILTER (WHERE d.state = 'leased')      AS leased,
+       count(*) FILTER (WHERE d.state = 'offline')     AS offline,
+       count(*) FILTER (WHERE d.state = 'maintenance') AS maintenance,
+       (SELECT count(*) FROM devalloc.waiters w WHERE w.pool = d.pool) AS waiting,
+       coalesce((SELECT extract(epoch FROM clock_timestamp() - min(w.enqueued_at))
+                 FROM devalloc.waiters w WHERE w.pool = d.pool), 0)::float8 AS oldest_wait_seconds
+FROM devalloc.devices d
+GROUP BY d.pool
+ORDER BY d.pool
 `
 
 type PoolSummariesRow struct {
-	Pool        string
-	Idle        int64
-	Leased      int64
-	Offline     int64
-	Maintenance int64
+	Pool              string
+	Idle              int64
+	Leased            int64
+	Offline           int64
+	Maintenance       int64
+	Waiting           int64
+	OldestWaitSeconds float64
 }
 
+// Devices per pool by state, and the pool's line across all instances.
 func (q *Queries) PoolSummaries(ctx context.Context) ([]PoolSummariesRow, error) {
 	rows, err := q.db.Query(ctx, poolSummaries)
 	if err != nil {
@@ -298,6 +304,8 @@ func (q *Queries) PoolSummaries(ctx context.Context) ([]PoolSummariesRow, error)
 			&i.Leased,
 			&i.Offline,
 			&i.Maintenance,
+			&i.Waiting,
+			&i.OldestWaitSeconds,
 		); err != nil {
 			return nil, err
 		}
@@ -310,20 +318,21 @@ func (q *Queries) PoolSummaries(ctx context.Context) ([]PoolSummariesRow, error)
 }
 
 const selectorCanMatch = `-- name: SelectorCanMatch :one
-SELECT EXISTS (
-    SELECT 1 FROM devalloc.devices WHERE pool = $1 AND labels @> $2
-) AS can_match
+SELECT count(*) >= $1::int AS can_match FROM (
+    SELECT 1 FROM devalloc.devices WHERE pool = $2 AND labels @> $3 LIMIT $1::int
+) fitting
 `
 
 type SelectorCanMatchParams struct {
+	Want   int32
 	Pool   string
 	Labels []byte
 }
 
-// Whether any registered device, in any state, fits a selector: if none
-// does, waiting is pointless.
+// Whether at least want registered devices, in any state, fit a selector:
+// if fewer do, waiting is pointless.
 func (q *Queries) SelectorCanMatch(ctx context.Context, arg SelectorCanMatchParams) (bool, error) {
-	row := q.db.QueryRow(ctx, selectorCanMatch, arg.Pool, arg.Labels)
+	row := q.db.QueryRow(ctx, selectorCanMatch, arg.Want, arg.Pool, arg.Labels)
 	var can_match bool
 	err := row.Scan(&can_match)
 	return can_match, err

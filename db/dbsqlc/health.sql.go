@@ -7,6 +7,8 @@ package dbsqlc
 
 import (
 	"context"
+
+	"github.com/google/uuid"
 )
 
 const claimOfflineDue = `-- name: ClaimOfflineDue :many
@@ -69,25 +71,40 @@ func (q *Queries) ClaimOfflineDue(ctx context.Context, arg ClaimOfflineDueParams
 	return items, nil
 }
 
-const recordRecovered = `-- name: RecordRecovered :execrows
-UPDATE devalloc.devices SET
-    state          = 'idle',
-    state_reason   = '',
-    last_probe_at  = now(),
-    last_probe_ok  = true,
-    probe_failures = 0,
-    next_probe_at  = NULL,
-    idle_since     = now(),
-    updated_at     = now()
-WHERE id = $1 AND state = 'offline'
+const recordRecovered = `-- name: RecordRecovered :one
+WITH recovered AS (
+    UPDATE devalloc.devices dv SET
+        state          = 'idle',
+        state_reason   = '',
+        last_probe_at  = now(),
+        last_probe_ok  = true,
+        probe_failures = 0,
+        next_probe_at  = NULL,
+        idle_since     = now(),
+        updated_at     = now()
+    WHERE dv.id = $1 AND dv.state = 'offline'
+    RETURNING dv.id AS device_id, dv.pool
+)
+SELECT recovered.device_id,
+       CASE WHEN EXISTS (SELECT 1 FROM devalloc.waiters w WHERE w.pool = recovered.pool)
+            THEN (SELECT array_agg(DISTINCT h.waiter_id) FROM devalloc.hand_off(recovered.device_id) h)
+       END::uuid[] AS handed_to
+FROM recovered
 `
 
-func (q *Queries) RecordRecovered(ctx context.Context, id int64) (int64, error) {
-	result, err := q.db.Exec(ctx, recordRecovered, id)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+type RecordRecoveredRow struct {
+	DeviceID int64
+	HandedTo []uuid.UUID
+}
+
+// The device answers again: back to idle, and straight to the first waiter
+// in line it fits, if any (handed_to; see devalloc.hand_off). No row: it
+// was not offline any more.
+func (q *Queries) RecordRecovered(ctx context.Context, id int64) (RecordRecoveredRow, error) {
+	row := q.db.QueryRow(ctx, recordRecovered, id)
+	var i RecordRecoveredRow
+	err := row.Scan(&i.DeviceID, &i.HandedTo)
+	return i, err
 }
 
 const recordStillOffline = `-- name: RecordStillOffline :exec

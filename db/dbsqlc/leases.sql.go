@@ -12,6 +12,35 @@ import (
 	"github.com/google/uuid"
 )
 
+const dueLeases = `-- name: DueLeases :many
+SELECT id FROM devalloc.leases
+WHERE released_at IS NULL AND expires_at <= now()
+ORDER BY expires_at
+LIMIT $1
+`
+
+// Active leases whose time ran out (database clock), oldest first: the
+// reaper ends each with EndLease, which hands its device to the line.
+func (q *Queries) DueLeases(ctx context.Context, batch int32) ([]uuid.UUID, error) {
+	rows, err := q.db.Query(ctx, dueLeases, batch)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []uuid.UUID
+	for rows.Next() {
+		var id uuid.UUID
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const endLease = `-- name: EndLease :one
 WITH caller_notifies AS (
     SELECT set_config('devalloc.notify_by_caller', 'on', true) AS notify_by_caller
@@ -21,7 +50,7 @@ WITH caller_notifies AS (
         end_reason  = CASE WHEN l.expires_at <= now() THEN 'expired' ELSE $1::text END
     WHERE l.id = $2 AND l.released_at IS NULL
       AND ($3::text IS NULL OR l.owner = $3)
-    RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint
+    RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id
 ), freed AS (
     UPDATE devalloc.devices d SET
         state        = CASE WHEN d.drain THEN 'maintenance' ELSE 'idle' END,
@@ -32,9 +61,12 @@ WITH caller_notifies AS (
         updated_at   = now()
     FROM ended, caller_notifies
     WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
-    RETURNING d.id, d.labels, d.state
+    RETURNING d.id, d.pool, d.labels, d.state
 )
-SELECT ended.id, ended.device_id, ended.device_name, ended.pool, ended.owner, ended.holder, ended.fencing_token, ended.acquired_at, ended.expires_at, ended.released_at, ended.end_reason, ended.idempotency_key, ended.active_device_id, ended.request_fingerprint, freed.id AS freed_device_id, freed.labels AS freed_labels, freed.state AS freed_state
+SELECT ended.id, ended.device_id, ended.device_name, ended.pool, ended.owner, ended.holder, ended.fencing_token, ended.acquired_at, ended.expires_at, ended.released_at, ended.end_reason, ended.idempotency_key, ended.active_device_id, ended.request_fingerprint, ended.group_id, ended.waiter_id, freed.id AS freed_device_id, freed.labels AS freed_labels, freed.state AS freed_state,
+       CASE WHEN freed.state = 'idle' AND EXISTS (SELECT 1 FROM devalloc.waiters w WHERE w.pool = freed.pool)
+            THEN (SELECT array_agg(DISTINCT h.waiter_id) FROM devalloc.hand_off(freed.id) h)
+       END::uuid[] AS handed_to
 FROM ended LEFT JOIN freed ON true
 `
 
@@ -59,9 +91,12 @@ type EndLeaseRow struct {
 	IdempotencyKey     *string
 	ActiveDeviceID     *int64
 	RequestFingerprint []byte
+	GroupID            *uuid.UUID
+	WaiterID           *uuid.UUID
 	FreedDeviceID      *int64
 	FreedLabels        []byte
 	FreedState         *string
+	HandedTo           []uuid.UUID
 }
 
 // Ends an active lease and frees its device in one statement. A lease whose
@@ -71,8 +106,11 @@ type EndLeaseRow struct {
 // fencing token, and goes to maintenance instead of idle when an admin
 // drained it meanwhile. With owner set, only that owner's lease ends (a holder's
 // release checks ownership in the same statement, one round trip); NULL
-// ends whoever's it is. The freed device's id and labels come back too:
-// the caller notifies waiters after commit (notify_by_caller, see
+// ends whoever's it is. A freed device goes straight to the first waiter in
+// line it fits (devalloc.hand_off, only looked for when the pool has
+// waiters): handed_to lists the waiters served, for the caller to tell
+// their instances. Otherwise the freed device's id and labels come back and
+// the caller notifies after commit (notify_by_caller, see
 // migrations/00007), so the trigger does not NOTIFY inside this
 // transaction.
 func (q *Queries) EndLease(ctx context.Context, arg EndLeaseParams) (EndLeaseRow, error) {
@@ -93,16 +131,19 @@ func (q *Queries) EndLease(ctx context.Context, arg EndLeaseParams) (EndLeaseRow
 		&i.IdempotencyKey,
 		&i.ActiveDeviceID,
 		&i.RequestFingerprint,
+		&i.GroupID,
+		&i.WaiterID,
 		&i.FreedDeviceID,
 		&i.FreedLabels,
 		&i.FreedState,
+		&i.HandedTo,
 	)
 	return i, err
 }
 
 const getLease = `-- name: GetLease :one
 
-SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint FROM devalloc.leases WHERE id = $1
+SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id FROM devalloc.leases WHERE id = $1
 `
 
 // Leases: reads, renew, release, expiry.
@@ -124,12 +165,14 @@ func (q *Queries) GetLease(ctx context.Context, id uuid.UUID) (DevallocLease, er
 		&i.IdempotencyKey,
 		&i.ActiveDeviceID,
 		&i.RequestFingerprint,
+		&i.GroupID,
+		&i.WaiterID,
 	)
 	return i, err
 }
 
 const getLeaseByIdempotencyKey = `-- name: GetLeaseByIdempotencyKey :one
-SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint FROM devalloc.leases
+SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id FROM devalloc.leases
 WHERE owner = $1 AND idempotency_key = $2::text
 `
 
@@ -157,12 +200,14 @@ func (q *Queries) GetLeaseByIdempotencyKey(ctx context.Context, arg GetLeaseById
 		&i.IdempotencyKey,
 		&i.ActiveDeviceID,
 		&i.RequestFingerprint,
+		&i.GroupID,
+		&i.WaiterID,
 	)
 	return i, err
 }
 
 const listLeases = `-- name: ListLeases :many
-SELECT l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, d.labels AS device_labels, d.address AS device_address
+SELECT l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, d.labels AS device_labels, d.address AS device_address
 FROM devalloc.leases l
 LEFT JOIN devalloc.devices d ON d.id = l.device_id
 WHERE (NOT $1::boolean OR l.released_at IS NULL)
@@ -228,100 +273,10 @@ func (q *Queries) ListLeases(ctx context.Context, arg ListLeasesParams) ([]ListL
 			&i.DevallocLease.IdempotencyKey,
 			&i.DevallocLease.ActiveDeviceID,
 			&i.DevallocLease.RequestFingerprint,
+			&i.DevallocLease.GroupID,
+			&i.DevallocLease.WaiterID,
 			&i.DeviceLabels,
 			&i.DeviceAddress,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const reapExpiredLeases = `-- name: ReapExpiredLeases :many
-WITH caller_notifies AS (
-    SELECT set_config('devalloc.notify_by_caller', 'on', true) AS notify_by_caller
-), due AS (
-    SELECT id FROM devalloc.leases
-    WHERE released_at IS NULL AND expires_at <= now()
-    ORDER BY expires_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-), ended AS (
-    UPDATE devalloc.leases l SET released_at = clock_timestamp(), end_reason = 'expired'
-    FROM due
-    WHERE l.id = due.id AND l.released_at IS NULL
-    RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint
-), freed AS (
-    UPDATE devalloc.devices d SET
-        state        = CASE WHEN d.drain THEN 'maintenance' ELSE 'idle' END,
-        state_reason = CASE WHEN d.drain THEN 'drained: maintenance once its lease ended' ELSE '' END,
-        drain        = false,
-        lease_id     = NULL,
-        idle_since   = now(),
-        updated_at   = now()
-    FROM ended, caller_notifies
-    WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
-    RETURNING d.id, d.labels, d.state
-)
-SELECT ended.id, ended.device_id, ended.device_name, ended.pool, ended.owner, ended.holder, ended.fencing_token, ended.acquired_at, ended.expires_at, ended.released_at, ended.end_reason, ended.idempotency_key, ended.active_device_id, ended.request_fingerprint, freed.id AS freed_device_id, freed.labels AS freed_labels, freed.state AS freed_state
-FROM ended LEFT JOIN freed ON freed.id = ended.device_id
-`
-
-type ReapExpiredLeasesRow struct {
-	ID                 uuid.UUID
-	DeviceID           *int64
-	DeviceName         string
-	Pool               string
-	Owner              string
-	Holder             string
-	FencingToken       int64
-	AcquiredAt         time.Time
-	ExpiresAt          time.Time
-	ReleasedAt         *time.Time
-	EndReason          *string
-	IdempotencyKey     *string
-	ActiveDeviceID     *int64
-	RequestFingerprint []byte
-	FreedDeviceID      *int64
-	FreedLabels        []byte
-	FreedState         *string
-}
-
-// Ends leases whose time ran out (database clock) and frees their devices.
-// SKIP LOCKED plus the released_at guard: each lease is reaped exactly once
-// however many instances run a reaper. Like EndLease, it returns the freed
-// devices for the caller to notify waiters after commit.
-func (q *Queries) ReapExpiredLeases(ctx context.Context, batch int32) ([]ReapExpiredLeasesRow, error) {
-	rows, err := q.db.Query(ctx, reapExpiredLeases, batch)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var items []ReapExpiredLeasesRow
-	for rows.Next() {
-		var i ReapExpiredLeasesRow
-		if err := rows.Scan(
-			&i.ID,
-			&i.DeviceID,
-			&i.DeviceName,
-			&i.Pool,
-			&i.Owner,
-			&i.Holder,
-			&i.FencingToken,
-			&i.AcquiredAt,
-			&i.ExpiresAt,
-			&i.ReleasedAt,
-			&i.EndReason,
-			&i.IdempotencyKey,
-			&i.ActiveDeviceID,
-			&i.RequestFingerprint,
-			&i.FreedDeviceID,
-			&i.FreedLabels,
-			&i.FreedState,
 		); err != nil {
 			return nil, err
 		}
@@ -336,7 +291,7 @@ func (q *Queries) ReapExpiredLeases(ctx context.Context, batch int32) ([]ReapExp
 const renewLease = `-- name: RenewLease :one
 UPDATE devalloc.leases SET expires_at = clock_timestamp() + make_interval(secs => $1::float8)
 WHERE id = $2 AND released_at IS NULL AND expires_at > now()
-RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint
+RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id
 `
 
 type RenewLeaseParams struct {
@@ -363,6 +318,8 @@ func (q *Queries) RenewLease(ctx context.Context, arg RenewLeaseParams) (Devallo
 		&i.IdempotencyKey,
 		&i.ActiveDeviceID,
 		&i.RequestFingerprint,
+		&i.GroupID,
+		&i.WaiterID,
 	)
 	return i, err
 }

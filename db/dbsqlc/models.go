@@ -100,16 +100,16 @@ type DevallocDeviceEvent struct {
 	At time.Time
 }
 
-// Acquires waiting per instance and pool, as each instance last reported (every ~2 s while it has waiters); rows older than ~10 s are from an instance that stopped.
-type DevallocInstanceWaiting struct {
-	// The reporting instance (an id of its own, new at every start).
-	Instance string
-	// The pool they wait for.
-	Pool string
-	// How many acquires wait there.
-	Waiting int32
-	// When the instance last reported it.
-	ReportedAt time.Time
+// Running devalloc instances (API servers) that may hold waiting acquires; rows of instances gone for a while are removed with their waiters.
+type DevallocInstance struct {
+	// Instance id, new at every start; also the key of its liveness advisory lock (1685482609, id).
+	ID int64
+	// host:pid of the instance, for people.
+	Name string
+	// When the instance registered.
+	StartedAt time.Time
+	// Last heartbeat (every ~10 s).
+	SeenAt time.Time
 }
 
 // Leases, active (released_at IS NULL) and ended: the ended rows are the audit history.
@@ -134,7 +134,7 @@ type DevallocLease struct {
 	ExpiresAt time.Time
 	// When the lease ended; NULL while active.
 	ReleasedAt *time.Time
-	// Why it ended: released, expired, revoked or device_removed.
+	// Why it ended: released, expired, revoked, device_removed, or probe_failed (handed over from the line, the device did not answer; the waiter went back to its place).
 	EndReason *string
 	// Idempotency-Key header of the acquire, if any: unique per owner, so a retry with it gets this lease again, active or ended.
 	IdempotencyKey *string
@@ -142,6 +142,10 @@ type DevallocLease struct {
 	ActiveDeviceID *int64
 	// SHA-256 of the acquire's pool, labels, ttl_seconds and holder (not its wait), set with idempotency_key. A retry with the key gets this lease only if its fingerprint is equal; NULL (leases from before 00005) matches any.
 	RequestFingerprint []byte
+	// Shared by the leases of one group acquire (count > 1); NULL for a single lease.
+	GroupID *uuid.UUID
+	// The waiters row this lease was handed to (NULL when granted without waiting in line).
+	WaiterID *uuid.UUID
 }
 
 // Ended leases, most recent first: who held which device, for how long, and why it ended.
@@ -158,13 +162,62 @@ type DevallocLeaseHistory struct {
 	HeldFor      int32
 }
 
-// Devices per pool by state, and the acquires waiting for the pool across all live instances.
+// Devices per pool by state, the queue depth (waiting, across all instances) and the oldest wait.
 type DevallocPoolSummary struct {
-	Pool        string
-	Devices     int64
-	Idle        int64
-	Leased      int64
-	Offline     int64
-	Maintenance int64
-	Waiting     interface{}
+	Pool             string
+	Devices          int64
+	Idle             int64
+	Leased           int64
+	Offline          int64
+	Maintenance      int64
+	Waiting          int64
+	OldestEnqueuedAt interface{}
+	OldestWait       int32
+}
+
+// The line of every pool in serving order: position 1 is served first when a device it fits is free.
+type DevallocQueue struct {
+	Pool       string
+	Position   int64
+	WaiterID   uuid.UUID
+	Owner      string
+	Holder     string
+	Labels     []byte
+	Count      int32
+	Priority   int32
+	EnqueuedAt time.Time
+	Waited     int32
+	Instance   string
+}
+
+// Acquires waiting for a device, across all instances. The line of a pool is ORDER BY ranked_at, seq; a row leaves when it is served (its leases carry waiter_id), cancelled, or its instance is gone.
+type DevallocWaiter struct {
+	// The waiting request (chosen by its instance).
+	ID uuid.UUID
+	// Arrival order; breaks ties of ranked_at.
+	Seq *int64
+	// The instance holding the client's connection: only it can answer the request.
+	InstanceID int64
+	// Pool asked for.
+	Pool string
+	// Label selector: a device fits when its labels @> these.
+	Labels []byte
+	// Devices wanted, all at once (a group acquire when > 1).
+	Count int32
+	// Priority asked for; higher is served first.
+	Priority int32
+	// When the request joined the line.
+	EnqueuedAt time.Time
+	// enqueued_at moved earlier by priority x the aging interval: a waiter ranks like a request of priority p + (time waited / aging interval), so low priorities are not starved.
+	RankedAt time.Time
+	// API key the leases will belong to.
+	Owner string
+	// Holder text for the leases.
+	Holder string
+	// Lifetime of the leases once granted.
+	TtlSeconds float64
+	// Idempotency-Key of the request, given to its (first) lease.
+	IdempotencyKey *string
+	// Fingerprint stored with the idempotency key.
+	RequestFingerprint []byte
 }

@@ -7,12 +7,11 @@ import (
 	"time"
 )
 
-// pool_summary shows the acquires waiting for each pool across instances,
-// from their reports, and forgets them when they stop waiting.
+// pool_summary shows the acquires waiting for each pool across instances
+// (the line), and forgets them when they stop waiting.
 func TestPoolSummaryShowsWaitingAcrossInstances(t *testing.T) {
 	url := newDB(t)
 	cfg := testConfig(&fakeProber{})
-	cfg.WaitingReportInterval = 20 * time.Millisecond
 	a := newAllocator(t, url, cfg)
 	b := newAllocator(t, url, cfg)
 	mustCreate(t, a, "d1", "lab", "h:1", nil)

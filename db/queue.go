@@ -1,0 +1,340 @@
+package db
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/devalloc/devalloc/db/dbsqlc"
+	"github.com/devalloc/devalloc/db/probe"
+)
+
+// place is a waiter's place in line, kept so that a waiter whose handed-over
+// device failed its probe goes back exactly where it was.
+type place struct {
+	seq        int64
+	enqueuedAt time.Time
+	rankedAt   time.Time
+}
+
+// queueBound caps the queue's own statements (enqueue, dispatch, cancel):
+// they touch a few rows and never wait on a probe.
+const queueBound = 5 * time.Second
+
+// waitInLine puts the request in its pool's line (devalloc.waiters) and
+// waits, holding no connection, until a transaction hands it its devices,
+// the window closes, the client leaves or the instance drains. Devices go
+// to the line in order (ranked_at, seq) whichever instance frees them: a
+// release hands its device to the first waiter it fits in the same
+// transaction, and the pool's dispatch serves the line from idle devices
+// when a device becomes idle some other way.
+func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window waitWindow) (Lease, bool, error) {
+	w := a.hub.Join(req.Selector)
+	defer w.Leave()
+	start := time.Now()
+	defer func() { a.cfg.Observer.AcquireWaited(time.Since(start)) }()
+
+	var at *place
+	for {
+		p, fittingIdle, err := a.enqueue(ctx, req, w.ID, at)
+		if err == nil {
+			at = &p
+			w.markEnqueued()
+			if fittingIdle {
+				a.dispatch(ctx, req.Selector.Pool)
+			}
+			break
+		}
+		if !a.retryQueueStep(ctx, window, err) {
+			return Lease{}, false, err
+		}
+	}
+	for {
+		if w.IsServed() {
+			lease, giveBack, err := a.collect(ctx, req, w)
+			if giveBack == nil {
+				return lease, false, err
+			}
+			// A handed-over device failed its probe: back to the same place
+			// first, then the devices that answered go back to the line,
+			// whose head this waiter may well be.
+			w.resetServed()
+			if _, _, err := a.enqueue(ctx, req, w.ID, at); err != nil {
+				for _, l := range giveBack {
+					a.abandon(l)
+				}
+				return Lease{}, false, err
+			}
+			w.markEnqueued()
+			for _, l := range giveBack {
+				a.abandon(l)
+			}
+			a.dispatch(ctx, req.Selector.Pool)
+			continue
+		}
+		err := awaitWake(ctx, w, window, a.draining)
+		if err != nil {
+			return a.leaveLine(ctx, req, w, err)
+		}
+		if !w.IsServed() {
+			// A hint that a device it fits became idle outside a handoff:
+			// serve the line (this waiter, or whoever is before it).
+			w.BeginAttempt()
+			a.dispatch(ctx, req.Selector.Pool)
+			w.EndAttempt()
+		}
+	}
+}
+
+// retryQueueStep waits out a transient failure of a queue statement while
+// the request may still wait.
+func (a *Allocator) retryQueueStep(ctx context.Context, window waitWindow, err error) bool {
+	if ctx.Err() != nil || !IsTransient(err) || window.remaining() <= 0 || a.isDraining() {
+		return false
+	}
+	a.log.Warn("joining the line failed; retrying", "err", err)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-a.draining:
+		return false
+	case <-time.After(min(retryPauseMax, max(window.remaining(), 0))):
+		return true
+	}
+}
+
+// enqueue writes the waiter's row; at, when set, is its old place.
+func (a *Allocator) enqueue(ctx context.Context, req AcquireRequest, id uuid.UUID, at *place) (place, bool, error) {
+	instance := a.instanceID.Load()
+	if instance == 0 {
+		return place{}, false, errNotRegistered
+	}
+	params := dbsqlc.EnqueueWaiterParams{
+		ID:                 id,
+		InstanceID:         instance,
+		Pool:               req.Selector.Pool,
+		Labels:             req.Selector.Labels.encode(),
+		Count:              int32(max(req.Count, 1)),
+		Priority:           int32(req.Priority),
+		HeadStartSeconds:   float64(req.Priority) * a.cfg.PriorityAging.Seconds(),
+		Owner:              req.Owner,
+		Holder:             req.Holder,
+		TtlSeconds:         req.TTL.Seconds(),
+		RequestFingerprint: req.fingerprint,
+	}
+	if req.IdempotencyKey != "" {
+		params.IdempotencyKey = &req.IdempotencyKey
+	}
+	if at != nil {
+		params.Seq, params.EnqueuedAt, params.RankedAt = &at.seq, &at.enqueuedAt, &at.rankedAt
+	}
+	// Run to the end even if the client leaves meanwhile: a cancelled
+	// statement may still have committed, and a row nobody knows of would
+	// be served to nobody. The caller's next step sees ctx ended and leaves
+	// the line properly.
+	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queueBound)
+	defer cancel()
+	row, err := a.q.EnqueueWaiter(stmtCtx, params)
+	if err != nil {
+		return place{}, false, fmt.Errorf("join the line of pool %q: %w", req.Selector.Pool, err)
+	}
+	if row.Seq == nil {
+		return place{}, false, fmt.Errorf("join the line of pool %q: no seq came back", req.Selector.Pool)
+	}
+	return place{seq: *row.Seq, enqueuedAt: row.EnqueuedAt, rankedAt: row.RankedAt}, row.FittingIdle, nil
+}
+
+// dispatch serves the pool's line from its idle devices and tells the
+// waiters served. A failure only delays them: the next hint or re-check
+// dispatches again.
+func (a *Allocator) dispatch(ctx context.Context, pool string) {
+	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queueBound)
+	defer cancel()
+	rows, err := a.q.Dispatch(stmtCtx, pool)
+	if err != nil {
+		a.log.Warn("serving the line failed; the next wake-up or re-check tries again", "pool", pool, "err", err)
+		return
+	}
+	a.tellServed(rows)
+}
+
+// tellServed wakes the waiters that the leases were handed to.
+func (a *Allocator) tellServed(rows []dbsqlc.DevallocLease) {
+	var served []uuid.UUID
+	seen := map[uuid.UUID]bool{}
+	for _, r := range rows {
+		if r.WaiterID != nil && !seen[*r.WaiterID] {
+			seen[*r.WaiterID] = true
+			served = append(served, *r.WaiterID)
+		}
+	}
+	if len(served) > 0 {
+		a.notifier.handedOver(served)
+	}
+}
+
+// leaveLine ends a wait that stopped for cause (window closed, client gone,
+// instance draining): the waiter's row goes, unless a transaction handed it
+// devices first; then those are the answer (or, the client being gone, are
+// given back at once).
+func (a *Allocator) leaveLine(ctx context.Context, req AcquireRequest, w *Waiter, cause error) (Lease, bool, error) {
+	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queueBound)
+	defer cancel()
+	n, err := a.q.CancelWaiter(stmtCtx, w.ID)
+	if err != nil {
+		return Lease{}, false, fmt.Errorf("leave the line of pool %q: %w (after %w)", req.Selector.Pool, err, cause)
+	}
+	if n == 1 {
+		if errors.Is(cause, ErrNoDevice) && req.IdempotencyKey != "" {
+			// A retry of this request may have won a device at another
+			// instance meanwhile: that lease is the answer, not a 503.
+			if lease, ok, rerr := a.replayWithin(ctx, req, attemptBoundSlack); rerr == nil && ok {
+				return lease, true, nil
+			}
+		}
+		return Lease{}, false, cause
+	}
+	// Served just before it could leave.
+	lease, giveBack, err := a.collect(ctx, req, w)
+	for _, l := range giveBack {
+		a.abandon(l)
+	}
+	if giveBack != nil {
+		// A device failed its probe and there is no time left to wait for
+		// another.
+		return Lease{}, false, cause
+	}
+	return lease, false, err
+}
+
+// collect reads the leases handed to w and answers with them: probed first
+// when Config.ProbeOnHandoff asks, given back at once when the client left
+// (unless it has an idempotency key, whose retry needs them). When a device
+// failed its probe, giveBack is non-nil (maybe empty): the leases of the
+// devices that answered, for the caller to release once the waiter is back
+// in line.
+func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) (lease Lease, giveBack []Lease, err error) {
+	readCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queueBound)
+	defer cancel()
+	rows, err := a.q.WaiterLeases(readCtx, &w.ID)
+	if err != nil {
+		return Lease{}, nil, fmt.Errorf("read the leases handed to waiter %s: %w", w.ID, err)
+	}
+	if len(rows) == 0 {
+		// Dropped without a lease: its idempotency key already had one (a
+		// retry got it), or its instance was taken for dead.
+		if req.IdempotencyKey != "" {
+			if lease, ok, err := a.replayWithin(ctx, req, queueBound); err != nil || ok {
+				return lease, nil, err
+			}
+		}
+		return Lease{}, nil, fmt.Errorf("waiter %s left the line of pool %q without a lease: %w", w.ID, req.Selector.Pool, ErrNoDevice)
+	}
+	leases := make([]Lease, 0, len(rows))
+	for _, r := range rows {
+		l, err := leaseFromHanded(r)
+		if err != nil {
+			return Lease{}, nil, err
+		}
+		leases = append(leases, l)
+	}
+	if a.cfg.ProbeOnHandoff && ctx.Err() == nil {
+		if good, failed := a.probeHanded(ctx, rows); failed {
+			return Lease{}, append([]Lease{}, good...), nil
+		}
+	}
+	if ctx.Err() != nil && req.IdempotencyKey == "" {
+		for _, l := range leases {
+			a.abandon(l)
+		}
+		return Lease{}, nil, ctx.Err()
+	}
+	return answerOf(leases), nil, nil
+}
+
+// answerOf is the acquire's answer: the lease, or for a group the first
+// lease carrying them all.
+func answerOf(leases []Lease) Lease {
+	first := leases[0]
+	if first.GroupID != nil {
+		first.Group = leases
+	}
+	return first
+}
+
+// probeHanded probes the devices handed over (ProbeOnHandoff). If any fails,
+// the failed ones go offline (their leases end as probe_failed) and good
+// lists the leases of the others.
+func (a *Allocator) probeHanded(ctx context.Context, rows []dbsqlc.WaiterLeasesRow) (good []Lease, failed bool) {
+	errs := make([]error, len(rows))
+	for i, r := range rows {
+		if r.DeviceProbe == nil || r.DeviceAddress == nil || probe.Kind(*r.DeviceProbe) == probe.None {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, a.cfg.ProbeTimeout)
+		errs[i] = a.probe(pctx, *r.DeviceProbe, *r.DeviceAddress)
+		cancel()
+		failed = failed || errs[i] != nil
+	}
+	if !failed {
+		return nil, false
+	}
+	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queueBound)
+	defer cancel()
+	for i, r := range rows {
+		l := r.DevallocLease
+		if errs[i] == nil {
+			good = append(good, leaseFromRow(l, nil))
+			continue
+		}
+		a.log.Info("device handed over from the line failed its probe; taking it offline", "device", l.DeviceName, "pool", l.Pool, "err", errs[i])
+		if _, err := a.q.FailHandedLease(stmtCtx, dbsqlc.FailHandedLeaseParams{
+			ID: l.ID, Reason: errs[i].Error(), RetryInSeconds: a.cfg.HealthBackoffMin.Seconds(),
+		}); err != nil {
+			// The reaper ends the lease at expiry; the waiter still goes
+			// back in line.
+			a.log.Error("could not end a lease whose device failed its probe", "lease", l.ID, "err", err)
+		}
+	}
+	return good, true
+}
+
+// leaseFromHanded builds a lease from a WaiterLeases or GroupLeases row.
+func leaseFromHanded(r dbsqlc.WaiterLeasesRow) (Lease, error) {
+	l := leaseFromRow(r.DevallocLease, nil)
+	if r.DeviceLabels != nil {
+		labels, err := decodeLabels(r.DeviceLabels)
+		if err != nil {
+			return Lease{}, fmt.Errorf("device %q labels: %w", l.Device.Name, err)
+		}
+		l.Device.Labels = labels
+	}
+	if r.DeviceAddress != nil {
+		l.Device.Address = *r.DeviceAddress
+	}
+	return l, nil
+}
+
+// groupOf fills in lease.Group when the lease belongs to a group.
+func (a *Allocator) groupOf(ctx context.Context, lease Lease) (Lease, error) {
+	if lease.GroupID == nil {
+		return lease, nil
+	}
+	rows, err := a.q.GroupLeases(ctx, lease.GroupID)
+	if err != nil {
+		return Lease{}, fmt.Errorf("leases of group %s: %w", lease.GroupID, err)
+	}
+	group := make([]Lease, 0, len(rows))
+	for _, r := range rows {
+		l, err := leaseFromHanded(dbsqlc.WaiterLeasesRow(r))
+		if err != nil {
+			return Lease{}, err
+		}
+		group = append(group, l)
+	}
+	lease.Group = group
+	return lease, nil
+}

@@ -1,0 +1,120 @@
+-- The queue: waiting acquires across all instances (migrations/00014).
+
+-- name: RegisterInstance :one
+INSERT INTO devalloc.instances (name) VALUES (@name) RETURNING id;
+
+-- name: InstanceHeartbeat :exec
+UPDATE devalloc.instances SET seen_at = now() WHERE id = @id;
+
+-- name: DeregisterInstance :exec
+-- A clean stop: the instance's waiters have been answered; their rows (if
+-- any are left) go with it.
+DELETE FROM devalloc.instances WHERE id = @id;
+
+-- name: ForgetGoneInstances :execrows
+-- Instances that stopped without deregistering (killed, crashed): no
+-- heartbeat for a while and nobody holds their liveness lock. Their waiters
+-- go with them (ON DELETE CASCADE); they were never served meanwhile, the
+-- line skipping them from the moment their listener session ended.
+DELETE FROM devalloc.instances i
+WHERE i.seen_at < now() - make_interval(secs => @silent_seconds::float8)
+  AND NOT devalloc.instance_alive(i.id);
+
+-- name: EnqueueWaiter :one
+-- Puts a request in its pool's line. ranked_at is the arrival time moved
+-- earlier by head_start_seconds (priority x aging interval); a request going
+-- back in line after a failed probe on handoff passes its old seq,
+-- enqueued_at and ranked_at to keep its place. fitting_idle says whether an
+-- idle device fits it right now (then the caller dispatches at once: the
+-- device may have been freed while this row was not yet visible to the
+-- freeing transaction).
+WITH arrival AS (
+    SELECT coalesce(sqlc.narg('enqueued_at')::timestamptz, clock_timestamp()) AS at
+), w AS (
+    INSERT INTO devalloc.waiters (id, seq, instance_id, pool, labels, count, priority, enqueued_at, ranked_at,
+                                  owner, holder, ttl_seconds, idempotency_key, request_fingerprint)
+    SELECT @id::uuid, coalesce(sqlc.narg('seq')::bigint, nextval('devalloc.waiters_seq_seq')),
+           @instance_id::bigint, @pool::text, @labels::jsonb, @count::int, @priority::int, arrival.at,
+           coalesce(sqlc.narg('ranked_at')::timestamptz, arrival.at - make_interval(secs => @head_start_seconds::float8)),
+           @owner::text, @holder::text, @ttl_seconds::float8, sqlc.narg('idempotency_key')::text,
+           sqlc.narg('request_fingerprint')::bytea
+    FROM arrival
+    RETURNING seq, enqueued_at, ranked_at
+)
+SELECT w.seq, w.enqueued_at, w.ranked_at,
+       EXISTS (SELECT 1 FROM devalloc.devices d
+               WHERE d.pool = @pool::text AND d.state = 'idle' AND d.labels @> @labels::jsonb) AS fitting_idle
+FROM w;
+
+-- name: Dispatch :many
+-- Serves the pool's line from its idle devices (devalloc.dispatch).
+SELECT * FROM devalloc.dispatch(@pool::text);
+
+-- name: CancelWaiter :execrows
+-- The request leaves the line (its client went away or its wait ended). 0
+-- rows: it is no longer there, because it was served (its leases carry its
+-- id) or its instance was taken for dead. A transaction handing it a device
+-- holds the row locked, so this waits for that to commit.
+DELETE FROM devalloc.waiters WHERE id = @id;
+
+-- name: WaiterLeases :many
+-- The active leases handed to a waiter, with what the holder needs of the
+-- device.
+SELECT sqlc.embed(l), d.labels AS device_labels, d.address AS device_address, d.probe AS device_probe
+FROM devalloc.leases l
+LEFT JOIN devalloc.devices d ON d.id = l.device_id
+WHERE l.waiter_id = @waiter_id AND l.released_at IS NULL
+ORDER BY l.device_name;
+
+-- name: WaitersStillQueued :many
+-- Which of an instance's waiters are still in line (the others were served
+-- or dropped, and a notification of it may have been lost).
+SELECT id FROM devalloc.waiters WHERE id = ANY (@ids::uuid[]);
+
+-- name: QueueBusy :one
+-- Whether anyone waits in the pool: then a new request takes its place in
+-- line instead of taking an idle device itself.
+SELECT EXISTS (SELECT 1 FROM devalloc.waiters WHERE pool = @pool) AS busy;
+
+-- name: ListQueue :many
+-- The line of one pool (or all), in serving order with 1-based positions,
+-- optionally only one owner's entries (positions stay those in the whole
+-- line).
+SELECT q.* FROM (
+    SELECT w.id, w.pool, w.labels, w.count, w.priority, w.owner, w.holder, w.enqueued_at, w.ranked_at,
+           row_number() OVER (PARTITION BY w.pool ORDER BY w.ranked_at, w.seq) AS position
+    FROM devalloc.waiters w
+    WHERE sqlc.narg('pool')::text IS NULL OR w.pool = sqlc.narg('pool')
+) q
+WHERE sqlc.narg('owner')::text IS NULL OR q.owner = sqlc.narg('owner')
+ORDER BY q.pool, q.position
+LIMIT @max_rows;
+
+-- name: GroupLeases :many
+-- Every lease of a group acquire, with the device details.
+SELECT sqlc.embed(l), d.labels AS device_labels, d.address AS device_address, d.probe AS device_probe
+FROM devalloc.leases l
+LEFT JOIN devalloc.devices d ON d.id = l.device_id
+WHERE l.group_id = @group_id
+ORDER BY l.device_name;
+
+-- name: FailHandedLease :one
+-- A device handed over from the line failed its probe: the lease ends as
+-- probe_failed and the device goes offline for the health checker.
+WITH ended AS (
+    UPDATE devalloc.leases l SET released_at = clock_timestamp(), end_reason = 'probe_failed'
+    WHERE l.id = @id AND l.released_at IS NULL
+    RETURNING l.id, l.device_id, l.fencing_token
+)
+UPDATE devalloc.devices d SET
+    state          = 'offline',
+    state_reason   = @reason,
+    lease_id       = NULL,
+    last_probe_at  = now(),
+    last_probe_ok  = false,
+    probe_failures = probe_failures + 1,
+    next_probe_at  = now() + make_interval(secs => @retry_in_seconds::float8),
+    updated_at     = now()
+FROM ended
+WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
+RETURNING d.id;
