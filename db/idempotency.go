@@ -72,7 +72,10 @@ func (r AcquireRequest) fingerprintOf() []byte {
 		Labels  json.RawMessage `json:"labels"` // sorted keys: see Labels.encode
 		TTLMs   int64           `json:"ttl_ms"`
 		Holder  string          `json:"holder"`
-	}{1, r.Selector.Pool, r.Selector.Labels.encode(), r.TTL.Milliseconds(), r.Holder}
+		// Left out for one device, so single requests keep the
+		// fingerprints they had before groups existed.
+		Count int `json:"count,omitempty"`
+	}{1, r.Selector.Pool, r.Selector.Labels.encode(), r.TTL.Milliseconds(), r.Holder, groupCount(r.Count)}
 	b, _ := json.Marshal(canonical) // strings, numbers and valid JSON always marshal
 	sum := sha256.Sum256(b)
 	return sum[:]
@@ -107,10 +110,21 @@ func (a *Allocator) replay(ctx context.Context, req AcquireRequest) (lease Lease
 	if err != nil {
 		return Lease{}, false, err
 	}
+	if lease, err = a.groupOf(ctx, lease); err != nil {
+		return Lease{}, false, err
+	}
 	return lease, true, nil
 }
 
 func isIdempotencyConflict(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == idempotencyIndex
+}
+
+// groupCount is the count a fingerprint records: 0 for a single device.
+func groupCount(n int) int {
+	if n <= 1 {
+		return 0
+	}
+	return n
 }

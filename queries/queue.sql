@@ -118,3 +118,17 @@ UPDATE devalloc.devices d SET
 FROM ended
 WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
 RETURNING d.id;
+
+-- name: RenewGroup :many
+-- Extends every active, unlapsed lease of an owner's group (database
+-- clock).
+UPDATE devalloc.leases SET expires_at = clock_timestamp() + make_interval(secs => @ttl_seconds::float8)
+WHERE group_id = @group_id AND owner = @owner AND released_at IS NULL AND expires_at > now()
+RETURNING *;
+
+-- name: GroupLeaseIDs :many
+-- The active leases of a group, for releasing them together; with owner
+-- set, only if they are that owner's.
+SELECT id, owner FROM devalloc.leases
+WHERE group_id = @group_id AND released_at IS NULL
+ORDER BY device_name;

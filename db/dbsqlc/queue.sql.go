@@ -214,6 +214,39 @@ func (q *Queries) ForgetGoneInstances(ctx context.Context, silentSeconds float64
 	return result.RowsAffected(), nil
 }
 
+const groupLeaseIDs = `-- name: GroupLeaseIDs :many
+SELECT id, owner FROM devalloc.leases
+WHERE group_id = $1 AND released_at IS NULL
+ORDER BY device_name
+`
+
+type GroupLeaseIDsRow struct {
+	ID    uuid.UUID
+	Owner string
+}
+
+// The active leases of a group, for releasing them together; with owner
+// set, only if they are that owner's.
+func (q *Queries) GroupLeaseIDs(ctx context.Context, groupID *uuid.UUID) ([]GroupLeaseIDsRow, error) {
+	rows, err := q.db.Query(ctx, groupLeaseIDs, groupID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []GroupLeaseIDsRow
+	for rows.Next() {
+		var i GroupLeaseIDsRow
+		if err := rows.Scan(&i.ID, &i.Owner); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const groupLeases = `-- name: GroupLeases :many
 SELECT l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, d.labels AS device_labels, d.address AS device_address, d.probe AS device_probe
 FROM devalloc.leases l
@@ -368,6 +401,57 @@ func (q *Queries) RegisterInstance(ctx context.Context, name string) (int64, err
 	var id int64
 	err := row.Scan(&id)
 	return id, err
+}
+
+const renewGroup = `-- name: RenewGroup :many
+UPDATE devalloc.leases SET expires_at = clock_timestamp() + make_interval(secs => $1::float8)
+WHERE group_id = $2 AND owner = $3 AND released_at IS NULL AND expires_at > now()
+RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id
+`
+
+type RenewGroupParams struct {
+	TtlSeconds float64
+	GroupID    *uuid.UUID
+	Owner      string
+}
+
+// Extends every active, unlapsed lease of an owner's group (database
+// clock).
+func (q *Queries) RenewGroup(ctx context.Context, arg RenewGroupParams) ([]DevallocLease, error) {
+	rows, err := q.db.Query(ctx, renewGroup, arg.TtlSeconds, arg.GroupID, arg.Owner)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []DevallocLease
+	for rows.Next() {
+		var i DevallocLease
+		if err := rows.Scan(
+			&i.ID,
+			&i.DeviceID,
+			&i.DeviceName,
+			&i.Pool,
+			&i.Owner,
+			&i.Holder,
+			&i.FencingToken,
+			&i.AcquiredAt,
+			&i.ExpiresAt,
+			&i.ReleasedAt,
+			&i.EndReason,
+			&i.IdempotencyKey,
+			&i.ActiveDeviceID,
+			&i.RequestFingerprint,
+			&i.GroupID,
+			&i.WaiterID,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const waiterLeases = `-- name: WaiterLeases :many

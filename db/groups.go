@@ -1,0 +1,138 @@
+package db
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/devalloc/devalloc/db/dbsqlc"
+)
+
+// Group returns every lease of a group acquire (active or ended), in
+// device name order; ErrNotFound if no lease has that group id.
+func (a *Allocator) Group(ctx context.Context, id uuid.UUID) ([]Lease, error) {
+	rows, err := a.q.GroupLeases(ctx, &id)
+	if err != nil {
+		return nil, fmt.Errorf("leases of group %s: %w", id, err)
+	}
+	if len(rows) == 0 {
+		return nil, ErrNotFound
+	}
+	out := make([]Lease, 0, len(rows))
+	for _, r := range rows {
+		l, err := leaseFromHanded(dbsqlc.WaiterLeasesRow(r))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+// EndGroup ends every active lease of a group in one transaction (reason:
+// EndReleased by its owner, EndRevoked by an admin) and returns the group
+// as it is afterwards. Each freed device goes to the line as a single
+// release's would, all in the one commit. Ending a group whose leases have
+// all ended already changes nothing.
+func (a *Allocator) EndGroup(ctx context.Context, id uuid.UUID, reason string) ([]Lease, error) {
+	var ended []dbsqlc.EndLeaseRow
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		q := a.q.WithTx(tx)
+		active, err := q.GroupLeaseIDs(ctx, &id)
+		if err != nil {
+			return err
+		}
+		for _, l := range active {
+			r, err := q.EndLease(ctx, dbsqlc.EndLeaseParams{ID: l.ID, EndReason: reason})
+			if errors.Is(err, pgx.ErrNoRows) {
+				continue // ended meanwhile (expired, by the reaper)
+			}
+			if err != nil {
+				return err
+			}
+			ended = append(ended, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("end group %s (%s): %w", id, reason, err)
+	}
+	// After commit: a waiter told of its devices reads them at once.
+	for _, r := range ended {
+		a.endedLease(r)
+	}
+	return a.Group(ctx, id)
+}
+
+// RenewGroup extends every active lease of owner's group by ttl (the
+// default when 0) from now. It fails with ErrNotFound when the group has
+// no active, unlapsed lease of owner's.
+func (a *Allocator) RenewGroup(ctx context.Context, id uuid.UUID, owner string, ttl time.Duration) ([]Lease, error) {
+	if ttl <= 0 {
+		ttl = a.cfg.DefaultTTL
+	}
+	rows, err := a.q.RenewGroup(ctx, dbsqlc.RenewGroupParams{GroupID: &id, Owner: owner, TtlSeconds: ttl.Seconds()})
+	if err != nil {
+		return nil, fmt.Errorf("renew group %s: %w", id, err)
+	}
+	if len(rows) == 0 {
+		return nil, ErrNotFound
+	}
+	return a.Group(ctx, id)
+}
+
+// QueueEntry is one waiting request's place in its pool's line.
+type QueueEntry struct {
+	ID       uuid.UUID
+	Pool     string
+	Labels   Labels
+	Count    int
+	Priority int
+	Owner    string
+	Holder   string
+	// Position is 1 for the request served first when a device it fits is
+	// free.
+	Position   int
+	EnqueuedAt time.Time
+	// RankedAt is EnqueuedAt moved earlier by priority x PriorityAging:
+	// the line's order.
+	RankedAt time.Time
+}
+
+// QueueFilter narrows Queue; empty fields match everything.
+type QueueFilter struct {
+	Pool  string
+	Owner string
+	// Limit caps the entries returned: 0 means MaxPageSize.
+	Limit int
+}
+
+// Queue lists the line of a pool (or of every pool), in serving order.
+// Positions are those in the whole line even when only one owner's entries
+// are listed.
+func (a *Allocator) Queue(ctx context.Context, f QueueFilter) ([]QueueEntry, error) {
+	limit := f.Limit
+	if limit <= 0 || limit > MaxPageSize {
+		limit = MaxPageSize
+	}
+	rows, err := a.q.ListQueue(ctx, dbsqlc.ListQueueParams{Pool: optional(f.Pool), Owner: optional(f.Owner), MaxRows: int32(limit)})
+	if err != nil {
+		return nil, fmt.Errorf("list the line of pool %q: %w", f.Pool, err)
+	}
+	out := make([]QueueEntry, 0, len(rows))
+	for _, r := range rows {
+		labels, err := decodeLabels(r.Labels)
+		if err != nil {
+			return nil, fmt.Errorf("waiter %s labels: %w", r.ID, err)
+		}
+		out = append(out, QueueEntry{
+			ID: r.ID, Pool: r.Pool, Labels: labels, Count: int(r.Count), Priority: int(r.Priority),
+			Owner: r.Owner, Holder: r.Holder, Position: int(r.Position), EnqueuedAt: r.EnqueuedAt, RankedAt: r.RankedAt,
+		})
+	}
+	return out, nil
+}
