@@ -5,6 +5,8 @@ import (
 	"sync"
 
 	"github.com/google/uuid"
+
+	"github.com/devalloc/devalloc/db/dbsqlc"
 )
 
 // idleEvent says a device became idle: from a NOTIFY, or from a re-check
@@ -61,8 +63,10 @@ type Waiter struct {
 	pending *idleEvent
 	// attempting is true while the waiter runs an acquire transaction.
 	attempting bool
-	// served is set once a transaction reported handing it its devices.
+	// served is set once a transaction reported handing it its devices;
+	// handed holds them when the report carried them.
 	served bool
+	handed []dbsqlc.WaiterLeasesRow
 	// enqueued is set once its row is in devalloc.waiters.
 	enqueued bool
 }
@@ -97,8 +101,9 @@ func (h *Hub) Join(sel Selector) *Waiter {
 }
 
 // Served wakes the waiter with this id, if it is here, for good: it was
-// handed its devices. It reports whether the waiter is here.
-func (h *Hub) Served(id uuid.UUID) bool {
+// handed its devices (handed, when the news carried them; nil: the waiter
+// reads them). It reports whether the waiter is here.
+func (h *Hub) Served(id uuid.UUID, handed []dbsqlc.WaiterLeasesRow) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	w := h.byID[id]
@@ -106,6 +111,9 @@ func (h *Hub) Served(id uuid.UUID) bool {
 		return false
 	}
 	w.served = true
+	if handed != nil {
+		w.handed = handed
+	}
 	select {
 	case w.wake <- struct{}{}:
 	default:
@@ -120,11 +128,19 @@ func (w *Waiter) IsServed() bool {
 	return w.served
 }
 
+// handedLeases returns the leases the served news carried, if it did.
+func (w *Waiter) handedLeases() []dbsqlc.WaiterLeasesRow {
+	w.hub.mu.Lock()
+	defer w.hub.mu.Unlock()
+	return w.handed
+}
+
 // resetServed makes the waiter wait again (it went back in line).
 func (w *Waiter) resetServed() {
 	w.hub.mu.Lock()
 	defer w.hub.mu.Unlock()
 	w.served = false
+	w.handed = nil
 	w.enqueued = false
 	select {
 	case <-w.wake:

@@ -8,11 +8,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-)
 
-// livenessLockClass is the first key of every instance's liveness advisory
-// lock (the second is its id); devalloc.instance_alive tests it.
-const livenessLockClass = 1685482609
+	"github.com/devalloc/devalloc/db/dbsqlc"
+)
 
 // errNotRegistered: the instance has no row in devalloc.instances yet (its
 // listener has not connected), so it cannot put requests in line. It
@@ -26,18 +24,18 @@ var errNotRegistered = errors.New("instance not registered yet: its listener has
 func (a *Allocator) claimLiveness(ctx context.Context, conn *pgx.Conn) error {
 	id := a.instanceID.Load()
 	if id == 0 {
-		host, _ := os.Hostname()
-		name := fmt.Sprintf("%s:%d", host, os.Getpid())
-		if err := conn.QueryRow(ctx, `INSERT INTO devalloc.instances (name) VALUES ($1) RETURNING id`, name).Scan(&id); err != nil {
+		name := instanceName()
+		var err error
+		if id, err = dbsqlc.New(conn).RegisterInstance(ctx, name); err != nil {
 			return fmt.Errorf("register instance: %w", err)
 		}
 		a.instanceID.Store(id)
 		a.log.Info("instance registered", "instance", id, "name", name)
 	}
-	var got bool
 	// try: a session of ours that the network cut off may hold it still;
 	// then the listener retries until that session is gone.
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, $2::int4)`, livenessLockClass, id).Scan(&got); err != nil {
+	got, err := dbsqlc.New(conn).TakeLivenessLock(ctx, id)
+	if err != nil {
 		return fmt.Errorf("take liveness lock of instance %d: %w", id, err)
 	}
 	if !got {
@@ -69,7 +67,7 @@ func (a *Allocator) runInstanceKeeper(ctx context.Context) {
 		case <-time.After(jitter(a.cfg.HeartbeatInterval)):
 		}
 		if id := a.instanceID.Load(); id != 0 {
-			if err := a.q.InstanceHeartbeat(ctx, id); err != nil && ctx.Err() == nil {
+			if err := a.q.InstanceHeartbeat(ctx, dbsqlc.InstanceHeartbeatParams{ID: id, Name: instanceName()}); err != nil && ctx.Err() == nil {
 				a.log.Warn("instance heartbeat failed", "instance", id, "err", err)
 			}
 		}
@@ -81,4 +79,10 @@ func (a *Allocator) runInstanceKeeper(ctx context.Context) {
 			a.log.Info("removed instances that stopped without deregistering, with their waiters", "instances", n)
 		}
 	}
+}
+
+// instanceName is host:pid, for people reading devalloc.instances.
+func instanceName() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s:%d", host, os.Getpid())
 }

@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -88,11 +87,11 @@ func (l *listener) listenOnce(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		events, served := parseIdleNotification(n.Payload, l.self)
-		for _, id := range served {
-			l.hub.Served(id)
+		if id, handed, ok := parseServed(n.Payload); ok {
+			l.hub.Served(id, handed)
+			continue
 		}
-		for _, ev := range events {
+		for _, ev := range parseIdleNotification(n.Payload, l.self) {
 			l.hub.Notify(ev)
 		}
 	}
@@ -100,14 +99,14 @@ func (l *listener) listenOnce(ctx context.Context) error {
 
 // parseIdleNotification reads a notification on the idle channel: one
 // device from the trigger, or a batch from an instance's notifier (none
-// when the batch is from self) with the idle devices and the waiters served.
-func parseIdleNotification(payload, self string) ([]idleEvent, []uuid.UUID) {
+// when the batch is from self).
+func parseIdleNotification(payload, self string) []idleEvent {
 	var batch noticeBatch
 	if json.Unmarshal([]byte(payload), &batch) != nil || batch.From == "" {
-		return []idleEvent{parseIdlePayload(payload)}, nil
+		return []idleEvent{parseIdlePayload(payload)}
 	}
 	if batch.From == self {
-		return nil, nil
+		return nil
 	}
 	out := make([]idleEvent, 0, len(batch.Idle))
 	for _, n := range batch.Idle {
@@ -119,7 +118,7 @@ func parseIdleNotification(payload, self string) ([]idleEvent, []uuid.UUID) {
 		}
 		out = append(out, ev)
 	}
-	return out, batch.Served
+	return out
 }
 
 // parseIdlePayload reads {"pool":..., "device":..., "labels":{...}}. A payload

@@ -33,10 +33,7 @@ type notifier struct {
 
 	mu      sync.Mutex
 	pending []idleNotice
-	// served are waiters at other instances that a transaction here handed
-	// devices to.
-	served []uuid.UUID
-	kick   chan struct{} // capacity 1: "pending is not empty"
+	kick    chan struct{} // capacity 1: "pending is not empty"
 }
 
 // idleNotice is one freed device as the other instances read it.
@@ -48,9 +45,8 @@ type idleNotice struct {
 
 // noticeBatch is the payload of one coalesced NOTIFY.
 type noticeBatch struct {
-	From   string       `json:"from"`
-	Idle   []idleNotice `json:"idle"`
-	Served []uuid.UUID  `json:"served,omitempty"`
+	From string       `json:"from"`
+	Idle []idleNotice `json:"idle"`
 }
 
 // maxPayload keeps a NOTIFY payload under PostgreSQL's 8000-byte limit.
@@ -77,24 +73,13 @@ func (n *notifier) freed(pool string, device int64, labels []byte) {
 	}
 }
 
-// handedOver tells the waiters a committed transaction served: those here
-// at once, the others with the next batch.
+// handedOver wakes the waiters here that a committed transaction of this
+// instance served, without waiting for the notification the transaction
+// sent (devalloc.grant_to_waiter notifies every instance at commit; waiters
+// elsewhere hear of it that way).
 func (n *notifier) handedOver(waiters []uuid.UUID) {
-	var remote []uuid.UUID
 	for _, id := range waiters {
-		if !n.hub.Served(id) {
-			remote = append(remote, id)
-		}
-	}
-	if len(remote) == 0 {
-		return
-	}
-	n.mu.Lock()
-	n.served = append(n.served, remote...)
-	n.mu.Unlock()
-	select {
-	case n.kick <- struct{}{}:
-	default:
+		n.hub.Served(id, nil)
 	}
 }
 
@@ -121,29 +106,16 @@ func (n *notifier) run(ctx context.Context) {
 // waiters' periodic re-check finds the devices within about a second.
 func (n *notifier) send(ctx context.Context) {
 	n.mu.Lock()
-	batch, served := n.pending, n.served
-	n.pending, n.served = nil, nil
+	batch := n.pending
+	n.pending = nil
 	n.mu.Unlock()
-	if len(batch) == 0 && len(served) == 0 {
+	if len(batch) == 0 {
 		return
 	}
-	payloads := append(n.payloads(batch), n.servedPayloads(served)...)
+	payloads := n.payloads(batch)
 	if _, err := n.pool.Exec(ctx, `SELECT pg_notify('`+idleChannel+`', p) FROM unnest($1::text[]) AS p`, payloads); err != nil && ctx.Err() == nil {
 		n.log.Warn("notify freed devices failed; waiters elsewhere find them at their next re-check", "devices", len(batch), "err", err)
 	}
-}
-
-// servedPayloads packs waiter ids, about 200 to a payload.
-func (n *notifier) servedPayloads(served []uuid.UUID) []string {
-	const perPayload = 180 // 38 bytes each in JSON: well under maxPayload
-	var out []string
-	for len(served) > 0 {
-		k := min(len(served), perPayload)
-		b, _ := json.Marshal(noticeBatch{From: n.from, Idle: []idleNotice{}, Served: served[:k]})
-		out = append(out, string(b))
-		served = served[k:]
-	}
-	return out
 }
 
 // payloads packs notices into as few payloads under maxPayload as it can.

@@ -62,10 +62,10 @@ func TestReleaseNotifiesAfterCommitInABatch(t *testing.T) {
 		t.Fatalf("a second notification for one release: %s", n.Payload)
 	}
 	// Its own listener skips the batch; another instance's reads it.
-	if evs, _ := parseIdleNotification(mustJSON(t, batch), a.notifier.from); len(evs) != 0 {
+	if evs := parseIdleNotification(mustJSON(t, batch), a.notifier.from); len(evs) != 0 {
 		t.Fatalf("own batch parsed into %v", evs)
 	}
-	evs, _ := parseIdleNotification(mustJSON(t, batch), "another")
+	evs := parseIdleNotification(mustJSON(t, batch), "another")
 	if len(evs) != 1 || !evs[0].LabelsKnown || evs[0].Labels["os"] != "android" {
 		t.Fatalf("another instance reads %+v", evs)
 	}
@@ -84,7 +84,7 @@ func TestDBAUpdateStillNotifiesFromTheTrigger(t *testing.T) {
 	if _, err := conn.Exec(t.Context(), `UPDATE devalloc.devices SET state = 'idle'`); err != nil {
 		t.Fatal(err)
 	}
-	ev, _ := parseIdleNotification(nextNotification(t, conn), a.notifier.from)
+	ev := parseIdleNotification(nextNotification(t, conn), a.notifier.from)
 	if len(ev) != 1 || ev[0].Pool != "lab" || !ev[0].LabelsKnown {
 		t.Fatalf("trigger notification read as %+v", ev)
 	}

@@ -12,6 +12,11 @@ import (
 	"github.com/devalloc/devalloc/db/probe"
 )
 
+// errDropped: the waiter's row left the line without a lease (its
+// instance was taken for dead and its rows removed). It is an ErrNoDevice
+// to the client when the wait cannot go on.
+var errDropped = fmt.Errorf("left the line without a lease: %w", ErrNoDevice)
+
 // place is a waiter's place in line, kept so that a waiter whose handed-over
 // device failed its probe goes back exactly where it was.
 type place struct {
@@ -55,6 +60,17 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 	for {
 		if w.IsServed() {
 			lease, giveBack, err := a.collect(ctx, req, w)
+			if errors.Is(err, errDropped) && window.remaining() > 0 && ctx.Err() == nil && !a.isDraining() {
+				// Its row went without a lease (its instance was taken for
+				// dead while cut off): back to its old place.
+				a.log.Warn("a waiting request lost its place in line; putting it back", "pool", req.Selector.Pool, "waiter", w.ID)
+				w.resetServed()
+				if _, _, err := a.enqueue(ctx, req, w.ID, at); err != nil {
+					return Lease{}, false, err
+				}
+				w.markEnqueued()
+				continue
+			}
 			if giveBack == nil {
 				return lease, false, err
 			}
@@ -217,11 +233,16 @@ func (a *Allocator) leaveLine(ctx context.Context, req AcquireRequest, w *Waiter
 // devices that answered, for the caller to release once the waiter is back
 // in line.
 func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) (lease Lease, giveBack []Lease, err error) {
-	readCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queueBound)
-	defer cancel()
-	rows, err := a.q.WaiterLeases(readCtx, &w.ID)
-	if err != nil {
-		return Lease{}, nil, fmt.Errorf("read the leases handed to waiter %s: %w", w.ID, err)
+	rows := w.handedLeases()
+	if rows == nil {
+		// The news came without them (from this instance's own release, a
+		// re-check, or an outsized notice): read them.
+		readCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queueBound)
+		defer cancel()
+		var err error
+		if rows, err = a.q.WaiterLeases(readCtx, &w.ID); err != nil {
+			return Lease{}, nil, fmt.Errorf("read the leases handed to waiter %s: %w", w.ID, err)
+		}
 	}
 	if len(rows) == 0 {
 		// Dropped without a lease: its idempotency key already had one (a
@@ -231,7 +252,7 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) 
 				return lease, nil, err
 			}
 		}
-		return Lease{}, nil, fmt.Errorf("waiter %s left the line of pool %q without a lease: %w", w.ID, req.Selector.Pool, ErrNoDevice)
+		return Lease{}, nil, fmt.Errorf("waiter %s in pool %q: %w", w.ID, req.Selector.Pool, errDropped)
 	}
 	leases := make([]Lease, 0, len(rows))
 	for _, r := range rows {

@@ -85,7 +85,7 @@ func (a *Allocator) recheckServed(ctx context.Context) {
 	}
 	for _, id := range ids {
 		if !queued[id] {
-			a.hub.Served(id)
+			a.hub.Served(id, nil)
 		}
 	}
 }

@@ -89,6 +89,7 @@ DECLARE
     v_device bigint;
     v_lease  uuid;
     v_first  boolean := true;
+    v_payload text;
 BEGIN
     IF w.idempotency_key IS NOT NULL AND EXISTS (
         SELECT 1 FROM devalloc.leases l WHERE l.owner = w.owner AND l.idempotency_key = w.idempotency_key
@@ -119,11 +120,28 @@ BEGIN
         v_first := false;
     END LOOP;
     DELETE FROM devalloc.waiters WHERE id = w.id;
+    -- Tell the waiter's instance, with everything its answer needs, at
+    -- commit: no second round trip after this one commit, and nothing to
+    -- read back. Outsized (huge labels, big groups): the id alone, and the
+    -- instance reads the leases.
+    SELECT json_build_object('served', w.id, 'leases', json_agg(json_build_object(
+               'id', l.id, 'device_id', l.device_id, 'device_name', l.device_name, 'pool', l.pool,
+               'owner', l.owner, 'holder', l.holder, 'fencing_token', l.fencing_token,
+               'acquired_at', l.acquired_at, 'expires_at', l.expires_at, 'group_id', l.group_id,
+               'labels', d.labels, 'address', d.address, 'probe', d.probe) ORDER BY l.device_name))::text
+    INTO v_payload
+    FROM devalloc.leases l JOIN devalloc.devices d ON d.id = l.device_id
+    WHERE l.waiter_id = w.id AND l.released_at IS NULL;
+    IF octet_length(v_payload) > 7900 THEN
+        v_payload := json_build_object('served', w.id)::text;
+    END IF;
+    PERFORM pg_notify('devalloc_idle', v_payload);
 END
 $$;
 -- +goose StatementEnd
 COMMENT ON FUNCTION devalloc.grant_to_waiter(devalloc.waiters, bigint[]) IS
-    'Leases the given idle devices (locked by the caller) to the waiter and removes it from the line; one group when more than one.';
+    'Leases the given idle devices (locked by the caller) to the waiter, removes it from the line and notifies devalloc_idle '
+    'with {served: waiter id, leases: [...]} at commit; one group when more than one device.';
 
 -- +goose StatementBegin
 CREATE FUNCTION devalloc.dispatch(p_pool text) RETURNS SETOF devalloc.leases LANGUAGE plpgsql AS $$
@@ -211,29 +229,38 @@ COMMENT ON FUNCTION devalloc.hand_off(bigint) IS
 
 DROP VIEW devalloc.pool_summary;
 CREATE VIEW devalloc.pool_summary AS
+WITH live AS (
+    SELECT i.id FROM devalloc.instances i WHERE devalloc.instance_alive(i.id)
+), line AS (
+    SELECT w.pool, count(*) AS waiting, min(w.enqueued_at) AS oldest
+    FROM devalloc.waiters w JOIN live ON live.id = w.instance_id
+    GROUP BY w.pool
+)
 SELECT d.pool,
        count(*)                                        AS devices,
        count(*) FILTER (WHERE d.state = 'idle')        AS idle,
        count(*) FILTER (WHERE d.state = 'leased')      AS leased,
        count(*) FILTER (WHERE d.state = 'offline')     AS offline,
        count(*) FILTER (WHERE d.state = 'maintenance') AS maintenance,
-       coalesce(q.waiting, 0)                          AS waiting,
-       q.oldest_enqueued_at,
-       now() - q.oldest_enqueued_at                    AS oldest_wait
+       coalesce(max(line.waiting), 0)                  AS waiting,
+       now() - min(line.oldest)                        AS oldest_wait
 FROM devalloc.devices d
-LEFT JOIN (SELECT w.pool, count(*) AS waiting, min(w.enqueued_at) AS oldest_enqueued_at
-           FROM devalloc.waiters w GROUP BY w.pool) q ON q.pool = d.pool
-GROUP BY d.pool, q.waiting, q.oldest_enqueued_at;
-COMMENT ON VIEW devalloc.pool_summary IS 'Devices per pool by state, the queue depth (waiting, across all instances) and the oldest wait.';
+LEFT JOIN line ON line.pool = d.pool
+GROUP BY d.pool;
+COMMENT ON VIEW devalloc.pool_summary IS 'Devices per pool by state, the queue depth (waiting, across all live instances) and the oldest wait.';
 
 CREATE VIEW devalloc.queue AS
+WITH live AS (
+    SELECT i.id FROM devalloc.instances i WHERE devalloc.instance_alive(i.id)
+)
 SELECT w.pool,
        row_number() OVER (PARTITION BY w.pool ORDER BY w.ranked_at, w.seq) AS position,
        w.id AS waiter_id, w.owner, w.holder, w.labels, w.count, w.priority,
        w.enqueued_at, now() - w.enqueued_at AS waited, i.name AS instance
 FROM devalloc.waiters w
+JOIN live ON live.id = w.instance_id
 JOIN devalloc.instances i ON i.id = w.instance_id;
-COMMENT ON VIEW devalloc.queue IS 'The line of every pool in serving order: position 1 is served first when a device it fits is free.';
+COMMENT ON VIEW devalloc.queue IS 'The line of every pool in serving order: position 1 is served first when a device it fits is free. Waiters of instances whose listener is gone are left out (the line skips them; they are removed after ~3 heartbeats).';
 
 DROP TABLE devalloc.instance_waiting;
 

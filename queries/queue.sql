@@ -3,8 +3,18 @@
 -- name: RegisterInstance :one
 INSERT INTO devalloc.instances (name) VALUES (@name) RETURNING id;
 
+-- name: TakeLivenessLock :one
+-- Run on the listener's session: the lock lives as long as it does (see
+-- devalloc.instance_alive). false: an older session of this instance still
+-- holds it.
+SELECT pg_try_advisory_lock(1685482609, (@id::bigint)::int4) AS taken;
+
 -- name: InstanceHeartbeat :exec
-UPDATE devalloc.instances SET seen_at = now() WHERE id = @id;
+-- Marks the instance alive; recreates its row (same id) if another
+-- instance removed it while this one was cut off.
+INSERT INTO devalloc.instances (id, name, seen_at) OVERRIDING SYSTEM VALUE
+VALUES (@id, @name, now())
+ON CONFLICT (id) DO UPDATE SET seen_at = now();
 
 -- name: DeregisterInstance :exec
 -- A clean stop: the instance's waiters have been answered; their rows (if
@@ -79,11 +89,14 @@ SELECT EXISTS (SELECT 1 FROM devalloc.waiters WHERE pool = @pool) AS busy;
 -- name: ListQueue :many
 -- The line of one pool (or all), in serving order with 1-based positions,
 -- optionally only one owner's entries (positions stay those in the whole
--- line).
+-- line). Waiters of dead instances are left out: the line skips them.
+WITH live AS (
+    SELECT i.id FROM devalloc.instances i WHERE devalloc.instance_alive(i.id)
+)
 SELECT q.* FROM (
     SELECT w.id, w.pool, w.labels, w.count, w.priority, w.owner, w.holder, w.enqueued_at, w.ranked_at,
            row_number() OVER (PARTITION BY w.pool ORDER BY w.ranked_at, w.seq) AS position
-    FROM devalloc.waiters w
+    FROM devalloc.waiters w JOIN live ON live.id = w.instance_id
     WHERE sqlc.narg('pool')::text IS NULL OR w.pool = sqlc.narg('pool')
 ) q
 WHERE sqlc.narg('owner')::text IS NULL OR q.owner = sqlc.narg('owner')

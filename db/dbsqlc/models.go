@@ -162,20 +162,19 @@ type DevallocLeaseHistory struct {
 	HeldFor      int32
 }
 
-// Devices per pool by state, the queue depth (waiting, across all instances) and the oldest wait.
+// Devices per pool by state, the queue depth (waiting, across all live instances) and the oldest wait.
 type DevallocPoolSummary struct {
-	Pool             string
-	Devices          int64
-	Idle             int64
-	Leased           int64
-	Offline          int64
-	Maintenance      int64
-	Waiting          int64
-	OldestEnqueuedAt interface{}
-	OldestWait       int32
+	Pool        string
+	Devices     int64
+	Idle        int64
+	Leased      int64
+	Offline     int64
+	Maintenance int64
+	Waiting     interface{}
+	OldestWait  int32
 }
 
-// The line of every pool in serving order: position 1 is served first when a device it fits is free.
+// The line of every pool in serving order: position 1 is served first when a device it fits is free. Waiters of instances whose listener is gone are left out (the line skips them; they are removed after ~3 heartbeats).
 type DevallocQueue struct {
 	Pool       string
 	Position   int64

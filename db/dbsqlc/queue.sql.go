@@ -304,19 +304,31 @@ func (q *Queries) GroupLeases(ctx context.Context, groupID *uuid.UUID) ([]GroupL
 }
 
 const instanceHeartbeat = `-- name: InstanceHeartbeat :exec
-UPDATE devalloc.instances SET seen_at = now() WHERE id = $1
+INSERT INTO devalloc.instances (id, name, seen_at) OVERRIDING SYSTEM VALUE
+VALUES ($1, $2, now())
+ON CONFLICT (id) DO UPDATE SET seen_at = now()
 `
 
-func (q *Queries) InstanceHeartbeat(ctx context.Context, id int64) error {
-	_, err := q.db.Exec(ctx, instanceHeartbeat, id)
+type InstanceHeartbeatParams struct {
+	ID   int64
+	Name string
+}
+
+// Marks the instance alive; recreates its row (same id) if another
+// instance removed it while this one was cut off.
+func (q *Queries) InstanceHeartbeat(ctx context.Context, arg InstanceHeartbeatParams) error {
+	_, err := q.db.Exec(ctx, instanceHeartbeat, arg.ID, arg.Name)
 	return err
 }
 
 const listQueue = `-- name: ListQueue :many
+WITH live AS (
+    SELECT i.id FROM devalloc.instances i WHERE devalloc.instance_alive(i.id)
+)
 SELECT q.id, q.pool, q.labels, q.count, q.priority, q.owner, q.holder, q.enqueued_at, q.ranked_at, q.position FROM (
     SELECT w.id, w.pool, w.labels, w.count, w.priority, w.owner, w.holder, w.enqueued_at, w.ranked_at,
            row_number() OVER (PARTITION BY w.pool ORDER BY w.ranked_at, w.seq) AS position
-    FROM devalloc.waiters w
+    FROM devalloc.waiters w JOIN live ON live.id = w.instance_id
     WHERE $1::text IS NULL OR w.pool = $1
 ) q
 WHERE $2::text IS NULL OR q.owner = $2
@@ -345,7 +357,7 @@ type ListQueueRow struct {
 
 // The line of one pool (or all), in serving order with 1-based positions,
 // optionally only one owner's entries (positions stay those in the whole
-// line).
+// line). Waiters of dead instances are left out: the line skips them.
 func (q *Queries) ListQueue(ctx context.Context, arg ListQueueParams) ([]ListQueueRow, error) {
 	rows, err := q.db.Query(ctx, listQueue, arg.Pool, arg.Owner, arg.MaxRows)
 	if err != nil {
@@ -452,6 +464,20 @@ func (q *Queries) RenewGroup(ctx context.Context, arg RenewGroupParams) ([]Deval
 		return nil, err
 	}
 	return items, nil
+}
+
+const takeLivenessLock = `-- name: TakeLivenessLock :one
+SELECT pg_try_advisory_lock(1685482609, ($1::bigint)::int4) AS taken
+`
+
+// Run on the listener's session: the lock lives as long as it does (see
+// devalloc.instance_alive). false: an older session of this instance still
+// holds it.
+func (q *Queries) TakeLivenessLock(ctx context.Context, id int64) (bool, error) {
+	row := q.db.QueryRow(ctx, takeLivenessLock, id)
+	var taken bool
+	err := row.Scan(&taken)
+	return taken, err
 }
 
 const waiterLeases = `-- name: WaiterLeases :many
