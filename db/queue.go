@@ -53,7 +53,7 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 			}
 			break
 		}
-		if !a.retryQueueStep(ctx, window, err) {
+		if !a.retryQueueStep(ctx, window, err, start) {
 			return Lease{}, false, err
 		}
 	}
@@ -105,9 +105,23 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 	}
 }
 
+// registrationGrace is how long a request that may not wait still waits
+// for its instance to register (just after start, before the listener's
+// first connection), rather than fail.
+const registrationGrace = 2 * time.Second
+
 // retryQueueStep waits out a transient failure of a queue statement while
-// the request may still wait.
-func (a *Allocator) retryQueueStep(ctx context.Context, window waitWindow, err error) bool {
+// the request may still wait (or, for errNotRegistered, within
+// registrationGrace of start).
+func (a *Allocator) retryQueueStep(ctx context.Context, window waitWindow, err error, since time.Time) bool {
+	if errors.Is(err, errNotRegistered) && time.Since(since) < registrationGrace && ctx.Err() == nil && !a.isDraining() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(20 * time.Millisecond):
+			return true
+		}
+	}
 	if ctx.Err() != nil || !IsTransient(err) || window.remaining() <= 0 || a.isDraining() {
 		return false
 	}

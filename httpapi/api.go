@@ -34,6 +34,11 @@ type Options struct {
 	// may have in progress at this instance; more get 429. 0 (or less)
 	// means DefaultMaxWaitingPerKey.
 	MaxWaitingPerKey int
+	// MaxClientPriority is the highest acquire priority a client key may
+	// ask for (admin keys may use up to 100); higher is refused with 403.
+	// 0 means DefaultMaxClientPriority; a negative value allows none above
+	// 0.
+	MaxClientPriority int
 	// Metrics, when set, are served at GET /metrics (Prometheus text
 	// format, without authentication, like /healthz); pass the same value
 	// as the allocator's db.Config.Observer.
@@ -64,6 +69,8 @@ type server struct {
 	log     *slog.Logger
 	maxBody int64
 	waiting *waitLimiter
+	// maxClientPriority is the resolved Options.MaxClientPriority.
+	maxClientPriority int
 }
 
 // New returns the HTTP handler serving the whole API for alloc.
@@ -113,7 +120,8 @@ func OpenAPI(version string) ([]byte, error) {
 // build creates the mux and the Huma API on it with every operation
 // registered. New and OpenAPI share it so the spec is exactly what is served.
 func build(alloc *db.Allocator, opts Options) (*http.ServeMux, huma.API) {
-	s := &server{alloc: alloc, log: opts.Logger, maxBody: opts.MaxBodyBytes, waiting: newWaitLimiter(opts.MaxWaitingPerKey)}
+	s := &server{alloc: alloc, log: opts.Logger, maxBody: opts.MaxBodyBytes, waiting: newWaitLimiter(opts.MaxWaitingPerKey),
+		maxClientPriority: clientPriorityCap(opts.MaxClientPriority)}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -134,7 +142,9 @@ func build(alloc *db.Allocator, opts Options) (*http.ServeMux, huma.API) {
 
 	s.registerDevices(api)
 	s.registerLeases(api)
+	s.registerLeaseGroups(api)
 	s.registerPools(api)
+	s.registerQueue(api)
 	s.registerHealth(api)
 	declareSecurity(api)
 	declareUnavailable(api)
@@ -154,6 +164,7 @@ func config() huma.Config {
 		"telling apart errors that share a status: " +
 		"`urn:devalloc:problem:` + `not-found` (404), `device-exists` (409), `device-leased` (409), " +
 		"`unsatisfiable-selector` (422), `lease-ended` (410), `forbidden` / `not-your-lease` (403), " +
+		"`priority-too-high` (403: a client key asked for more acquire priority than it may), " +
 		"`no-device-available` (503, with Retry-After), `not-ready` (503), " +
 		"`idempotency-key-reused` (422), `too-many-waiting` (429, with Retry-After), " +
 		"`unauthorized` (401, with WWW-Authenticate), `invalid-value` (422, a value the database refused), " +
@@ -163,7 +174,9 @@ func config() huma.Config {
 	cfg.Tags = []*huma.Tag{
 		{Name: "devices", Description: "The devices devalloc hands out, and their state."},
 		{Name: "leases", Description: "Acquire, renew and release devices."},
+		{Name: "lease-groups", Description: "The leases of a group acquire (count > 1), renewed and released together."},
 		{Name: "pools", Description: "Per-pool device counts."},
+		{Name: "queue", Description: "The acquires waiting in each pool's line, in serving order."},
 		{Name: "health", Description: "Liveness and readiness for orchestrators."},
 	}
 	return cfg

@@ -10,8 +10,9 @@ import (
 )
 
 var wantOperations = []string{
-	"acquireLease", "createDevice", "deleteDevice", "getDevice", "getLease", "healthz",
-	"listDevices", "listLeases", "listPools", "readyz", "releaseLease", "renewLease", "updateDevice",
+	"acquireLease", "createDevice", "deleteDevice", "getDevice", "getLease", "getLeaseGroup", "getQueue", "healthz",
+	"listDevices", "listLeases", "listPools", "readyz", "releaseLease", "releaseLeaseGroup", "renewLease",
+	"renewLeaseGroup", "updateDevice",
 }
 
 func TestHealth(t *testing.T) {

@@ -19,17 +19,18 @@ import (
 const (
 	problemTypePrefix = "urn:devalloc:problem:"
 
-	kindNotFound      = "not-found"
-	kindDeviceExists  = "device-exists"
-	kindDeviceLeased  = "device-leased"
-	kindNoDevice      = "no-device-available"
-	kindUnsatisfiable = "unsatisfiable-selector"
-	kindLeaseEnded    = "lease-ended"
-	kindForbidden     = "forbidden"
-	kindNotYourLease  = "not-your-lease"
-	kindNotReady      = "not-ready"
-	kindClientGone    = "client-closed-request"
-	kindInvalidValue  = "invalid-value"
+	kindNotFound        = "not-found"
+	kindDeviceExists    = "device-exists"
+	kindDeviceLeased    = "device-leased"
+	kindNoDevice        = "no-device-available"
+	kindUnsatisfiable   = "unsatisfiable-selector"
+	kindLeaseEnded      = "lease-ended"
+	kindForbidden       = "forbidden"
+	kindNotYourLease    = "not-your-lease"
+	kindPriorityTooHigh = "priority-too-high"
+	kindNotReady        = "not-ready"
+	kindClientGone      = "client-closed-request"
+	kindInvalidValue    = "invalid-value"
 
 	kindDatabaseUnavailable = "database-unavailable"
 	kindShuttingDown        = "shutting-down"
@@ -90,7 +91,7 @@ func (s *server) fail(ctx context.Context, op, subject string, err error) error 
 		// not in conflict with a state that may change.
 		out = problem(http.StatusUnprocessableEntity, kindIdempotencyKeyReused,
 			"this Idempotency-Key was already used by this API key for a different acquire "+
-				"(pool, labels, ttl_seconds or holder differ); use a new key for a new request")
+				"(pool, labels, count, ttl_seconds or holder differ); use a new key for a new request")
 	case errors.Is(err, db.ErrUnsatisfiable):
 		out = problem(http.StatusUnprocessableEntity, kindUnsatisfiable,
 			"no registered device matches "+subject+", in any state, so waiting could never succeed")

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/devalloc/devalloc/db"
 	"github.com/devalloc/devalloc/db/dbtest"
 	"github.com/devalloc/devalloc/db/probe"
@@ -29,6 +31,7 @@ type env struct {
 	t     *testing.T
 	srv   *httptest.Server
 	alloc *db.Allocator
+	pool  *pgxpool.Pool // the env's database, for checks the API cannot make
 	logs  *logRecorder
 	key   string // sent as X-Test-Key when the env authenticates
 }
@@ -72,7 +75,7 @@ func newEnvWith(t *testing.T, opts Options) *env {
 			t.Errorf("logged at Error: %q", errs)
 		}
 	})
-	return &env{t: t, srv: srv, alloc: alloc, logs: logs}
+	return &env{t: t, srv: srv, alloc: alloc, pool: pool, logs: logs}
 }
 
 // as returns a copy of e whose requests carry key.
@@ -236,6 +239,32 @@ func (e *env) acquire(body map[string]any) Lease {
 		b = body
 	}
 	return decode[Lease](e.t, expect(e.t, e.do("POST", "/v1/leases", b), http.StatusCreated))
+}
+
+// waitReady waits until the instance is ready, its listener connected and
+// the instance registered: only then can requests join the pool's line, and
+// a group acquire that may not wait goes through the line.
+func (e *env) waitReady() {
+	e.t.Helper()
+	waitFor(e.t, "readiness", func() bool { return e.do("GET", "/readyz", nil).status == http.StatusOK })
+}
+
+// acquireAsync starts an acquire (typically with wait_seconds) and returns
+// where its response arrives; the request ends with the test.
+func (e *env) acquireAsync(body map[string]any) <-chan response {
+	done := make(chan response, 1)
+	go func() { done <- e.doCtx(e.t.Context(), "POST", "/v1/leases", body) }()
+	return done
+}
+
+// count runs a SELECT count(*) ... on the env's database.
+func (e *env) count(query string, args ...any) int {
+	e.t.Helper()
+	var n int
+	if err := e.pool.QueryRow(e.t.Context(), query, args...).Scan(&n); err != nil {
+		e.t.Fatalf("%s: %v", query, err)
+	}
+	return n
 }
 
 // waitFor polls cond until it holds or fails the test after 10 s.

@@ -3,6 +3,8 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -63,13 +65,21 @@ func (s *server) registerLeases(api huma.API) {
 			"A retry with the same key by the same API key gets the same lease, as it is now (active, or ended " +
 			"since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first " +
 			"request is still waiting joins it, and both get its outcome, so a retry never takes a second device. " +
-			"Only pool, labels, ttl_seconds and holder must match (wait_seconds may differ); " +
+			"Only pool, labels, count, ttl_seconds and holder must match (wait_seconds and priority may differ); " +
 			"the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. " +
 			"Keys are per API key and kept with the lease's history.\n\n" +
 			"An API key may have a limited number of acquires waiting (wait_seconds > 0) at one server; " +
-			"beyond that, 429 `too-many-waiting` with Retry-After.",
+			"beyond that, 429 `too-many-waiting` with Retry-After.\n\n" +
+			"Scheduling: each pool has one line, shared by every server instance. It is ordered by priority " +
+			"with aging (a request that has waited long enough ranks like one of a higher priority), first come " +
+			"first served within a priority. A new request never overtakes one already waiting: while others " +
+			"wait, it joins the line even if a device it fits is idle. Client keys may ask for a priority up to " +
+			"the server's client maximum (default 10; above it 403 `priority-too-high`), admin keys up to 100.\n\n" +
+			"Groups: count > 1 leases that many devices all or nothing, never some of them; the answer is the " +
+			"first lease with every lease of the group in `group`, all sharing `group_id`. " +
+			"422 `unsatisfiable-selector` when fewer than count registered devices could ever match.",
 		DefaultStatus: http.StatusCreated, MaxBodyBytes: s.maxBody,
-		Errors: []int{http.StatusUnprocessableEntity, http.StatusTooManyRequests, http.StatusServiceUnavailable},
+		Errors: []int{http.StatusForbidden, http.StatusUnprocessableEntity, http.StatusTooManyRequests, http.StatusServiceUnavailable},
 	}, s.acquireLease)
 	documentRetryAfter(api, "/v1/leases", "429", "This API key has too many acquires waiting at this server.")
 	documentRetryAfter(api, "/v1/leases", "503", "No matching device became free within wait_seconds (no-device-available); or the database is unavailable just now (database-unavailable), or this instance is shutting down (shutting-down).")
@@ -126,12 +136,19 @@ func (s *server) acquireLease(ctx context.Context, in *acquireLeaseInput) (*acqu
 	if b.Pool == "" {
 		b.Pool = "default"
 	}
+	// An absent body gets no schema defaults: one device, as count 1.
+	b.Count = max(b.Count, 1)
 	cfg := s.alloc.Config()
 	errs := checkLabels("body.labels", b.Labels)
 	errs = append(errs, checkText("body.holder", b.Holder)...)
 	errs = append(errs, checkSeconds("body.wait_seconds", b.WaitSeconds, cfg.MaxWait, "max wait")...)
 	errs = append(errs, checkSeconds("body.ttl_seconds", b.TTLSeconds, cfg.MaxTTL, "max TTL")...)
 	if err := invalid(errs); err != nil {
+		return nil, err
+	}
+	// Before anything touches the database: a refused priority must not
+	// leave a place in the line or a lease behind.
+	if err := s.mayUsePriority(ctx, b.Priority); err != nil {
 		return nil, err
 	}
 	owner := principal(ctx).Name
@@ -150,8 +167,18 @@ func (s *server) acquireLease(ctx context.Context, in *acquireLeaseInput) (*acqu
 		Owner:          owner,
 		Holder:         b.Holder,
 		IdempotencyKey: in.IdempotencyKey,
+		Count:          b.Count,
+		Priority:       b.Priority,
 	})
 	if err != nil {
+		if b.Count > 1 && errors.Is(err, db.ErrUnsatisfiable) && ctx.Err() == nil {
+			// Devices may match, just not enough of them: say so, or the
+			// client looks for a typo in its labels.
+			s.log.Debug("request refused", "op", "acquireLease", "subject", selectorSubject(b.Pool, b.Labels), "err", err)
+			return nil, problem(http.StatusUnprocessableEntity, kindUnsatisfiable, fmt.Sprintf(
+				"fewer than %d registered devices match %s, in any state, so a group of %d could never be leased",
+				b.Count, selectorSubject(b.Pool, b.Labels), b.Count))
+		}
 		return nil, s.fail(ctx, "acquireLease", selectorSubject(b.Pool, b.Labels), err)
 	}
 	out := &acquireLeaseOutput{Location: leaseURL(lease.ID), Body: leaseFromDB(lease)}

@@ -78,7 +78,11 @@ func TestAcquireValidation(t *testing.T) {
 	e.createDevice("v1", "", nil)
 
 	for what, body := range map[string]any{
-		"unknown field":    `{"pool":"default","priority":1}`,
+		"unknown field":    `{"pool":"default","urgency":1}`,
+		"count zero":       map[string]any{"count": 0},
+		"count over 64":    map[string]any{"count": 65},
+		"priority over":    map[string]any{"priority": 101},
+		"priority under":   map[string]any{"priority": -101},
 		"ttl zero":         map[string]any{"ttl_seconds": 0},
 		"ttl over max":     map[string]any{"ttl_seconds": 24*3600 + 1},
 		"negative wait":    map[string]any{"wait_seconds": -1},
@@ -322,7 +326,7 @@ func TestListLeasesAndPools(t *testing.T) {
 	}
 	r := expect(t, e.do("GET", "/v1/pools", nil), http.StatusOK)
 	if got := keysOf(t, mustJSON(t, decode[map[string][]any](t, r)["pools"][0])); !slices.Equal(got,
-		[]string{"idle", "leased", "maintenance", "name", "offline", "waiting"}) {
+		[]string{"idle", "leased", "maintenance", "name", "offline", "oldest_wait_seconds", "waiting"}) {
 		t.Fatalf("pool keys %v", got)
 	}
 }

@@ -110,7 +110,12 @@ type Lease struct {
 	AcquiredAt   time.Time   `json:"acquired_at" doc:"When the lease was granted (RFC 3339, UTC)." example:"2026-11-26T01:41:43.036272Z"`
 	ExpiresAt    time.Time   `json:"expires_at" doc:"The lease ends here unless renewed (RFC 3339, UTC)." example:"2026-11-26T01:51:43.036272Z"`
 	ReleasedAt   *time.Time  `json:"released_at" doc:"When the lease ended, null while active (RFC 3339, UTC)." example:"2026-11-26T01:45:02.118Z"`
-	EndReason    *string     `json:"end_reason" enum:"released,expired,revoked,device_removed" nullable:"true" doc:"Why the lease ended: released, expired, revoked or device_removed; null while active." example:"released"`
+	EndReason    *string     `json:"end_reason" enum:"released,expired,revoked,device_removed,probe_failed" nullable:"true" doc:"Why the lease ended: released, expired, revoked, device_removed, or probe_failed (handed over from the line, the device failed the waiter's probe; the waiter kept its place in line); null while active." example:"released"`
+	GroupID      *uuid.UUID  `json:"group_id,omitempty" format:"uuid" doc:"Shared by the leases of one group acquire (count > 1), see /v1/lease-groups/{id}; absent for a single lease." example:"01936b2f-0a1b-7c2d-8e3f-4a5b6c7d8e9f"`
+	// Group is on the Lease itself, not a separate acquire response type,
+	// so the acquire still answers a Lease (and the Go SDK's JSON201 stays
+	// a *Lease); only the acquire (and its idempotent replay) fills it.
+	Group []Lease `json:"group,omitempty" nullable:"false" doc:"Only in the answer of a group acquire (count > 1): every lease of the group, this one included, in device name order."`
 }
 
 // LeaseList is the listLeases response.
@@ -127,6 +132,8 @@ type AcquireLeaseRequest struct {
 	WaitSeconds int64  `json:"wait_seconds,omitempty" minimum:"0" maximum:"86400" doc:"How long to wait for a matching device to become free (long-poll); 0 answers at once. At most the server's max wait (default 900)." example:"30"`
 	TTLSeconds  int64  `json:"ttl_seconds,omitempty" minimum:"1" maximum:"31536000" doc:"Lease lifetime; renew before it passes. Default the server's default TTL (600); at most its max TTL (default 86400)." example:"600"`
 	Holder      string `json:"holder,omitempty" maxLength:"1024" doc:"Free text saying who holds the device, e.g. a CI job URL." example:"https://ci.example.com/jobs/1234"`
+	Count       int    `json:"count,omitempty" default:"1" minimum:"1" maximum:"64" doc:"How many devices to lease, all or nothing: with count > 1 the answer is the first lease of a group, with every lease of it in group (manage them together under /v1/lease-groups/{group_id})." example:"1"`
+	Priority    int    `json:"priority,omitempty" default:"0" minimum:"-100" maximum:"100" doc:"Place in the line when the request must wait: higher is served first, and waiting makes up for a lower priority over time. Client keys may ask for at most the server's client maximum (default 10)." example:"0"`
 }
 
 // RenewLeaseRequest extends a lease.
@@ -141,12 +148,40 @@ type PoolSummary struct {
 	Leased      int64  `json:"leased" doc:"Devices held under a lease." example:"5"`
 	Offline     int64  `json:"offline" doc:"Devices that failed a probe; rechecked automatically." example:"1"`
 	Maintenance int64  `json:"maintenance" doc:"Devices an admin took out of rotation." example:"0"`
-	Waiting     int64  `json:"waiting" doc:"Acquires waiting on this pool at the instance that answered." example:"2"`
+	Waiting     int64  `json:"waiting" doc:"Acquires waiting in this pool's line, across all instances." example:"2"`
+	// Seconds as a number (not a duration string), like every other time
+	// span in the API (wait_seconds, ttl_seconds).
+	OldestWaitSeconds float64 `json:"oldest_wait_seconds" doc:"How long the longest-waiting acquire in the line has waited, in seconds; 0 when nobody waits." example:"12.5"`
 }
 
 // PoolList is the listPools response.
 type PoolList struct {
 	Pools []PoolSummary `json:"pools" nullable:"false" doc:"Pools by name."`
+}
+
+// LeaseGroup is the leases of one group acquire.
+type LeaseGroup struct {
+	ID     uuid.UUID `json:"id" format:"uuid" doc:"Group id (the group_id of its leases)." example:"01936b2f-0a1b-7c2d-8e3f-4a5b6c7d8e9f"`
+	Leases []Lease   `json:"leases" nullable:"false" doc:"Every lease of the group, active or ended, in device name order."`
+}
+
+// QueueEntry is one acquire waiting in a pool's line.
+type QueueEntry struct {
+	ID            uuid.UUID `json:"id" format:"uuid" doc:"The waiting request's id." example:"01936b30-5c6d-7e8f-9a0b-1c2d3e4f5a6b"`
+	Pool          string    `json:"pool" doc:"The pool it waits on." example:"android"`
+	Labels        Labels    `json:"labels"`
+	Count         int       `json:"count" doc:"Devices it wants, all or nothing." example:"1"`
+	Priority      int       `json:"priority" doc:"The priority it asked for." example:"0"`
+	Owner         string    `json:"owner" doc:"The API key that asked." example:"ci-runner"`
+	Holder        string    `json:"holder" doc:"The holder it gave." example:"https://ci.example.com/jobs/1234"`
+	Position      int       `json:"position" doc:"Its place in the pool's whole line, 1 being served first (even when the list shows only your own requests)." example:"1"`
+	EnqueuedAt    time.Time `json:"enqueued_at" doc:"When it joined the line (RFC 3339, UTC)." example:"2026-11-26T01:41:43.036272Z"`
+	WaitedSeconds float64   `json:"waited_seconds" doc:"How long it has waited so far, in seconds." example:"12.5"`
+}
+
+// Queue is the getQueue response.
+type Queue struct {
+	Queue []QueueEntry `json:"queue" nullable:"false" doc:"Waiting requests, by pool, in the order they will be served."`
 }
 
 // HealthStatus is the healthz/readyz response.
@@ -187,6 +222,10 @@ func leaseFromDB(l db.Lease) Lease {
 		AcquiredAt:   l.AcquiredAt.UTC(),
 		ExpiresAt:    l.ExpiresAt.UTC(),
 		ReleasedAt:   utcPtr(l.ReleasedAt),
+		GroupID:      l.GroupID,
+	}
+	for _, g := range l.Group {
+		out.Group = append(out.Group, leaseFromDB(g))
 	}
 	if l.EndReason != "" {
 		reason := l.EndReason

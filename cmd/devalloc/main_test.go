@@ -34,6 +34,10 @@ func TestUsageAndExitCodes(t *testing.T) {
 		{"serve bad log format", []string{"serve", "--log-format", "xml"}, 2, "want text or json"},
 		{"serve too few conns", []string{"serve", "--max-conns", "1"}, 2, "want at least 2"},
 		{"serve ttl above max", []string{"serve", "--default-ttl", "2h", "--max-ttl", "1h"}, 2, "longer than --max-ttl"},
+		{"serve bad handoff probe", []string{"serve", "--handoff-probe", "maybe"}, 2, `--handoff-probe "maybe": want probe or trust`},
+		{"serve client priority too high", []string{"serve", "--client-max-priority", "101"}, 2, "want 0 to 100"},
+		{"serve client priority negative", []string{"serve", "--client-max-priority", "-1"}, 2, "want 0 to 100"},
+		{"serve zero priority aging", []string{"serve", "--priority-aging", "0s"}, 2, "--priority-aging 0s: want a positive duration"},
 		{"migrate without action", []string{"migrate"}, 2, "needs an action"},
 		{"migrate bad action", []string{"migrate", "sideways"}, 2, `unknown migrate action "sideways"`},
 		{"openapi bad version", []string{"openapi", "--version", "2.0"}, 2, "want 3.0 or 3.1"},
@@ -76,6 +80,26 @@ func TestEnvTwins(t *testing.T) {
 	}
 	if c.addr != "127.0.0.1:9999" || c.maxWait != 90*time.Second || c.migrate || c.databaseURL != "postgres://u@h:1/d" {
 		t.Errorf("env twins not applied: %+v", c)
+	}
+
+	// The line's settings, by default and from the environment.
+	if c.priorityAging != time.Minute || c.handoffProbe != "probe" || c.clientMaxPriority != 10 || c.optionsMaxClientPriority() != 10 {
+		t.Errorf("line defaults: aging %s, handoff %q, client max priority %d", c.priorityAging, c.handoffProbe, c.clientMaxPriority)
+	}
+	t.Setenv("DEVALLOC_PRIORITY_AGING", "30s")
+	t.Setenv("DEVALLOC_HANDOFF_PROBE", "trust")
+	t.Setenv("DEVALLOC_CLIENT_MAX_PRIORITY", "0")
+	c, err = parseServeFlags(nil, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.priorityAging != 30*time.Second || c.handoffProbe != "trust" || c.clientMaxPriority != 0 {
+		t.Errorf("line env twins not applied: aging %s, handoff %q, client max priority %d", c.priorityAging, c.handoffProbe, c.clientMaxPriority)
+	}
+	// 0 is "no priority above 0", which httpapi spells negative (its 0 is
+	// the default).
+	if got := c.optionsMaxClientPriority(); got >= 0 {
+		t.Errorf("--client-max-priority 0 gave httpapi.Options.MaxClientPriority %d", got)
 	}
 
 	// A flag on the command line wins over its environment twin.

@@ -21,29 +21,33 @@ import (
 
 // serveConfig is everything "devalloc serve" is told by flags or env.
 type serveConfig struct {
-	addr            string
-	databaseURL     string
-	migrate         bool
-	demo            int
-	maxConns        int
-	probeTimeout    time.Duration
-	probeFreshness  time.Duration
-	retention       time.Duration
-	listenURL       string
-	listenTo        *pgx.ConnConfig // parsed listenURL; nil: the pool's
-	pprofAddr       string
-	defaultTTL      time.Duration
-	maxTTL          time.Duration
-	maxWait         time.Duration
-	reapInterval    time.Duration
-	recheckInterval time.Duration
-	healthInterval  time.Duration
-	shutdownTimeout time.Duration
-	adminKey        string
-	maxWaitingKey   int
-	statementTO     time.Duration
-	lockTO          time.Duration
-	logs            logFlags
+	addr              string
+	databaseURL       string
+	migrate           bool
+	demo              int
+	maxConns          int
+	probeTimeout      time.Duration
+	probeFreshness    time.Duration
+	retention         time.Duration
+	listenURL         string
+	listenTo          *pgx.ConnConfig // parsed listenURL; nil: the pool's
+	pprofAddr         string
+	defaultTTL        time.Duration
+	maxTTL            time.Duration
+	maxWait           time.Duration
+	reapInterval      time.Duration
+	recheckInterval   time.Duration
+	healthInterval    time.Duration
+	shutdownTimeout   time.Duration
+	adminKey          string
+	maxWaitingKey     int
+	priorityAging     time.Duration
+	heartbeat         time.Duration
+	handoffProbe      string // "probe" or "trust"
+	clientMaxPriority int
+	statementTO       time.Duration
+	lockTO            time.Duration
+	logs              logFlags
 }
 
 // sessionParams bound what one instance can do to the database, so a
@@ -62,6 +66,21 @@ func (c serveConfig) sessionParams() map[string]string {
 		"lock_timeout":                        ms(c.lockTO),
 		"idle_in_transaction_session_timeout": ms(c.probeTimeout + 10*time.Second),
 	}
+}
+
+// --handoff-probe values.
+const (
+	handoffProbe = "probe"
+	handoffTrust = "trust"
+)
+
+// optionsMaxClientPriority is --client-max-priority as httpapi.Options takes it,
+// where 0 means the default: a 0 given here means "no priority above 0".
+func (c serveConfig) optionsMaxClientPriority() int {
+	if c.clientMaxPriority == 0 {
+		return -1
+	}
+	return c.clientMaxPriority
 }
 
 func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
@@ -88,6 +107,10 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.durationVar(&c.statementTO, "statement-timeout", "DEVALLOC_STATEMENT_TIMEOUT", 10*time.Second, "PostgreSQL statement_timeout on this instance's connections")
 	fs.durationVar(&c.lockTO, "lock-timeout", "DEVALLOC_LOCK_TIMEOUT", 5*time.Second, "PostgreSQL lock_timeout on this instance's connections")
 	fs.intVar(&c.maxWaitingKey, "max-waiting-per-key", "DEVALLOC_MAX_WAITING_PER_KEY", httpapi.DefaultMaxWaitingPerKey, "acquires one API key may have waiting on this instance at once; past it, 429 with Retry-After")
+	fs.durationVar(&c.priorityAging, "priority-aging", "DEVALLOC_PRIORITY_AGING", time.Minute, "waiting this long in a pool's line ranks an acquire like one a priority level higher, so low priorities are served in the end")
+	fs.durationVar(&c.heartbeat, "heartbeat-interval", "DEVALLOC_HEARTBEAT_INTERVAL", 10*time.Second, "how often this instance marks itself alive in devalloc.instances; the waiters of an instance silent for three intervals (and whose listener session is gone) are removed from the line")
+	fs.stringVar(&c.handoffProbe, "handoff-probe", "DEVALLOC_HANDOFF_PROBE", handoffProbe, "a device freed and handed straight to a waiting acquire: \"probe\" it first (one that fails goes offline and the waiter keeps its place) or \"trust\" it as its last holder left it")
+	fs.intVar(&c.clientMaxPriority, "client-max-priority", "DEVALLOC_CLIENT_MAX_PRIORITY", httpapi.DefaultMaxClientPriority, "highest acquire priority a client key may ask for (0-100; admin keys may use up to 100); above it, 403")
 	c.logs.register(fs)
 	if err := fs.parse(args); err != nil {
 		return c, err
@@ -97,6 +120,12 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	}
 	if c.maxWaitingKey < 1 {
 		return c, usageError{error: fmt.Errorf("--max-waiting-per-key %d: want at least 1", c.maxWaitingKey)}
+	}
+	if c.handoffProbe != handoffProbe && c.handoffProbe != handoffTrust {
+		return c, usageError{error: fmt.Errorf("--handoff-probe %q: want probe or trust", c.handoffProbe)}
+	}
+	if c.clientMaxPriority < 0 || c.clientMaxPriority > 100 {
+		return c, usageError{error: fmt.Errorf("--client-max-priority %d: want 0 to 100", c.clientMaxPriority)}
 	}
 	if c.adminKey != "" && len(c.adminKey) < db.MinSecretLength {
 		return c, usageError{error: fmt.Errorf("--admin-key / DEVALLOC_ADMIN_KEY: want at least %d characters", db.MinSecretLength)}
@@ -114,7 +143,8 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 		"probe-timeout": c.probeTimeout, "default-ttl": c.defaultTTL, "max-ttl": c.maxTTL,
 		"max-wait": c.maxWait, "reap-interval": c.reapInterval, "recheck-interval": c.recheckInterval,
 		"health-interval": c.healthInterval, "shutdown-timeout": c.shutdownTimeout,
-		"statement-timeout": c.statementTO, "lock-timeout": c.lockTO,
+		"statement-timeout": c.statementTO, "lock-timeout": c.lockTO, "priority-aging": c.priorityAging,
+		"heartbeat-interval": c.heartbeat,
 	} {
 		if d <= 0 {
 			return c, usageError{error: fmt.Errorf("--%s %s: want a positive duration", name, d)}
@@ -186,20 +216,23 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	metrics := httpapi.NewMetrics()
 	alloc := db.New(pool, db.Config{
-		Observer:         metrics,
-		ProbeTimeout:     c.probeTimeout,
-		ProbeFreshness:   c.probeFreshness,
-		DefaultTTL:       c.defaultTTL,
-		MaxTTL:           c.maxTTL,
-		MaxWait:          c.maxWait,
-		ReapInterval:     c.reapInterval,
-		HistoryRetention: c.retention,
-		ListenConnConfig: c.listenTo,
-		RecheckInterval:  c.recheckInterval,
-		HealthInterval:   c.healthInterval,
-		StatementTimeout: c.statementTO,
-		LockTimeout:      c.lockTO,
-		Logger:           logger,
+		Observer:          metrics,
+		ProbeTimeout:      c.probeTimeout,
+		ProbeFreshness:    c.probeFreshness,
+		DefaultTTL:        c.defaultTTL,
+		MaxTTL:            c.maxTTL,
+		MaxWait:           c.maxWait,
+		ReapInterval:      c.reapInterval,
+		HistoryRetention:  c.retention,
+		ListenConnConfig:  c.listenTo,
+		RecheckInterval:   c.recheckInterval,
+		HealthInterval:    c.healthInterval,
+		StatementTimeout:  c.statementTO,
+		LockTimeout:       c.lockTO,
+		PriorityAging:     c.priorityAging,
+		HeartbeatInterval: c.heartbeat,
+		ProbeOnHandoff:    c.handoffProbe == handoffProbe,
+		Logger:            logger,
 	})
 	if err := alloc.Start(ctx); err != nil {
 		return err
@@ -237,10 +270,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	srv := &http.Server{
 		Handler: httpapi.New(alloc, httpapi.Options{
-			Logger:           logger,
-			Authenticate:     httpapi.BearerAuth(keys),
-			MaxWaitingPerKey: c.maxWaitingKey,
-			Metrics:          metrics,
+			Logger:            logger,
+			Authenticate:      httpapi.BearerAuth(keys),
+			MaxWaitingPerKey:  c.maxWaitingKey,
+			MaxClientPriority: c.optionsMaxClientPriority(),
+			Metrics:           metrics,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		// No ReadTimeout or WriteTimeout: an acquire may long-poll for up to

@@ -88,6 +88,7 @@ func (e DeviceState) Valid() bool {
 const (
 	DeviceRemoved LeaseEndReason = "device_removed"
 	Expired       LeaseEndReason = "expired"
+	ProbeFailed   LeaseEndReason = "probe_failed"
 	Released      LeaseEndReason = "released"
 	Revoked       LeaseEndReason = "revoked"
 )
@@ -98,6 +99,8 @@ func (e LeaseEndReason) Valid() bool {
 	case DeviceRemoved:
 		return true
 	case Expired:
+		return true
+	case ProbeFailed:
 		return true
 	case Released:
 		return true
@@ -173,6 +176,11 @@ func (e ListDevicesParamsState) Valid() bool {
 
 // AcquireLeaseRequest defines model for AcquireLeaseRequest.
 type AcquireLeaseRequest struct {
+	// Count How many devices to lease, all or nothing: with count > 1 the answer is the first lease of a group, with every lease of it in group (manage them together under /v1/lease-groups/{group_id}).
+	//
+	// Example: 1
+	Count *int64 `json:"count,omitempty"`
+
 	// Holder Free text saying who holds the device, e.g. a CI job URL.
 	//
 	// Example: https://ci.example.com/jobs/1234
@@ -187,6 +195,11 @@ type AcquireLeaseRequest struct {
 	//
 	// Example: android
 	Pool *string `json:"pool,omitempty"`
+
+	// Priority Place in the line when the request must wait: higher is served first, and waiting makes up for a lower priority over time. Client keys may ask for at most the server's client maximum (default 10).
+	//
+	// Example: 0
+	Priority *int64 `json:"priority,omitempty"`
 
 	// TTLSeconds Lease lifetime; renew before it passes. Default the server's default TTL (600); at most its max TTL (default 86400).
 	//
@@ -380,7 +393,7 @@ type Lease struct {
 	AcquiredAt time.Time   `json:"acquired_at"`
 	Device     LeaseDevice `json:"device"`
 
-	// EndReason Why the lease ended: released, expired, revoked or device_removed; null while active.
+	// EndReason Why the lease ended: released, expired, revoked, device_removed, or probe_failed (handed over from the line, the device failed the waiter's probe; the waiter kept its place in line); null while active.
 	//
 	// Example: released
 	EndReason *LeaseEndReason `json:"end_reason"`
@@ -394,6 +407,14 @@ type Lease struct {
 	//
 	// Example: 42
 	FencingToken int64 `json:"fencing_token"`
+
+	// Group Only in the answer of a group acquire (count > 1): every lease of the group, this one included, in device name order.
+	Group *[]Lease `json:"group,omitempty"`
+
+	// GroupID Shared by the leases of one group acquire (count > 1), see /v1/lease-groups/{id}; absent for a single lease.
+	//
+	// Example: 01936b2f-0a1b-7c2d-8e3f-4a5b6c7d8e9f
+	GroupID *openapi_types.UUID `json:"group_id,omitempty"`
 
 	// Holder The client's own description of who holds the device.
 	//
@@ -416,7 +437,7 @@ type Lease struct {
 	ReleasedAt *time.Time `json:"released_at"`
 }
 
-// LeaseEndReason Why the lease ended: released, expired, revoked or device_removed; null while active.
+// LeaseEndReason Why the lease ended: released, expired, revoked, device_removed, or probe_failed (handed over from the line, the device failed the waiter's probe; the waiter kept its place in line); null while active.
 //
 // Example: released
 type LeaseEndReason string
@@ -442,6 +463,17 @@ type LeaseDevice struct {
 	//
 	// Example: android
 	Pool string `json:"pool"`
+}
+
+// LeaseGroup defines model for LeaseGroup.
+type LeaseGroup struct {
+	// ID Group id (the group_id of its leases).
+	//
+	// Example: 01936b2f-0a1b-7c2d-8e3f-4a5b6c7d8e9f
+	ID openapi_types.UUID `json:"id"`
+
+	// Leases Every lease of the group, active or ended, in device name order.
+	Leases []Lease `json:"leases"`
 }
 
 // LeaseList defines model for LeaseList.
@@ -488,10 +520,74 @@ type PoolSummary struct {
 	// Example: 1
 	Offline int64 `json:"offline"`
 
-	// Waiting Acquires waiting on this pool at the instance that answered.
+	// OldestWaitSeconds How long the longest-waiting acquire in the line has waited, in seconds; 0 when nobody waits.
+	//
+	// Example: 12.5
+	OldestWaitSeconds float64 `json:"oldest_wait_seconds"`
+
+	// Waiting Acquires waiting in this pool's line, across all instances.
 	//
 	// Example: 2
 	Waiting int64 `json:"waiting"`
+}
+
+// Queue defines model for Queue.
+type Queue struct {
+	// Queue Waiting requests, by pool, in the order they will be served.
+	Queue []QueueEntry `json:"queue"`
+}
+
+// QueueEntry defines model for QueueEntry.
+type QueueEntry struct {
+	// Count Devices it wants, all or nothing.
+	//
+	// Example: 1
+	Count int64 `json:"count"`
+
+	// EnqueuedAt When it joined the line (RFC 3339, UTC).
+	//
+	// Example: 2026-11-26T01:41:43.036272Z
+	EnqueuedAt time.Time `json:"enqueued_at"`
+
+	// Holder The holder it gave.
+	//
+	// Example: https://ci.example.com/jobs/1234
+	Holder string `json:"holder"`
+
+	// ID The waiting request's id.
+	//
+	// Example: 01936b30-5c6d-7e8f-9a0b-1c2d3e4f5a6b
+	ID openapi_types.UUID `json:"id"`
+
+	// Labels Flat string labels. Keys: 1-63 characters of A-Z a-z 0-9 . _ / -; values: at most 256 characters; at most 32 labels.
+	//
+	// Example: {"model":"pixel-7","os":"android"}
+	Labels map[string]string `json:"labels"`
+
+	// Owner The API key that asked.
+	//
+	// Example: ci-runner
+	Owner string `json:"owner"`
+
+	// Pool The pool it waits on.
+	//
+	// Example: android
+	Pool string `json:"pool"`
+
+	// Position Its place in the pool's whole line, 1 being served first (even when the list shows only your own requests).
+	//
+	// Example: 1
+	Position int64 `json:"position"`
+
+	// Priority The priority it asked for.
+	//
+	// Example: 0
+	Priority int64 `json:"priority"`
+
+	// WaitedSeconds How long it has waited so far, in seconds.
+	//
+	// Example: 12.5
+	WaitedSeconds float64 `json:"waited_seconds"`
 }
 
 // RenewLeaseRequest defines model for RenewLeaseRequest.
@@ -590,11 +686,23 @@ type AcquireLeaseParams struct {
 	IdempotencyKey *string `json:"Idempotency-Key,omitempty"`
 }
 
+// GetQueueParams defines parameters for GetQueue.
+type GetQueueParams struct {
+	// Pool Only this pool's line.
+	Pool *string `form:"pool,omitempty" json:"pool,omitempty"`
+
+	// Limit At most this many entries.
+	Limit *int64 `form:"limit,omitempty" json:"limit,omitempty"`
+}
+
 // CreateDeviceJSONRequestBody defines body for CreateDevice for application/json ContentType.
 type CreateDeviceJSONRequestBody = CreateDeviceRequest
 
 // UpdateDeviceJSONRequestBody defines body for UpdateDevice for application/json ContentType.
 type UpdateDeviceJSONRequestBody = UpdateDeviceRequest
+
+// RenewLeaseGroupJSONRequestBody defines body for RenewLeaseGroup for application/json ContentType.
+type RenewLeaseGroupJSONRequestBody = RenewLeaseRequest
 
 // AcquireLeaseJSONRequestBody defines body for AcquireLease for application/json ContentType.
 type AcquireLeaseJSONRequestBody = AcquireLeaseRequest
@@ -747,6 +855,38 @@ type ClientInterface interface {
 	// Corresponds with PATCH /v1/devices/{name} (the `UpdateDevice` operationId).
 	UpdateDevice(ctx context.Context, name string, body UpdateDeviceJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// ReleaseLeaseGroup Release a lease group
+	//
+	// Ends every active lease of the group in one transaction and frees their devices. Releasing an already released group succeeds again; a group none of whose leases its owner released (they expired or were revoked) answers 410. An admin releasing another key's group revokes it.
+	//
+	// Corresponds with DELETE /v1/lease-groups/{id} (the `ReleaseLeaseGroup` operationId).
+	ReleaseLeaseGroup(ctx context.Context, id openapi_types.UUID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetLeaseGroup Get a lease group
+	//
+	// Every lease of a group acquire, active or ended, in device name order. A client key may read only its own groups.
+	//
+	// Corresponds with GET /v1/lease-groups/{id} (the `GetLeaseGroup` operationId).
+	GetLeaseGroup(ctx context.Context, id openapi_types.UUID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RenewLeaseGroupWithBody Renew a lease group
+	//
+	// Extends every active lease of the group to ttl_seconds from now, in one statement. 410 if none is left active (all released, expired or revoked).
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/lease-groups/{id}/renew (the `RenewLeaseGroup` operationId).
+	RenewLeaseGroupWithBody(ctx context.Context, id openapi_types.UUID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RenewLeaseGroup Renew a lease group
+	//
+	// Extends every active lease of the group to ttl_seconds from now, in one statement. 410 if none is left active (all released, expired or revoked).
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/lease-groups/{id}/renew (the `RenewLeaseGroup` operationId).
+	RenewLeaseGroup(ctx context.Context, id openapi_types.UUID, body RenewLeaseGroupJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// ListLeases List leases
 	//
 	// Admins see every lease; clients see their own. Newest first, a page at a time: when next_cursor is present, pass it as cursor (with the same filters) for the next page.
@@ -758,9 +898,13 @@ type ClientInterface interface {
 	//
 	// Leases an idle device from the pool whose labels include the requested ones, waiting up to wait_seconds for one to become free. 503 with Retry-After when none did; 422 when no registered device could ever match.
 	//
-	// Retries: send an `Idempotency-Key` (any string up to 255 characters, new for each new request). A retry with the same key by the same API key gets the same lease, as it is now (active, or ended since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first request is still waiting joins it, and both get its outcome, so a retry never takes a second device. Only pool, labels, ttl_seconds and holder must match (wait_seconds may differ); the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. Keys are per API key and kept with the lease's history.
+	// Retries: send an `Idempotency-Key` (any string up to 255 characters, new for each new request). A retry with the same key by the same API key gets the same lease, as it is now (active, or ended since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first request is still waiting joins it, and both get its outcome, so a retry never takes a second device. Only pool, labels, count, ttl_seconds and holder must match (wait_seconds and priority may differ); the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. Keys are per API key and kept with the lease's history.
 	//
 	// An API key may have a limited number of acquires waiting (wait_seconds > 0) at one server; beyond that, 429 `too-many-waiting` with Retry-After.
+	//
+	// Scheduling: each pool has one line, shared by every server instance. It is ordered by priority with aging (a request that has waited long enough ranks like one of a higher priority), first come first served within a priority. A new request never overtakes one already waiting: while others wait, it joins the line even if a device it fits is idle. Client keys may ask for a priority up to the server's client maximum (default 10; above it 403 `priority-too-high`), admin keys up to 100.
+	//
+	// Groups: count > 1 leases that many devices all or nothing, never some of them; the answer is the first lease with every lease of the group in `group`, all sharing `group_id`. 422 `unsatisfiable-selector` when fewer than count registered devices could ever match.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -771,9 +915,13 @@ type ClientInterface interface {
 	//
 	// Leases an idle device from the pool whose labels include the requested ones, waiting up to wait_seconds for one to become free. 503 with Retry-After when none did; 422 when no registered device could ever match.
 	//
-	// Retries: send an `Idempotency-Key` (any string up to 255 characters, new for each new request). A retry with the same key by the same API key gets the same lease, as it is now (active, or ended since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first request is still waiting joins it, and both get its outcome, so a retry never takes a second device. Only pool, labels, ttl_seconds and holder must match (wait_seconds may differ); the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. Keys are per API key and kept with the lease's history.
+	// Retries: send an `Idempotency-Key` (any string up to 255 characters, new for each new request). A retry with the same key by the same API key gets the same lease, as it is now (active, or ended since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first request is still waiting joins it, and both get its outcome, so a retry never takes a second device. Only pool, labels, count, ttl_seconds and holder must match (wait_seconds and priority may differ); the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. Keys are per API key and kept with the lease's history.
 	//
 	// An API key may have a limited number of acquires waiting (wait_seconds > 0) at one server; beyond that, 429 `too-many-waiting` with Retry-After.
+	//
+	// Scheduling: each pool has one line, shared by every server instance. It is ordered by priority with aging (a request that has waited long enough ranks like one of a higher priority), first come first served within a priority. A new request never overtakes one already waiting: while others wait, it joins the line even if a device it fits is idle. Client keys may ask for a priority up to the server's client maximum (default 10; above it 403 `priority-too-high`), admin keys up to 100.
+	//
+	// Groups: count > 1 leases that many devices all or nothing, never some of them; the answer is the first lease with every lease of the group in `group`, all sharing `group_id`. 422 `unsatisfiable-selector` when fewer than count registered devices could ever match.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -814,10 +962,17 @@ type ClientInterface interface {
 
 	// ListPools List pools
 	//
-	// Every pool with its devices counted by state, and the acquires waiting on it at this instance.
+	// Every pool with its devices counted by state, the acquires waiting in its line (across all instances) and how long the longest-waiting of them has waited. GET /v1/queue lists the line itself.
 	//
 	// Corresponds with GET /v1/pools (the `ListPools` operationId).
 	ListPools(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetQueue List waiting acquires
+	//
+	// The acquires waiting for devices, across all instances, by pool in the order they will be served: by priority with aging, first come first served within a priority. Admins see every entry; clients see their own, with their positions in the whole line.
+	//
+	// Corresponds with GET /v1/queue (the `GetQueue` operationId).
+	GetQueue(ctx context.Context, params *GetQueueParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 }
 
 // Healthz Liveness
@@ -981,6 +1136,78 @@ func (c *Client) UpdateDevice(ctx context.Context, name string, body UpdateDevic
 	return c.Client.Do(req)
 }
 
+// ReleaseLeaseGroup Release a lease group
+//
+// Ends every active lease of the group in one transaction and frees their devices. Releasing an already released group succeeds again; a group none of whose leases its owner released (they expired or were revoked) answers 410. An admin releasing another key's group revokes it.
+//
+// Corresponds with DELETE /v1/lease-groups/{id} (the `ReleaseLeaseGroup` operationId).
+func (c *Client) ReleaseLeaseGroup(ctx context.Context, id openapi_types.UUID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReleaseLeaseGroupRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetLeaseGroup Get a lease group
+//
+// Every lease of a group acquire, active or ended, in device name order. A client key may read only its own groups.
+//
+// Corresponds with GET /v1/lease-groups/{id} (the `GetLeaseGroup` operationId).
+func (c *Client) GetLeaseGroup(ctx context.Context, id openapi_types.UUID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetLeaseGroupRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RenewLeaseGroupWithBody Renew a lease group
+//
+// Extends every active lease of the group to ttl_seconds from now, in one statement. 410 if none is left active (all released, expired or revoked).
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/lease-groups/{id}/renew (the `RenewLeaseGroup` operationId).
+func (c *Client) RenewLeaseGroupWithBody(ctx context.Context, id openapi_types.UUID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRenewLeaseGroupRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RenewLeaseGroup Renew a lease group
+//
+// Extends every active lease of the group to ttl_seconds from now, in one statement. 410 if none is left active (all released, expired or revoked).
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/lease-groups/{id}/renew (the `RenewLeaseGroup` operationId).
+func (c *Client) RenewLeaseGroup(ctx context.Context, id openapi_types.UUID, body RenewLeaseGroupJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRenewLeaseGroupRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // ListLeases List leases
 //
 // Admins see every lease; clients see their own. Newest first, a page at a time: when next_cursor is present, pass it as cursor (with the same filters) for the next page.
@@ -1002,9 +1229,13 @@ func (c *Client) ListLeases(ctx context.Context, params *ListLeasesParams, reqEd
 //
 // Leases an idle device from the pool whose labels include the requested ones, waiting up to wait_seconds for one to become free. 503 with Retry-After when none did; 422 when no registered device could ever match.
 //
-// Retries: send an `Idempotency-Key` (any string up to 255 characters, new for each new request). A retry with the same key by the same API key gets the same lease, as it is now (active, or ended since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first request is still waiting joins it, and both get its outcome, so a retry never takes a second device. Only pool, labels, ttl_seconds and holder must match (wait_seconds may differ); the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. Keys are per API key and kept with the lease's history.
+// Retries: send an `Idempotency-Key` (any string up to 255 characters, new for each new request). A retry with the same key by the same API key gets the same lease, as it is now (active, or ended since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first request is still waiting joins it, and both get its outcome, so a retry never takes a second device. Only pool, labels, count, ttl_seconds and holder must match (wait_seconds and priority may differ); the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. Keys are per API key and kept with the lease's history.
 //
 // An API key may have a limited number of acquires waiting (wait_seconds > 0) at one server; beyond that, 429 `too-many-waiting` with Retry-After.
+//
+// Scheduling: each pool has one line, shared by every server instance. It is ordered by priority with aging (a request that has waited long enough ranks like one of a higher priority), first come first served within a priority. A new request never overtakes one already waiting: while others wait, it joins the line even if a device it fits is idle. Client keys may ask for a priority up to the server's client maximum (default 10; above it 403 `priority-too-high`), admin keys up to 100.
+//
+// Groups: count > 1 leases that many devices all or nothing, never some of them; the answer is the first lease with every lease of the group in `group`, all sharing `group_id`. 422 `unsatisfiable-selector` when fewer than count registered devices could ever match.
 //
 // Takes any type of body and a specified content type.
 //
@@ -1025,9 +1256,13 @@ func (c *Client) AcquireLeaseWithBody(ctx context.Context, params *AcquireLeaseP
 //
 // Leases an idle device from the pool whose labels include the requested ones, waiting up to wait_seconds for one to become free. 503 with Retry-After when none did; 422 when no registered device could ever match.
 //
-// Retries: send an `Idempotency-Key` (any string up to 255 characters, new for each new request). A retry with the same key by the same API key gets the same lease, as it is now (active, or ended since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first request is still waiting joins it, and both get its outcome, so a retry never takes a second device. Only pool, labels, ttl_seconds and holder must match (wait_seconds may differ); the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. Keys are per API key and kept with the lease's history.
+// Retries: send an `Idempotency-Key` (any string up to 255 characters, new for each new request). A retry with the same key by the same API key gets the same lease, as it is now (active, or ended since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first request is still waiting joins it, and both get its outcome, so a retry never takes a second device. Only pool, labels, count, ttl_seconds and holder must match (wait_seconds and priority may differ); the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. Keys are per API key and kept with the lease's history.
 //
 // An API key may have a limited number of acquires waiting (wait_seconds > 0) at one server; beyond that, 429 `too-many-waiting` with Retry-After.
+//
+// Scheduling: each pool has one line, shared by every server instance. It is ordered by priority with aging (a request that has waited long enough ranks like one of a higher priority), first come first served within a priority. A new request never overtakes one already waiting: while others wait, it joins the line even if a device it fits is idle. Client keys may ask for a priority up to the server's client maximum (default 10; above it 403 `priority-too-high`), admin keys up to 100.
+//
+// Groups: count > 1 leases that many devices all or nothing, never some of them; the answer is the first lease with every lease of the group in `group`, all sharing `group_id`. 422 `unsatisfiable-selector` when fewer than count registered devices could ever match.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -1118,11 +1353,28 @@ func (c *Client) RenewLease(ctx context.Context, id openapi_types.UUID, body Ren
 
 // ListPools List pools
 //
-// Every pool with its devices counted by state, and the acquires waiting on it at this instance.
+// Every pool with its devices counted by state, the acquires waiting in its line (across all instances) and how long the longest-waiting of them has waited. GET /v1/queue lists the line itself.
 //
 // Corresponds with GET /v1/pools (the `ListPools` operationId).
 func (c *Client) ListPools(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListPoolsRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetQueue List waiting acquires
+//
+// The acquires waiting for devices, across all instances, by pool in the order they will be served: by priority with aging, first come first served within a priority. Admins see every entry; clients see their own, with their positions in the whole line.
+//
+// Corresponds with GET /v1/queue (the `GetQueue` operationId).
+func (c *Client) GetQueue(ctx context.Context, params *GetQueueParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetQueueRequest(c.Server, params)
 	if err != nil {
 		return nil, err
 	}
@@ -1459,6 +1711,121 @@ func NewUpdateDeviceRequestWithBody(server string, name string, contentType stri
 	return req, nil
 }
 
+// NewReleaseLeaseGroupRequest constructs an http.Request for the ReleaseLeaseGroup method
+func NewReleaseLeaseGroupRequest(server string, id openapi_types.UUID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/lease-groups/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetLeaseGroupRequest constructs an http.Request for the GetLeaseGroup method
+func NewGetLeaseGroupRequest(server string, id openapi_types.UUID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/lease-groups/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewRenewLeaseGroupRequest calls the generic RenewLeaseGroup builder with application/json body
+func NewRenewLeaseGroupRequest(server string, id openapi_types.UUID, body RenewLeaseGroupJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewRenewLeaseGroupRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewRenewLeaseGroupRequestWithBody constructs an http.Request for the RenewLeaseGroup method, with any body, and a specified content type
+func NewRenewLeaseGroupRequestWithBody(server string, id openapi_types.UUID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/lease-groups/%s/renew", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewListLeasesRequest constructs an http.Request for the ListLeases method
 func NewListLeasesRequest(server string, params *ListLeasesParams) (*http.Request, error) {
 	var err error
@@ -1746,6 +2113,72 @@ func NewListPoolsRequest(server string) (*http.Request, error) {
 	return req, nil
 }
 
+// NewGetQueueRequest constructs an http.Request for the GetQueue method
+func NewGetQueueRequest(server string, params *GetQueueParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/queue")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Pool != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", false, "pool", *params.Pool, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", false, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 func (c *Client) applyEditors(ctx context.Context, req *http.Request, additionalEditors []RequestEditorFn) error {
 	for _, r := range c.RequestEditors {
 		if err := r(ctx, req); err != nil {
@@ -1871,6 +2304,42 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with PATCH /v1/devices/{name} (the `UpdateDevice` operationId).
 	UpdateDeviceWithResponse(ctx context.Context, name string, body UpdateDeviceJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateDeviceResponse, error)
 
+	// ReleaseLeaseGroupWithResponse Release a lease group
+	//
+	// Ends every active lease of the group in one transaction and frees their devices. Releasing an already released group succeeds again; a group none of whose leases its owner released (they expired or were revoked) answers 410. An admin releasing another key's group revokes it.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/lease-groups/{id} (the `ReleaseLeaseGroup` operationId).
+	ReleaseLeaseGroupWithResponse(ctx context.Context, id openapi_types.UUID, reqEditors ...RequestEditorFn) (*ReleaseLeaseGroupResponse, error)
+
+	// GetLeaseGroupWithResponse Get a lease group
+	//
+	// Every lease of a group acquire, active or ended, in device name order. A client key may read only its own groups.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/lease-groups/{id} (the `GetLeaseGroup` operationId).
+	GetLeaseGroupWithResponse(ctx context.Context, id openapi_types.UUID, reqEditors ...RequestEditorFn) (*GetLeaseGroupResponse, error)
+
+	// RenewLeaseGroupWithBodyWithResponse Renew a lease group
+	//
+	// Extends every active lease of the group to ttl_seconds from now, in one statement. 410 if none is left active (all released, expired or revoked).
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/lease-groups/{id}/renew (the `RenewLeaseGroup` operationId).
+	RenewLeaseGroupWithBodyWithResponse(ctx context.Context, id openapi_types.UUID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RenewLeaseGroupResponse, error)
+
+	// RenewLeaseGroupWithResponse Renew a lease group
+	//
+	// Extends every active lease of the group to ttl_seconds from now, in one statement. 410 if none is left active (all released, expired or revoked).
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/lease-groups/{id}/renew (the `RenewLeaseGroup` operationId).
+	RenewLeaseGroupWithResponse(ctx context.Context, id openapi_types.UUID, body RenewLeaseGroupJSONRequestBody, reqEditors ...RequestEditorFn) (*RenewLeaseGroupResponse, error)
+
 	// ListLeasesWithResponse List leases
 	//
 	// Admins see every lease; clients see their own. Newest first, a page at a time: when next_cursor is present, pass it as cursor (with the same filters) for the next page.
@@ -1884,9 +2353,13 @@ type ClientWithResponsesInterface interface {
 	//
 	// Leases an idle device from the pool whose labels include the requested ones, waiting up to wait_seconds for one to become free. 503 with Retry-After when none did; 422 when no registered device could ever match.
 	//
-	// Retries: send an `Idempotency-Key` (any string up to 255 characters, new for each new request). A retry with the same key by the same API key gets the same lease, as it is now (active, or ended since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first request is still waiting joins it, and both get its outcome, so a retry never takes a second device. Only pool, labels, ttl_seconds and holder must match (wait_seconds may differ); the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. Keys are per API key and kept with the lease's history.
+	// Retries: send an `Idempotency-Key` (any string up to 255 characters, new for each new request). A retry with the same key by the same API key gets the same lease, as it is now (active, or ended since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first request is still waiting joins it, and both get its outcome, so a retry never takes a second device. Only pool, labels, count, ttl_seconds and holder must match (wait_seconds and priority may differ); the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. Keys are per API key and kept with the lease's history.
 	//
 	// An API key may have a limited number of acquires waiting (wait_seconds > 0) at one server; beyond that, 429 `too-many-waiting` with Retry-After.
+	//
+	// Scheduling: each pool has one line, shared by every server instance. It is ordered by priority with aging (a request that has waited long enough ranks like one of a higher priority), first come first served within a priority. A new request never overtakes one already waiting: while others wait, it joins the line even if a device it fits is idle. Client keys may ask for a priority up to the server's client maximum (default 10; above it 403 `priority-too-high`), admin keys up to 100.
+	//
+	// Groups: count > 1 leases that many devices all or nothing, never some of them; the answer is the first lease with every lease of the group in `group`, all sharing `group_id`. 422 `unsatisfiable-selector` when fewer than count registered devices could ever match.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -1897,9 +2370,13 @@ type ClientWithResponsesInterface interface {
 	//
 	// Leases an idle device from the pool whose labels include the requested ones, waiting up to wait_seconds for one to become free. 503 with Retry-After when none did; 422 when no registered device could ever match.
 	//
-	// Retries: send an `Idempotency-Key` (any string up to 255 characters, new for each new request). A retry with the same key by the same API key gets the same lease, as it is now (active, or ended since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first request is still waiting joins it, and both get its outcome, so a retry never takes a second device. Only pool, labels, ttl_seconds and holder must match (wait_seconds may differ); the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. Keys are per API key and kept with the lease's history.
+	// Retries: send an `Idempotency-Key` (any string up to 255 characters, new for each new request). A retry with the same key by the same API key gets the same lease, as it is now (active, or ended since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first request is still waiting joins it, and both get its outcome, so a retry never takes a second device. Only pool, labels, count, ttl_seconds and holder must match (wait_seconds and priority may differ); the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. Keys are per API key and kept with the lease's history.
 	//
 	// An API key may have a limited number of acquires waiting (wait_seconds > 0) at one server; beyond that, 429 `too-many-waiting` with Retry-After.
+	//
+	// Scheduling: each pool has one line, shared by every server instance. It is ordered by priority with aging (a request that has waited long enough ranks like one of a higher priority), first come first served within a priority. A new request never overtakes one already waiting: while others wait, it joins the line even if a device it fits is idle. Client keys may ask for a priority up to the server's client maximum (default 10; above it 403 `priority-too-high`), admin keys up to 100.
+	//
+	// Groups: count > 1 leases that many devices all or nothing, never some of them; the answer is the first lease with every lease of the group in `group`, all sharing `group_id`. 422 `unsatisfiable-selector` when fewer than count registered devices could ever match.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -1944,12 +2421,21 @@ type ClientWithResponsesInterface interface {
 
 	// ListPoolsWithResponse List pools
 	//
-	// Every pool with its devices counted by state, and the acquires waiting on it at this instance.
+	// Every pool with its devices counted by state, the acquires waiting in its line (across all instances) and how long the longest-waiting of them has waited. GET /v1/queue lists the line itself.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/pools (the `ListPools` operationId).
 	ListPoolsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListPoolsResponse, error)
+
+	// GetQueueWithResponse List waiting acquires
+	//
+	// The acquires waiting for devices, across all instances, by pool in the order they will be served: by priority with aging, first come first served within a priority. Admins see every entry; clients see their own, with their positions in the whole line.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/queue (the `GetQueue` operationId).
+	GetQueueWithResponse(ctx context.Context, params *GetQueueParams, reqEditors ...RequestEditorFn) (*GetQueueResponse, error)
 }
 
 type HealthzResponse struct {
@@ -2526,6 +3012,304 @@ func (r UpdateDeviceResponse) ContentType() string {
 	return ""
 }
 
+// ReleaseLeaseGroupResponse401Headers the declared response headers of an HTTP 401 response for ReleaseLeaseGroup
+type ReleaseLeaseGroupResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// ReleaseLeaseGroupResponse503Headers the declared response headers of an HTTP 503 response for ReleaseLeaseGroup
+type ReleaseLeaseGroupResponse503Headers struct {
+	RetryAfter *int
+}
+
+type ReleaseLeaseGroupResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *ErrorModel
+	// ApplicationProblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationProblemJSON403 *ErrorModel
+	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationProblemJSON404 *ErrorModel
+	// ApplicationProblemJSON410 the response for an HTTP 410 `application/problem+json` response
+	ApplicationProblemJSON410 *ErrorModel
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *ErrorModel
+	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationProblemJSON500 *ErrorModel
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *ErrorModel
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *ReleaseLeaseGroupResponse401Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *ReleaseLeaseGroupResponse503Headers
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r ReleaseLeaseGroupResponse) GetApplicationProblemJSON401() *ErrorModel {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r ReleaseLeaseGroupResponse) GetApplicationProblemJSON403() *ErrorModel {
+	return r.ApplicationProblemJSON403
+}
+
+// GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r ReleaseLeaseGroupResponse) GetApplicationProblemJSON404() *ErrorModel {
+	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON410 returns the response for an HTTP 410 `application/problem+json` response
+func (r ReleaseLeaseGroupResponse) GetApplicationProblemJSON410() *ErrorModel {
+	return r.ApplicationProblemJSON410
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r ReleaseLeaseGroupResponse) GetApplicationProblemJSON422() *ErrorModel {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r ReleaseLeaseGroupResponse) GetApplicationProblemJSON500() *ErrorModel {
+	return r.ApplicationProblemJSON500
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r ReleaseLeaseGroupResponse) GetApplicationProblemJSON503() *ErrorModel {
+	return r.ApplicationProblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r ReleaseLeaseGroupResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ReleaseLeaseGroupResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ReleaseLeaseGroupResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ReleaseLeaseGroupResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// GetLeaseGroupResponse401Headers the declared response headers of an HTTP 401 response for GetLeaseGroup
+type GetLeaseGroupResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// GetLeaseGroupResponse503Headers the declared response headers of an HTTP 503 response for GetLeaseGroup
+type GetLeaseGroupResponse503Headers struct {
+	RetryAfter *int
+}
+
+type GetLeaseGroupResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *LeaseGroup
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *ErrorModel
+	// ApplicationProblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationProblemJSON403 *ErrorModel
+	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationProblemJSON404 *ErrorModel
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *ErrorModel
+	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationProblemJSON500 *ErrorModel
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *ErrorModel
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *GetLeaseGroupResponse401Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *GetLeaseGroupResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetLeaseGroupResponse) GetJSON200() *LeaseGroup {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r GetLeaseGroupResponse) GetApplicationProblemJSON401() *ErrorModel {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r GetLeaseGroupResponse) GetApplicationProblemJSON403() *ErrorModel {
+	return r.ApplicationProblemJSON403
+}
+
+// GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r GetLeaseGroupResponse) GetApplicationProblemJSON404() *ErrorModel {
+	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r GetLeaseGroupResponse) GetApplicationProblemJSON422() *ErrorModel {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r GetLeaseGroupResponse) GetApplicationProblemJSON500() *ErrorModel {
+	return r.ApplicationProblemJSON500
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r GetLeaseGroupResponse) GetApplicationProblemJSON503() *ErrorModel {
+	return r.ApplicationProblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r GetLeaseGroupResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetLeaseGroupResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetLeaseGroupResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetLeaseGroupResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// RenewLeaseGroupResponse401Headers the declared response headers of an HTTP 401 response for RenewLeaseGroup
+type RenewLeaseGroupResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// RenewLeaseGroupResponse503Headers the declared response headers of an HTTP 503 response for RenewLeaseGroup
+type RenewLeaseGroupResponse503Headers struct {
+	RetryAfter *int
+}
+
+type RenewLeaseGroupResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *LeaseGroup
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *ErrorModel
+	// ApplicationProblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationProblemJSON403 *ErrorModel
+	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationProblemJSON404 *ErrorModel
+	// ApplicationProblemJSON410 the response for an HTTP 410 `application/problem+json` response
+	ApplicationProblemJSON410 *ErrorModel
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *ErrorModel
+	// ApplicationProblemJSON500 the response for an HTTP 500 `application/problem+json` response
+	ApplicationProblemJSON500 *ErrorModel
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *ErrorModel
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *RenewLeaseGroupResponse401Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *RenewLeaseGroupResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RenewLeaseGroupResponse) GetJSON200() *LeaseGroup {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r RenewLeaseGroupResponse) GetApplicationProblemJSON401() *ErrorModel {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r RenewLeaseGroupResponse) GetApplicationProblemJSON403() *ErrorModel {
+	return r.ApplicationProblemJSON403
+}
+
+// GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r RenewLeaseGroupResponse) GetApplicationProblemJSON404() *ErrorModel {
+	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON410 returns the response for an HTTP 410 `application/problem+json` response
+func (r RenewLeaseGroupResponse) GetApplicationProblemJSON410() *ErrorModel {
+	return r.ApplicationProblemJSON410
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r RenewLeaseGroupResponse) GetApplicationProblemJSON422() *ErrorModel {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSON500 returns the response for an HTTP 500 `application/problem+json` response
+func (r RenewLeaseGroupResponse) GetApplicationProblemJSON500() *ErrorModel {
+	return r.ApplicationProblemJSON500
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r RenewLeaseGroupResponse) GetApplicationProblemJSON503() *ErrorModel {
+	return r.ApplicationProblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r RenewLeaseGroupResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RenewLeaseGroupResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RenewLeaseGroupResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RenewLeaseGroupResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // ListLeasesResponse401Headers the declared response headers of an HTTP 401 response for ListLeases
 type ListLeasesResponse401Headers struct {
 	WWWAuthenticate *string
@@ -2630,6 +3414,8 @@ type AcquireLeaseResponse struct {
 	JSON201 *Lease
 	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
 	ApplicationProblemJSON401 *ErrorModel
+	// ApplicationProblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationProblemJSON403 *ErrorModel
 	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
 	ApplicationProblemJSON422 *ErrorModel
 	// ApplicationProblemJSON429 the response for an HTTP 429 `application/problem+json` response
@@ -2656,6 +3442,11 @@ func (r AcquireLeaseResponse) GetJSON201() *Lease {
 // GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
 func (r AcquireLeaseResponse) GetApplicationProblemJSON401() *ErrorModel {
 	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r AcquireLeaseResponse) GetApplicationProblemJSON403() *ErrorModel {
+	return r.ApplicationProblemJSON403
 }
 
 // GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
@@ -3081,6 +3872,82 @@ func (r ListPoolsResponse) ContentType() string {
 	return ""
 }
 
+// GetQueueResponse401Headers the declared response headers of an HTTP 401 response for GetQueue
+type GetQueueResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// GetQueueResponse503Headers the declared response headers of an HTTP 503 response for GetQueue
+type GetQueueResponse503Headers struct {
+	RetryAfter *int
+}
+
+type GetQueueResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Queue
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *ErrorModel
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *ErrorModel
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *ErrorModel
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *GetQueueResponse401Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *GetQueueResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetQueueResponse) GetJSON200() *Queue {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r GetQueueResponse) GetApplicationProblemJSON401() *ErrorModel {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r GetQueueResponse) GetApplicationProblemJSON503() *ErrorModel {
+	return r.ApplicationProblemJSON503
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r GetQueueResponse) GetApplicationProblemJSONDefault() *ErrorModel {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r GetQueueResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetQueueResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetQueueResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetQueueResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // HealthzWithResponse Liveness
 //
 // 200 while the process serves HTTP; it does not touch the database.
@@ -3216,6 +4083,66 @@ func (c *ClientWithResponses) UpdateDeviceWithResponse(ctx context.Context, name
 	return ParseUpdateDeviceResponse(rsp)
 }
 
+// ReleaseLeaseGroupWithResponse Release a lease group
+//
+// Ends every active lease of the group in one transaction and frees their devices. Releasing an already released group succeeds again; a group none of whose leases its owner released (they expired or were revoked) answers 410. An admin releasing another key's group revokes it.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/lease-groups/{id} (the `ReleaseLeaseGroup` operationId).
+func (c *ClientWithResponses) ReleaseLeaseGroupWithResponse(ctx context.Context, id openapi_types.UUID, reqEditors ...RequestEditorFn) (*ReleaseLeaseGroupResponse, error) {
+	rsp, err := c.ReleaseLeaseGroup(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseReleaseLeaseGroupResponse(rsp)
+}
+
+// GetLeaseGroupWithResponse Get a lease group
+//
+// Every lease of a group acquire, active or ended, in device name order. A client key may read only its own groups.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/lease-groups/{id} (the `GetLeaseGroup` operationId).
+func (c *ClientWithResponses) GetLeaseGroupWithResponse(ctx context.Context, id openapi_types.UUID, reqEditors ...RequestEditorFn) (*GetLeaseGroupResponse, error) {
+	rsp, err := c.GetLeaseGroup(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetLeaseGroupResponse(rsp)
+}
+
+// RenewLeaseGroupWithBodyWithResponse Renew a lease group
+//
+// Extends every active lease of the group to ttl_seconds from now, in one statement. 410 if none is left active (all released, expired or revoked).
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/lease-groups/{id}/renew (the `RenewLeaseGroup` operationId).
+func (c *ClientWithResponses) RenewLeaseGroupWithBodyWithResponse(ctx context.Context, id openapi_types.UUID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RenewLeaseGroupResponse, error) {
+	rsp, err := c.RenewLeaseGroupWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRenewLeaseGroupResponse(rsp)
+}
+
+// RenewLeaseGroupWithResponse Renew a lease group
+//
+// Extends every active lease of the group to ttl_seconds from now, in one statement. 410 if none is left active (all released, expired or revoked).
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/lease-groups/{id}/renew (the `RenewLeaseGroup` operationId).
+func (c *ClientWithResponses) RenewLeaseGroupWithResponse(ctx context.Context, id openapi_types.UUID, body RenewLeaseGroupJSONRequestBody, reqEditors ...RequestEditorFn) (*RenewLeaseGroupResponse, error) {
+	rsp, err := c.RenewLeaseGroup(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRenewLeaseGroupResponse(rsp)
+}
+
 // ListLeasesWithResponse List leases
 //
 // Admins see every lease; clients see their own. Newest first, a page at a time: when next_cursor is present, pass it as cursor (with the same filters) for the next page.
@@ -3235,9 +4162,13 @@ func (c *ClientWithResponses) ListLeasesWithResponse(ctx context.Context, params
 //
 // Leases an idle device from the pool whose labels include the requested ones, waiting up to wait_seconds for one to become free. 503 with Retry-After when none did; 422 when no registered device could ever match.
 //
-// Retries: send an `Idempotency-Key` (any string up to 255 characters, new for each new request). A retry with the same key by the same API key gets the same lease, as it is now (active, or ended since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first request is still waiting joins it, and both get its outcome, so a retry never takes a second device. Only pool, labels, ttl_seconds and holder must match (wait_seconds may differ); the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. Keys are per API key and kept with the lease's history.
+// Retries: send an `Idempotency-Key` (any string up to 255 characters, new for each new request). A retry with the same key by the same API key gets the same lease, as it is now (active, or ended since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first request is still waiting joins it, and both get its outcome, so a retry never takes a second device. Only pool, labels, count, ttl_seconds and holder must match (wait_seconds and priority may differ); the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. Keys are per API key and kept with the lease's history.
 //
 // An API key may have a limited number of acquires waiting (wait_seconds > 0) at one server; beyond that, 429 `too-many-waiting` with Retry-After.
+//
+// Scheduling: each pool has one line, shared by every server instance. It is ordered by priority with aging (a request that has waited long enough ranks like one of a higher priority), first come first served within a priority. A new request never overtakes one already waiting: while others wait, it joins the line even if a device it fits is idle. Client keys may ask for a priority up to the server's client maximum (default 10; above it 403 `priority-too-high`), admin keys up to 100.
+//
+// Groups: count > 1 leases that many devices all or nothing, never some of them; the answer is the first lease with every lease of the group in `group`, all sharing `group_id`. 422 `unsatisfiable-selector` when fewer than count registered devices could ever match.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3254,9 +4185,13 @@ func (c *ClientWithResponses) AcquireLeaseWithBodyWithResponse(ctx context.Conte
 //
 // Leases an idle device from the pool whose labels include the requested ones, waiting up to wait_seconds for one to become free. 503 with Retry-After when none did; 422 when no registered device could ever match.
 //
-// Retries: send an `Idempotency-Key` (any string up to 255 characters, new for each new request). A retry with the same key by the same API key gets the same lease, as it is now (active, or ended since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first request is still waiting joins it, and both get its outcome, so a retry never takes a second device. Only pool, labels, ttl_seconds and holder must match (wait_seconds may differ); the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. Keys are per API key and kept with the lease's history.
+// Retries: send an `Idempotency-Key` (any string up to 255 characters, new for each new request). A retry with the same key by the same API key gets the same lease, as it is now (active, or ended since), with 201 like the first answer and `Idempotent-Replayed: true`; a retry while the first request is still waiting joins it, and both get its outcome, so a retry never takes a second device. Only pool, labels, count, ttl_seconds and holder must match (wait_seconds and priority may differ); the same key with a different request is refused with 422 `idempotency-key-reused`, changing nothing. Keys are per API key and kept with the lease's history.
 //
 // An API key may have a limited number of acquires waiting (wait_seconds > 0) at one server; beyond that, 429 `too-many-waiting` with Retry-After.
+//
+// Scheduling: each pool has one line, shared by every server instance. It is ordered by priority with aging (a request that has waited long enough ranks like one of a higher priority), first come first served within a priority. A new request never overtakes one already waiting: while others wait, it joins the line even if a device it fits is idle. Client keys may ask for a priority up to the server's client maximum (default 10; above it 403 `priority-too-high`), admin keys up to 100.
+//
+// Groups: count > 1 leases that many devices all or nothing, never some of them; the answer is the first lease with every lease of the group in `group`, all sharing `group_id`. 422 `unsatisfiable-selector` when fewer than count registered devices could ever match.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3331,7 +4266,7 @@ func (c *ClientWithResponses) RenewLeaseWithResponse(ctx context.Context, id ope
 
 // ListPoolsWithResponse List pools
 //
-// Every pool with its devices counted by state, and the acquires waiting on it at this instance.
+// Every pool with its devices counted by state, the acquires waiting in its line (across all instances) and how long the longest-waiting of them has waited. GET /v1/queue lists the line itself.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3342,6 +4277,21 @@ func (c *ClientWithResponses) ListPoolsWithResponse(ctx context.Context, reqEdit
 		return nil, err
 	}
 	return ParseListPoolsResponse(rsp)
+}
+
+// GetQueueWithResponse List waiting acquires
+//
+// The acquires waiting for devices, across all instances, by pool in the order they will be served: by priority with aging, first come first served within a priority. Admins see every entry; clients see their own, with their positions in the whole line.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/queue (the `GetQueue` operationId).
+func (c *ClientWithResponses) GetQueueWithResponse(ctx context.Context, params *GetQueueParams, reqEditors ...RequestEditorFn) (*GetQueueResponse, error) {
+	rsp, err := c.GetQueue(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetQueueResponse(rsp)
 }
 
 // ParseHealthzResponse parses an HTTP response from a HealthzWithResponse call
@@ -3864,6 +4814,289 @@ func ParseUpdateDeviceResponse(rsp *http.Response) (*UpdateDeviceResponse, error
 	return response, nil
 }
 
+// ParseReleaseLeaseGroupResponse parses an HTTP response from a ReleaseLeaseGroupWithResponse call
+func ParseReleaseLeaseGroupResponse(rsp *http.Response) (*ReleaseLeaseGroupResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ReleaseLeaseGroupResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON410 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers ReleaseLeaseGroupResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 503:
+		var headers ReleaseLeaseGroupResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseGetLeaseGroupResponse parses an HTTP response from a GetLeaseGroupWithResponse call
+func ParseGetLeaseGroupResponse(rsp *http.Response) (*GetLeaseGroupResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetLeaseGroupResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest LeaseGroup
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers GetLeaseGroupResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 503:
+		var headers GetLeaseGroupResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseRenewLeaseGroupResponse parses an HTTP response from a RenewLeaseGroupWithResponse call
+func ParseRenewLeaseGroupResponse(rsp *http.Response) (*RenewLeaseGroupResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RenewLeaseGroupResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest LeaseGroup
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 410:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON410 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers RenewLeaseGroupResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 503:
+		var headers RenewLeaseGroupResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
 // ParseListLeasesResponse parses an HTTP response from a ListLeasesWithResponse call
 func ParseListLeasesResponse(rsp *http.Response) (*ListLeasesResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -3961,6 +5194,13 @@ func ParseAcquireLeaseResponse(rsp *http.Response) (*AcquireLeaseResponse, error
 			return nil, err
 		}
 		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON403 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
 		var dest ErrorModel
@@ -4385,6 +5625,76 @@ func ParseListPoolsResponse(rsp *http.Response) (*ListPoolsResponse, error) {
 		response.Headers401 = &headers
 	case rsp.StatusCode == 503:
 		var headers ListPoolsResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseGetQueueResponse parses an HTTP response from a GetQueueWithResponse call
+func ParseGetQueueResponse(rsp *http.Response) (*GetQueueResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetQueueResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Queue
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest ErrorModel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers GetQueueResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 503:
+		var headers GetQueueResponse503Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
 			var value int
 			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {

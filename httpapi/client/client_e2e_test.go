@@ -333,6 +333,66 @@ func TestSDKTypedErrors(t *testing.T) {
 	})
 }
 
+// A group of two in one acquire, seen in the line while it waits, and
+// released in one call.
+func TestSDKGroupAcquireAndRelease(t *testing.T) {
+	s := newSDK(t)
+	ctx := t.Context()
+	// A group goes through the pool's line, which needs the instance
+	// registered (its listener connected): ready.
+	waitFor(t, "readiness", func() bool {
+		r, err := s.anon.ReadyzWithResponse(ctx)
+		return err == nil && r.StatusCode() == http.StatusOK
+	})
+	s.createDevice(t, "rack-1", "rack", nil)
+	s.createDevice(t, "rack-2", "rack", nil)
+	s.createDevice(t, "rack-3", "rack", nil)
+
+	acq := must(s.user.AcquireLeaseWithResponse(ctx, nil,
+		client.AcquireLeaseRequest{Pool: ptr("rack"), Count: ptr[int64](2), Holder: ptr("job 2")}))(t)
+	wantStatus(t, "group acquire", acq.HTTPResponse, acq.Body, http.StatusCreated)
+	first := acq.JSON201
+	if first.GroupID == nil || first.Group == nil || len(*first.Group) != 2 || (*first.Group)[0].ID != first.ID {
+		t.Fatalf("group acquire answered %s", acq.Body)
+	}
+	for _, l := range *first.Group {
+		if l.GroupID == nil || *l.GroupID != *first.GroupID || l.Owner != "ci" {
+			t.Fatalf("group lease %+v", l)
+		}
+	}
+
+	// More priority than a client key may have: typed 403, and nothing
+	// taken.
+	pr := must(s.user.AcquireLeaseWithResponse(ctx, nil,
+		client.AcquireLeaseRequest{Pool: ptr("rack"), Priority: ptr[int64](50)}))(t)
+	wantProblem(t, "acquire with priority 50", pr.ApplicationProblemJSON403, pr.HTTPResponse, pr.Body,
+		http.StatusForbidden, client.ProblemPriorityTooHigh)
+
+	g := must(s.user.GetLeaseGroupWithResponse(ctx, *first.GroupID))(t)
+	wantStatus(t, "get group", g.HTTPResponse, g.Body, http.StatusOK)
+	if g.JSON200.ID != *first.GroupID || len(g.JSON200.Leases) != 2 {
+		t.Fatalf("group: %s", g.Body)
+	}
+	other := must(s.other.ReleaseLeaseGroupWithResponse(ctx, *first.GroupID))(t)
+	wantProblem(t, "release another key's group", other.ApplicationProblemJSON403, other.HTTPResponse, other.Body,
+		http.StatusForbidden, client.ProblemNotYourLease)
+
+	rel := must(s.user.ReleaseLeaseGroupWithResponse(ctx, *first.GroupID))(t)
+	wantStatus(t, "release group", rel.HTTPResponse, rel.Body, http.StatusNoContent)
+	devs := must(s.user.ListDevicesWithResponse(ctx, &client.ListDevicesParams{Pool: ptr("rack")}))(t)
+	wantStatus(t, "list devices", devs.HTTPResponse, devs.Body, http.StatusOK)
+	for _, d := range devs.JSON200.Devices {
+		if d.State != client.DeviceStateIdle {
+			t.Fatalf("after releasing the group: %s", devs.Body)
+		}
+	}
+	q := must(s.user.GetQueueWithResponse(ctx, &client.GetQueueParams{Pool: ptr("rack")}))(t)
+	wantStatus(t, "queue", q.HTTPResponse, q.Body, http.StatusOK)
+	if len(q.JSON200.Queue) != 0 {
+		t.Fatalf("queue with nobody waiting: %s", q.Body)
+	}
+}
+
 // TestProblemTypesAreDocumented keeps the hand-written problem type
 // constants in step with the ones the API documents.
 func TestProblemTypesAreDocumented(t *testing.T) {
@@ -344,6 +404,7 @@ func TestProblemTypesAreDocumented(t *testing.T) {
 		client.ProblemNotFound, client.ProblemDeviceExists, client.ProblemDeviceLeased,
 		client.ProblemUnsatisfiableSelector, client.ProblemLeaseEnded, client.ProblemForbidden,
 		client.ProblemNotYourLease, client.ProblemNoDeviceAvailable, client.ProblemNotReady,
+		client.ProblemPriorityTooHigh,
 	} {
 		kind := strings.TrimPrefix(typ, client.ProblemTypePrefix)
 		if !strings.Contains(string(spec), "`"+kind+"`") {

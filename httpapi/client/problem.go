@@ -24,6 +24,7 @@ const (
 	ProblemNoDeviceAvailable     = ProblemTypePrefix + "no-device-available"
 	ProblemNotReady              = ProblemTypePrefix + "not-ready"
 	ProblemUnauthorized          = ProblemTypePrefix + "unauthorized"
+	ProblemPriorityTooHigh       = ProblemTypePrefix + "priority-too-high"
 )
 
 // Problem is an error answer of the API (any status that is not 2xx) as a

@@ -46,6 +46,15 @@ function timeLeft(expiresAt) {
   return Math.round(s / 3600) + " h";
 }
 
+// span renders seconds the way timeLeft does; "" when nobody waits.
+function span(seconds) {
+  const s = Math.round(seconds);
+  if (seconds <= 0) return "";
+  if (s < 120) return s + " s";
+  if (s < 7200) return Math.round(s / 60) + " min";
+  return Math.round(s / 3600) + " h";
+}
+
 function noteEvents(devices, leaseByDevice) {
   const now = new Date().toLocaleTimeString();
   const seen = new Map();
@@ -104,7 +113,7 @@ async function refresh() {
     $("pools").replaceChildren(...pools.pools.map((p) => {
       const tr = document.createElement("tr");
       tr.dataset.pool = p.name;
-      for (const v of [p.name, p.idle, p.leased, p.offline, p.maintenance, p.waiting]) cell(tr, String(v));
+      for (const v of [p.name, p.idle, p.leased, p.offline, p.maintenance, p.waiting, span(p.oldest_wait_seconds)]) cell(tr, String(v));
       return tr;
     }));
     $("devices").replaceChildren(...devices.devices.map((d) => {
