@@ -70,6 +70,19 @@ func (m *dbMonitor) xacts(ctx context.Context) (commits, rollbacks int64, err er
 	return commits, rollbacks, nil
 }
 
+// xids is the next transaction id the database will assign: differences
+// count the transactions that wrote something (read-only ones take no
+// id), exactly and at once, unlike the statistics xacts reads.
+func (m *dbMonitor) xids(ctx context.Context) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var next int64
+	if err := m.conn.QueryRow(ctx, `SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint`).Scan(&next); err != nil {
+		return 0, fmt.Errorf("read the next transaction id: %w", err)
+	}
+	return next, nil
+}
+
 // conns counts the client connections to the database by
 // application_name. With names, only those names count (the spawned
 // instances); with none, every connection but the monitor's own counts,

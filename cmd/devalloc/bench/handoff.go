@@ -111,11 +111,11 @@ func (h *handoffRun) measure(ctx context.Context) (*HandoffResult, error) {
 
 	o.Progress.Begin(fmt.Sprintf("handoff %d waiters, %d devices", o.Waiters, o.Devices), o.Warmup+o.Duration,
 		func() string { return fmt.Sprintf("%d acquires", h.acquires.Load()) })
-	from, c0, err := h.xactsAt(ctx, mon, start.Add(o.Warmup))
+	from, c0, w0, err := h.xactsAt(ctx, mon, start.Add(o.Warmup))
 	var to time.Duration
-	var c1 int64
+	var c1, w1 int64
 	if err == nil {
-		to, c1, err = h.xactsAt(ctx, mon, start.Add(o.Warmup+o.Duration))
+		to, c1, w1, err = h.xactsAt(ctx, mon, start.Add(o.Warmup+o.Duration))
 	}
 	close(stop)
 	wg.Wait()
@@ -147,22 +147,27 @@ func (h *handoffRun) measure(ctx context.Context) (*HandoffResult, error) {
 		return nil, fmt.Errorf("no handoff in %s (errors: %d, first: %v)", o.Duration, res.Errors, h.firstErr.get())
 	}
 	res.CommitsPerHandoff = float64(c1-c0) / float64(len(hs))
+	res.WritesPerHandoff = float64(w1-w0) / float64(len(hs))
 	return res, nil
 }
 
-// xactsAt waits until at, then reads the database's commit count; it
-// returns the time of the reading on the clients' clock.
-func (h *handoffRun) xactsAt(ctx context.Context, mon *dbMonitor, at time.Time) (time.Duration, int64, error) {
+// xactsAt waits until at, then reads the database's commit count and next
+// transaction id; it returns the time of the reading on the clients' clock.
+func (h *handoffRun) xactsAt(ctx context.Context, mon *dbMonitor, at time.Time) (time.Duration, int64, int64, error) {
 	t := time.NewTimer(time.Until(at))
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return 0, 0, ctx.Err()
+		return 0, 0, 0, ctx.Err()
 	case <-t.C:
 	}
 	now := time.Since(h.start)
 	commits, _, err := mon.xacts(ctx)
-	return now, commits, err
+	if err != nil {
+		return now, 0, 0, err
+	}
+	xid, err := mon.xids(ctx)
+	return now, commits, xid, err
 }
 
 // client loops acquire → hold → release until stop, logging its events.

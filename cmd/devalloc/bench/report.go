@@ -96,9 +96,13 @@ type HandoffResult struct {
 	// Handoff is from the moment a holder sends its release to the moment
 	// the waiting client that gets the device reads its 201.
 	Handoff Latency `json:"handoff"`
-	// CommitsPerHandoff is the database's commits (xact_commit) per
-	// handoff over the run.
+	// CommitsPerHandoff is the database's commits (xact_commit, read-only
+	// transactions included) per handoff over the run. PostgreSQL publishes
+	// these counts up to seconds late, so it is approximate.
 	CommitsPerHandoff float64 `json:"commits_per_handoff"`
+	// WritesPerHandoff is the transactions that wrote (each a WAL flush)
+	// per handoff, counted exactly by transaction ids.
+	WritesPerHandoff float64 `json:"writes_per_handoff"`
 	Errors            int     `json:"errors"`
 }
 
