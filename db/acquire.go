@@ -124,8 +124,10 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 		return ok
 	}
 	// A group always goes through the line: the pool's dispatcher is what
-	// gathers several devices at once without racing other groups.
-	queued := req.Count > 1
+	// gathers several devices at once without racing other groups. So does
+	// a request that may wait for a pool whose line is busy (see
+	// busyLineMemory).
+	queued := req.Count > 1 || (window.remaining() > 0 && a.busyLines.looksBusy(req.Selector.Pool))
 	for !queued {
 		lease, err := a.attemptAny(ctx, req, a.attemptBound(window.remaining()))
 		var taken keyTaken
@@ -156,6 +158,7 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 			continue
 		}
 		queued = none.queued
+		a.busyLines.saw(req.Selector.Pool, queued)
 		break
 	}
 	for {

@@ -38,6 +38,10 @@ type Allocator struct {
 	// their acquires skip the one-statement path that cannot probe (see
 	// attemptUnprobed).
 	probedPools sync.Map // pool name → struct{}
+	// busyLines remembers pools whose line was found busy lately, so
+	// their waiting acquires join it without first trying for an idle
+	// device the line would not let them have (see lineLooksBusy).
+	busyLines busyLines
 	// satisfiable spares waiting acquires the "could anything ever fit"
 	// query for selectors that recently could.
 	satisfiable satisfiableCache

@@ -146,7 +146,7 @@ func silentInstance(a *Allocator) *Allocator {
 }
 
 // queueLength counts the pool's waiters in devalloc.waiters.
-func queueLength(t *testing.T, a *Allocator, pool string) int {
+func queueLength(t testing.TB, a *Allocator, pool string) int {
 	t.Helper()
 	var n int
 	if err := a.pool.QueryRow(t.Context(), `SELECT count(*) FROM devalloc.waiters WHERE pool = $1`, pool).Scan(&n); err != nil {

@@ -41,7 +41,19 @@ func (a *Allocator) claimLiveness(ctx context.Context, conn *pgx.Conn) error {
 	if !got {
 		return fmt.Errorf("liveness lock of instance %d is held by an older session of this instance", id)
 	}
+	// Waiters here hear that they were served on a channel of their own,
+	// so other instances are not woken for it.
+	if _, err := conn.Exec(ctx, "LISTEN "+servedChannel(id)); err != nil {
+		return fmt.Errorf("listen for instance %d's served waiters: %w", id, err)
+	}
 	return nil
+}
+
+// servedChannel is the NOTIFY channel on which the transactions that hand
+// devices to an instance's waiters tell it (devalloc.grant_to_waiter,
+// EndLease).
+func servedChannel(instance int64) string {
+	return fmt.Sprintf("devalloc_served_%d", instance)
 }
 
 // runInstanceKeeper marks this instance alive every HeartbeatInterval and

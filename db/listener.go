@@ -87,8 +87,11 @@ func (l *listener) listenOnce(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if id, handed, ok := parseServed(n.Payload); ok {
-			l.hub.Served(id, handed)
+		if n.Channel != idleChannel {
+			// This instance's served channel (see servedChannel).
+			if id, handed, ok := parseServed(n.Payload); ok {
+				l.hub.Served(id, handed)
+			}
 			continue
 		}
 		for _, ev := range parseIdleNotification(n.Payload, l.self) {

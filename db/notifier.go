@@ -149,16 +149,22 @@ func (n *notifier) payloads(batch []idleNotice) []string {
 	return out
 }
 
-// endedLease is the lease an EndLease row describes, after announcing the
-// device the statement freed (if it freed one: a device already given to
-// someone else, deleted, or drained into maintenance is not).
+// endedLease is the lease an EndLease row describes, after telling whoever
+// needs to know what the committed statement did with the device: the
+// waiter it was handed to, the pool's dispatcher when a group waits for it,
+// or waiters of a device that went idle (a device deleted, drained into
+// maintenance or already given to someone else tells nobody).
 func (a *Allocator) endedLease(r dbsqlc.EndLeaseRow) dbsqlc.DevallocLease {
 	if r.EndReason != nil {
 		a.log.Debug("lease ended", "lease", r.ID, "device", r.DeviceName, "pool", r.Pool, "owner", r.Owner, "reason", *r.EndReason)
 	}
-	if len(r.HandedTo) > 0 {
-		a.notifier.handedOver(r.HandedTo)
-	} else {
+	switch {
+	case r.HandedTo != nil:
+		a.notifier.handedOver([]uuid.UUID{*r.HandedTo})
+	case r.GroupWaits:
+		// Only the dispatcher gathers a group's devices.
+		a.dispatch(context.Background(), r.Pool)
+	default:
 		a.announceFreed(r.Pool, r.FreedDeviceID, r.FreedLabels, r.FreedState)
 	}
 	return dbsqlc.DevallocLease{

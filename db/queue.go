@@ -48,6 +48,9 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 		if err == nil {
 			at = &p
 			w.markEnqueued()
+			// A line with nothing idle for its newest member is busy; one
+			// with an idle device it fits may have emptied.
+			a.busyLines.saw(req.Selector.Pool, !fittingIdle)
 			if fittingIdle {
 				a.dispatch(ctx, req.Selector.Pool)
 			}

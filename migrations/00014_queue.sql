@@ -59,6 +59,8 @@ COMMENT ON COLUMN devalloc.waiters.request_fingerprint IS 'Fingerprint stored wi
 -- The line of a pool, in serving order.
 CREATE INDEX waiters_line ON devalloc.waiters (pool, ranked_at, seq);
 CREATE INDEX waiters_instance ON devalloc.waiters (instance_id);
+-- Groups in line (rare): a release checks for one ahead without reading the line.
+CREATE INDEX waiters_groups ON devalloc.waiters (pool, ranked_at, seq) WHERE count > 1;
 
 ALTER TABLE devalloc.leases ADD COLUMN group_id uuid, ADD COLUMN waiter_id uuid;
 COMMENT ON COLUMN devalloc.leases.group_id IS 'Shared by the leases of one group acquire (count > 1); NULL for a single lease.';
@@ -82,7 +84,7 @@ COMMENT ON FUNCTION devalloc.instance_alive(bigint) IS 'Whether the instance''s 
 
 -- +goose StatementBegin
 CREATE FUNCTION devalloc.grant_to_waiter(w devalloc.waiters, p_devices bigint[]) RETURNS SETOF devalloc.leases
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql ROWS 1 AS $$
 DECLARE
     v_group  uuid := CASE WHEN cardinality(p_devices) > 1 THEN gen_random_uuid() END;
     v_now    timestamptz := clock_timestamp();
@@ -135,16 +137,17 @@ BEGIN
     IF octet_length(v_payload) > 7900 THEN
         v_payload := json_build_object('served', w.id)::text;
     END IF;
-    PERFORM pg_notify('devalloc_idle', v_payload);
+    -- Only the waiter's instance listens on its own channel.
+    PERFORM pg_notify('devalloc_served_' || w.instance_id, v_payload);
 END
 $$;
 -- +goose StatementEnd
 COMMENT ON FUNCTION devalloc.grant_to_waiter(devalloc.waiters, bigint[]) IS
-    'Leases the given idle devices (locked by the caller) to the waiter, removes it from the line and notifies devalloc_idle '
-    'with {served: waiter id, leases: [...]} at commit; one group when more than one device.';
+    'Leases the given idle devices (locked by the caller) to the waiter, removes it from the line and notifies its instance '
+    '(channel devalloc_served_<instance id>) with {served: waiter id, leases: [...]} at commit; one group when more than one device.';
 
 -- +goose StatementBegin
-CREATE FUNCTION devalloc.dispatch(p_pool text) RETURNS SETOF devalloc.leases LANGUAGE plpgsql AS $$
+CREATE FUNCTION devalloc.dispatch(p_pool text) RETURNS SETOF devalloc.leases LANGUAGE plpgsql ROWS 1 AS $$
 DECLARE
     w          devalloc.waiters;
     v_devices  bigint[];
@@ -192,7 +195,39 @@ COMMENT ON FUNCTION devalloc.dispatch(text) IS
     'a group that cannot be served whole keeps the devices it fits from those behind it. Returns the leases granted.';
 
 -- +goose StatementBegin
-CREATE FUNCTION devalloc.hand_off(p_device bigint) RETURNS SETOF devalloc.leases LANGUAGE plpgsql AS $$
+-- ROWS 1 (at most one row, and the planner's default guess of 1000 would
+-- cost statements that call it into a JIT compile).
+CREATE FUNCTION devalloc.first_in_line(p_pool text, p_labels jsonb) RETURNS SETOF devalloc.waiters
+LANGUAGE plpgsql ROWS 1 AS $$
+DECLARE
+    w devalloc.waiters;
+BEGIN
+    -- A loop over a cursor, so the line is read in index order and only
+    -- as far as the first waiter that fits, whatever the statistics of this
+    -- busy little table say.
+    FOR w IN SELECT * FROM devalloc.waiters WHERE pool = p_pool ORDER BY ranked_at, seq LOOP
+        CONTINUE WHEN NOT p_labels @> w.labels;
+        CONTINUE WHEN NOT devalloc.instance_alive(w.instance_id);
+        IF w.count > 1 THEN
+            RETURN; -- a group is first: only the dispatcher may serve it
+        END IF;
+        CONTINUE WHEN w.idempotency_key IS NOT NULL AND EXISTS (
+            SELECT 1 FROM devalloc.leases l WHERE l.owner = w.owner AND l.idempotency_key = w.idempotency_key);
+        -- Locked: another transaction is serving (or cancelling) it.
+        PERFORM 1 FROM devalloc.waiters WHERE id = w.id FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        RETURN NEXT w;
+        RETURN;
+    END LOOP;
+END
+$$;
+-- +goose StatementEnd
+COMMENT ON FUNCTION devalloc.first_in_line(text, jsonb) IS
+    'The first live waiter of the pool''s line that a device with these labels fits, locked for the caller to serve; '
+    'none when nobody fits or a group is first (the dispatcher serves groups).';
+
+-- +goose StatementBegin
+CREATE FUNCTION devalloc.hand_off(p_device bigint) RETURNS SETOF devalloc.leases LANGUAGE plpgsql ROWS 1 AS $$
 DECLARE
     d devalloc.devices;
     w devalloc.waiters;
@@ -286,6 +321,7 @@ SELECT pool,
 FROM devalloc.devices d
 GROUP BY pool;
 DROP FUNCTION devalloc.hand_off(bigint);
+DROP FUNCTION devalloc.first_in_line(text, jsonb);
 DROP FUNCTION devalloc.dispatch(text);
 DROP FUNCTION devalloc.grant_to_waiter(devalloc.waiters, bigint[]);
 DROP FUNCTION devalloc.instance_alive(bigint);

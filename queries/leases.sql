@@ -40,15 +40,22 @@ RETURNING *;
 -- caller asked, so the caller can tell its holder it had lost the device.
 -- The device is freed only while it still carries this lease and its
 -- fencing token, and goes to maintenance instead of idle when an admin
--- drained it meanwhile. With owner set, only that owner's lease ends (a holder's
--- release checks ownership in the same statement, one round trip); NULL
--- ends whoever's it is. A freed device goes straight to the first waiter in
--- line it fits (devalloc.hand_off, only looked for when the pool has
--- waiters): handed_to lists the waiters served, for the caller to tell
--- their instances. Otherwise the freed device's id and labels come back and
--- the caller notifies after commit (notify_by_caller, see
--- migrations/00007), so the trigger does not NOTIFY inside this
--- transaction.
+-- drained it meanwhile. With owner set, only that owner's lease ends (a
+-- holder's release checks ownership in the same statement, one round trip);
+-- NULL ends whoever's it is.
+--
+-- Direct handoff: when the first live waiter in the pool's line that the
+-- device fits wants one device, the device goes straight to it in this
+-- same statement (a new lease, fencing token bumped, the waiter's row
+-- gone), and its instance is told at commit (NOTIFY on its own channel,
+-- with the lease, as devalloc.grant_to_waiter does): handed_to names the waiter
+-- (devalloc.first_in_line finds and locks it; waiters locked by another
+-- transaction are being served and are skipped). When a group that fits
+-- the device is first, nobody here gets it:
+-- group_waits says so, and the caller runs the pool's dispatcher after
+-- commit (only it gathers groups). Otherwise the freed device's id and
+-- labels come back and the caller notifies after commit
+-- (notify_by_caller, see migrations/00007).
 WITH caller_notifies AS (
     SELECT set_config('devalloc.notify_by_caller', 'on', true) AS notify_by_caller
 ), ended AS (
@@ -58,23 +65,60 @@ WITH caller_notifies AS (
     WHERE l.id = @id AND l.released_at IS NULL
       AND (sqlc.narg('owner')::text IS NULL OR l.owner = sqlc.narg('owner'))
     RETURNING l.*
+), dev AS (
+    -- The device as the ending lease holds it.
+    SELECT d.id, d.pool, d.labels, d.drain
+    FROM devalloc.devices d JOIN ended ON d.id = ended.device_id AND d.lease_id = ended.id
+                                      AND d.fencing_token = ended.fencing_token
+), head AS (
+    SELECT h.* FROM dev CROSS JOIN LATERAL devalloc.first_in_line(dev.pool, dev.labels) h
+    WHERE NOT dev.drain
+), served AS (
+    DELETE FROM devalloc.waiters w USING head WHERE w.id = head.id
+    RETURNING w.id, w.instance_id, w.owner, w.holder, w.ttl_seconds, w.idempotency_key, w.request_fingerprint,
+              gen_random_uuid() AS lease_id
 ), freed AS (
     UPDATE devalloc.devices d SET
-        state        = CASE WHEN d.drain THEN 'maintenance' ELSE 'idle' END,
-        state_reason = CASE WHEN d.drain THEN 'drained: maintenance once its lease ended' ELSE '' END,
-        drain        = false,
-        lease_id     = NULL,
-        idle_since   = now(),
-        updated_at   = now()
-    FROM ended, caller_notifies
+        state         = CASE WHEN served.id IS NOT NULL THEN 'leased' WHEN d.drain THEN 'maintenance' ELSE 'idle' END,
+        state_reason  = CASE WHEN served.id IS NULL AND d.drain THEN 'drained: maintenance once its lease ended' ELSE '' END,
+        drain         = false,
+        lease_id      = served.lease_id,
+        fencing_token = d.fencing_token + CASE WHEN served.id IS NOT NULL THEN 1 ELSE 0 END,
+        idle_since    = now(),
+        updated_at    = now()
+    FROM ended CROSS JOIN caller_notifies LEFT JOIN served ON true
     WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
-    RETURNING d.id, d.pool, d.labels, d.state
+    RETURNING d.id, d.name, d.pool, d.labels, d.address, d.probe, d.state, d.fencing_token, d.lease_id, clock_timestamp() AS at
+), granted AS (
+    INSERT INTO devalloc.leases (id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at,
+                                 idempotency_key, request_fingerprint, waiter_id)
+    SELECT freed.lease_id, freed.id, freed.name, freed.pool, served.owner, served.holder, freed.fencing_token,
+           freed.at, freed.at + make_interval(secs => served.ttl_seconds),
+           served.idempotency_key, served.request_fingerprint, served.id
+    FROM freed JOIN served ON freed.lease_id = served.lease_id
+    RETURNING *
+), told AS (
+    SELECT pg_notify('devalloc_served_' || n.instance_id,
+                     CASE WHEN octet_length(n.payload) > 7900
+                          THEN json_build_object('served', n.waiter_id)::text
+                          ELSE n.payload END) AS sent
+    FROM (SELECT granted.waiter_id, served.instance_id,
+                 json_build_object('served', granted.waiter_id, 'leases', json_build_array(json_build_object(
+                     'id', granted.id, 'device_id', granted.device_id, 'device_name', granted.device_name,
+                     'pool', granted.pool, 'owner', granted.owner, 'holder', granted.holder,
+                     'fencing_token', granted.fencing_token, 'acquired_at', granted.acquired_at,
+                     'expires_at', granted.expires_at, 'group_id', granted.group_id,
+                     'labels', freed.labels, 'address', freed.address, 'probe', freed.probe)))::text AS payload
+          FROM granted JOIN freed ON freed.id = granted.device_id JOIN served ON served.id = granted.waiter_id) n
 )
-SELECT ended.*, freed.id AS freed_device_id, freed.labels AS freed_labels, freed.state AS freed_state,
-       CASE WHEN freed.state = 'idle' AND EXISTS (SELECT 1 FROM devalloc.waiters w WHERE w.pool = freed.pool)
-            THEN (SELECT array_agg(DISTINCT h.waiter_id) FROM devalloc.hand_off(freed.id) h)
-       END::uuid[] AS handed_to
-FROM ended LEFT JOIN freed ON true;
+SELECT ended.*, freed.id AS freed_device_id, freed.labels AS freed_labels,
+       freed.state AS freed_state,
+       granted.waiter_id AS handed_to,
+       (SELECT count(*) FROM told) AS told,
+       coalesce(granted.id IS NULL AND freed.state = 'idle' AND EXISTS (
+            SELECT 1 FROM devalloc.waiters g
+            WHERE g.pool = freed.pool AND g.count > 1 AND freed.labels @> g.labels), false)::boolean AS group_waits
+FROM ended LEFT JOIN freed ON true LEFT JOIN granted ON true;
 
 -- name: DueLeases :many
 -- Active leases whose time ran out (database clock), oldest first: the

@@ -58,13 +58,17 @@ type serveConfig struct {
 //   - idle_in_transaction_session_timeout ends the transaction of an
 //     instance that stopped mid-acquire (SIGSTOP, a hung host) and so
 //     releases the row locks it held. An acquire transaction is idle while
-//     it probes, so the bound is the probe timeout plus a margin.
+//     it probes, so the bound is the probe timeout plus a margin;
+//   - jit is off: devalloc's statements touch a handful of rows, and a JIT
+//     compile (triggered by a cost estimate, e.g. a set-returning function's
+//     default 1000 rows) takes hundreds of milliseconds on a small machine.
 func (c serveConfig) sessionParams() map[string]string {
 	ms := func(d time.Duration) string { return fmt.Sprint(d.Milliseconds()) }
 	return map[string]string{
 		"statement_timeout":                   ms(c.statementTO),
 		"lock_timeout":                        ms(c.lockTO),
 		"idle_in_transaction_session_timeout": ms(c.probeTimeout + 10*time.Second),
+		"jit":                                 "off",
 	}
 }
 

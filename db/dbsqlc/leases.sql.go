@@ -51,23 +51,60 @@ WITH caller_notifies AS (
     WHERE l.id = $2 AND l.released_at IS NULL
       AND ($3::text IS NULL OR l.owner = $3)
     RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id
+), dev AS (
+    -- The device as the ending lease holds it.
+    SELECT d.id, d.pool, d.labels, d.drain
+    FROM devalloc.devices d JOIN ended ON d.id = ended.device_id AND d.lease_id = ended.id
+                                      AND d.fencing_token = ended.fencing_token
+), head AS (
+    SELECT h.id, h.seq, h.instance_id, h.pool, h.labels, h.count, h.priority, h.enqueued_at, h.ranked_at, h.owner, h.holder, h.ttl_seconds, h.idempotency_key, h.request_fingerprint FROM dev CROSS JOIN LATERAL devalloc.first_in_line(dev.pool, dev.labels) h
+    WHERE NOT dev.drain
+), served AS (
+    DELETE FROM devalloc.waiters w USING head WHERE w.id = head.id
+    RETURNING w.id, w.instance_id, w.owner, w.holder, w.ttl_seconds, w.idempotency_key, w.request_fingerprint,
+              gen_random_uuid() AS lease_id
 ), freed AS (
     UPDATE devalloc.devices d SET
-        state        = CASE WHEN d.drain THEN 'maintenance' ELSE 'idle' END,
-        state_reason = CASE WHEN d.drain THEN 'drained: maintenance once its lease ended' ELSE '' END,
-        drain        = false,
-        lease_id     = NULL,
-        idle_since   = now(),
-        updated_at   = now()
-    FROM ended, caller_notifies
+        state         = CASE WHEN served.id IS NOT NULL THEN 'leased' WHEN d.drain THEN 'maintenance' ELSE 'idle' END,
+        state_reason  = CASE WHEN served.id IS NULL AND d.drain THEN 'drained: maintenance once its lease ended' ELSE '' END,
+        drain         = false,
+        lease_id      = served.lease_id,
+        fencing_token = d.fencing_token + CASE WHEN served.id IS NOT NULL THEN 1 ELSE 0 END,
+        idle_since    = now(),
+        updated_at    = now()
+    FROM ended CROSS JOIN caller_notifies LEFT JOIN served ON true
     WHERE d.id = ended.device_id AND d.lease_id = ended.id AND d.fencing_token = ended.fencing_token
-    RETURNING d.id, d.pool, d.labels, d.state
+    RETURNING d.id, d.name, d.pool, d.labels, d.address, d.probe, d.state, d.fencing_token, d.lease_id, clock_timestamp() AS at
+), granted AS (
+    INSERT INTO devalloc.leases (id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at,
+                                 idempotency_key, request_fingerprint, waiter_id)
+    SELECT freed.lease_id, freed.id, freed.name, freed.pool, served.owner, served.holder, freed.fencing_token,
+           freed.at, freed.at + make_interval(secs => served.ttl_seconds),
+           served.idempotency_key, served.request_fingerprint, served.id
+    FROM freed JOIN served ON freed.lease_id = served.lease_id
+    RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id
+), told AS (
+    SELECT pg_notify('devalloc_served_' || n.instance_id,
+                     CASE WHEN octet_length(n.payload) > 7900
+                          THEN json_build_object('served', n.waiter_id)::text
+                          ELSE n.payload END) AS sent
+    FROM (SELECT granted.waiter_id, served.instance_id,
+                 json_build_object('served', granted.waiter_id, 'leases', json_build_array(json_build_object(
+                     'id', granted.id, 'device_id', granted.device_id, 'device_name', granted.device_name,
+                     'pool', granted.pool, 'owner', granted.owner, 'holder', granted.holder,
+                     'fencing_token', granted.fencing_token, 'acquired_at', granted.acquired_at,
+                     'expires_at', granted.expires_at, 'group_id', granted.group_id,
+                     'labels', freed.labels, 'address', freed.address, 'probe', freed.probe)))::text AS payload
+          FROM granted JOIN freed ON freed.id = granted.device_id JOIN served ON served.id = granted.waiter_id) n
 )
-SELECT ended.id, ended.device_id, ended.device_name, ended.pool, ended.owner, ended.holder, ended.fencing_token, ended.acquired_at, ended.expires_at, ended.released_at, ended.end_reason, ended.idempotency_key, ended.active_device_id, ended.request_fingerprint, ended.group_id, ended.waiter_id, freed.id AS freed_device_id, freed.labels AS freed_labels, freed.state AS freed_state,
-       CASE WHEN freed.state = 'idle' AND EXISTS (SELECT 1 FROM devalloc.waiters w WHERE w.pool = freed.pool)
-            THEN (SELECT array_agg(DISTINCT h.waiter_id) FROM devalloc.hand_off(freed.id) h)
-       END::uuid[] AS handed_to
-FROM ended LEFT JOIN freed ON true
+SELECT ended.id, ended.device_id, ended.device_name, ended.pool, ended.owner, ended.holder, ended.fencing_token, ended.acquired_at, ended.expires_at, ended.released_at, ended.end_reason, ended.idempotency_key, ended.active_device_id, ended.request_fingerprint, ended.group_id, ended.waiter_id, freed.id AS freed_device_id, freed.labels AS freed_labels,
+       freed.state AS freed_state,
+       granted.waiter_id AS handed_to,
+       (SELECT count(*) FROM told) AS told,
+       coalesce(granted.id IS NULL AND freed.state = 'idle' AND EXISTS (
+            SELECT 1 FROM devalloc.waiters g
+            WHERE g.pool = freed.pool AND g.count > 1 AND freed.labels @> g.labels), false)::boolean AS group_waits
+FROM ended LEFT JOIN freed ON true LEFT JOIN granted ON true
 `
 
 type EndLeaseParams struct {
@@ -96,7 +133,9 @@ type EndLeaseRow struct {
 	FreedDeviceID      *int64
 	FreedLabels        []byte
 	FreedState         *string
-	HandedTo           []uuid.UUID
+	HandedTo           *uuid.UUID
+	Told               int64
+	GroupWaits         bool
 }
 
 // Ends an active lease and frees its device in one statement. A lease whose
@@ -104,15 +143,22 @@ type EndLeaseRow struct {
 // caller asked, so the caller can tell its holder it had lost the device.
 // The device is freed only while it still carries this lease and its
 // fencing token, and goes to maintenance instead of idle when an admin
-// drained it meanwhile. With owner set, only that owner's lease ends (a holder's
-// release checks ownership in the same statement, one round trip); NULL
-// ends whoever's it is. A freed device goes straight to the first waiter in
-// line it fits (devalloc.hand_off, only looked for when the pool has
-// waiters): handed_to lists the waiters served, for the caller to tell
-// their instances. Otherwise the freed device's id and labels come back and
-// the caller notifies after commit (notify_by_caller, see
-// migrations/00007), so the trigger does not NOTIFY inside this
-// transaction.
+// drained it meanwhile. With owner set, only that owner's lease ends (a
+// holder's release checks ownership in the same statement, one round trip);
+// NULL ends whoever's it is.
+//
+// Direct handoff: when the first live waiter in the pool's line that the
+// device fits wants one device, the device goes straight to it in this
+// same statement (a new lease, fencing token bumped, the waiter's row
+// gone), and its instance is told at commit (NOTIFY on its own channel,
+// with the lease, as devalloc.grant_to_waiter does): handed_to names the waiter
+// (devalloc.first_in_line finds and locks it; waiters locked by another
+// transaction are being served and are skipped). When a group that fits
+// the device is first, nobody here gets it:
+// group_waits says so, and the caller runs the pool's dispatcher after
+// commit (only it gathers groups). Otherwise the freed device's id and
+// labels come back and the caller notifies after commit
+// (notify_by_caller, see migrations/00007).
 func (q *Queries) EndLease(ctx context.Context, arg EndLeaseParams) (EndLeaseRow, error) {
 	row := q.db.QueryRow(ctx, endLease, arg.EndReason, arg.ID, arg.Owner)
 	var i EndLeaseRow
@@ -137,6 +183,8 @@ func (q *Queries) EndLease(ctx context.Context, arg EndLeaseParams) (EndLeaseRow
 		&i.FreedLabels,
 		&i.FreedState,
 		&i.HandedTo,
+		&i.Told,
+		&i.GroupWaits,
 	)
 	return i, err
 }

@@ -103,7 +103,7 @@ type HandoffResult struct {
 	// WritesPerHandoff is the transactions that wrote (each a WAL flush)
 	// per handoff, counted exactly by transaction ids.
 	WritesPerHandoff float64 `json:"writes_per_handoff"`
-	Errors            int     `json:"errors"`
+	Errors           int     `json:"errors"`
 }
 
 // WaitersResult is the many-long-polls scenario.
