@@ -57,8 +57,9 @@ func BenchmarkRelease(b *testing.B) {
 }
 
 // BenchmarkCrossInstanceHandoff times a release on one instance until the
-// acquire waiting on another instance returns with the device: commit,
-// NOTIFY, the waiter's LISTEN connection, its acquire transaction.
+// acquire waiting in line on another instance returns with the device: the
+// release statement hands it over, and the waiter's instance hears of it at
+// commit, lease included, on its LISTEN connection.
 func BenchmarkCrossInstanceHandoff(b *testing.B) {
 	url := newDB(b)
 	holder := newAllocator(b, url, testConfig(&probe.Network{}))
@@ -83,8 +84,7 @@ func BenchmarkCrossInstanceHandoff(b *testing.B) {
 			got, gotErr = waiter.Acquire(b.Context(), AcquireRequest{Selector: Selector{Pool: "p"}, Wait: 10 * time.Second, Owner: "w"})
 			at = time.Now()
 		}()
-		waitFor(b, "waiter queued", func() bool { return waiter.Hub().Waiting("p") == 1 })
-		time.Sleep(2 * time.Millisecond) // past its first, empty attempt
+		waitFor(b, "waiter in line", func() bool { return queueLength(b, holder, "p") == 1 })
 		b.StartTimer()
 		start := time.Now()
 		if _, err := holder.Release(b.Context(), held.ID); err != nil {

@@ -109,7 +109,8 @@ type stateCollector struct {
 
 var (
 	poolDevicesDesc = prometheus.NewDesc("devalloc_pool_devices", "Devices per pool and state (idle, leased, offline, maintenance), from the database.", []string{"pool", "state"}, nil)
-	poolWaitingDesc = prometheus.NewDesc("devalloc_pool_waiting", "Acquires waiting on this instance, per pool.", []string{"pool"}, nil)
+	poolWaitingDesc = prometheus.NewDesc("devalloc_pool_waiting", "Requests waiting in the pool's line, across all instances.", []string{"pool"}, nil)
+	poolOldestDesc  = prometheus.NewDesc("devalloc_pool_oldest_wait_seconds", "How long the longest-waiting request of the pool's line has waited (0 when none).", []string{"pool"}, nil)
 	dbConnsDesc     = prometheus.NewDesc("devalloc_db_connections", "This instance's pool connections by state (acquired, idle, max); the LISTEN connection is one more.", []string{"state"}, nil)
 	dbWaitsDesc     = prometheus.NewDesc("devalloc_db_connection_waits_total", "Times a request had to wait for a pool connection.", nil, nil)
 	scrapeErrDesc   = prometheus.NewDesc("devalloc_pool_scrape_error", "1 when the pools could not be read from the database at this scrape.", nil, nil)
@@ -119,7 +120,7 @@ var (
 const scrapeTimeout = 2 * time.Second
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{poolDevicesDesc, poolWaitingDesc, dbConnsDesc, dbWaitsDesc, scrapeErrDesc} {
+	for _, d := range []*prometheus.Desc{poolDevicesDesc, poolWaitingDesc, poolOldestDesc, dbConnsDesc, dbWaitsDesc, scrapeErrDesc} {
 		ch <- d
 	}
 }
@@ -149,5 +150,6 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(poolDevicesDesc, prometheus.GaugeValue, float64(n), p.Name, state)
 		}
 		ch <- prometheus.MustNewConstMetric(poolWaitingDesc, prometheus.GaugeValue, float64(p.Waiting), p.Name)
+		ch <- prometheus.MustNewConstMetric(poolOldestDesc, prometheus.GaugeValue, p.OldestWait.Seconds(), p.Name)
 	}
 }

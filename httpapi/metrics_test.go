@@ -71,6 +71,7 @@ func TestMetrics(t *testing.T) {
 		`devalloc_pool_devices{pool="lab",state="offline"}`:                1,
 		`devalloc_pool_devices{pool="lab",state="leased"}`:                 0,
 		`devalloc_pool_waiting{pool="lab"}`:                                0,
+		`devalloc_pool_oldest_wait_seconds{pool="lab"}`:                    0,
 		`devalloc_pool_scrape_error`:                                       0,
 	} {
 		if got := metricValue(text, series); got != want {

@@ -71,8 +71,10 @@ WITH caller_notifies AS (
     FROM devalloc.devices d JOIN ended ON d.id = ended.device_id AND d.lease_id = ended.id
                                       AND d.fencing_token = ended.fencing_token
 ), head AS (
+    -- Only looked for when the pool has a line: a plain release pays one
+    -- index probe, not a function call.
     SELECT h.* FROM dev CROSS JOIN LATERAL devalloc.first_in_line(dev.pool, dev.labels) h
-    WHERE NOT dev.drain
+    WHERE NOT dev.drain AND EXISTS (SELECT 1 FROM devalloc.waiters q WHERE q.pool = dev.pool)
 ), served AS (
     DELETE FROM devalloc.waiters w USING head WHERE w.id = head.id
     RETURNING w.id, w.instance_id, w.owner, w.holder, w.ttl_seconds, w.idempotency_key, w.request_fingerprint,
