@@ -30,8 +30,13 @@ LIMIT @max_rows;
 
 -- name: RenewLease :one
 -- Extends an active lease that has not lapsed yet (database clock).
+-- "Active" is written as active_device_id IS NOT NULL (the same thing: see
+-- the column) so that the lookup goes by the lease id: with released_at IS
+-- NULL the planner may scan a partial index of active leases ordered by
+-- acquired_at from one end, through every dead entry of released leases
+-- that vacuum has not removed yet.
 UPDATE devalloc.leases SET expires_at = clock_timestamp() + make_interval(secs => @ttl_seconds::float8)
-WHERE id = @id AND released_at IS NULL AND expires_at > now()
+WHERE id = @id AND active_device_id IS NOT NULL AND expires_at > now()
 RETURNING *;
 
 -- name: EndLease :one
@@ -62,7 +67,8 @@ WITH caller_notifies AS (
     UPDATE devalloc.leases l SET
         released_at = clock_timestamp(),
         end_reason  = CASE WHEN l.expires_at <= now() THEN 'expired' ELSE @end_reason::text END
-    WHERE l.id = @id AND l.released_at IS NULL
+    -- Active, by id (see RenewLease for why not released_at IS NULL).
+    WHERE l.id = @id AND l.active_device_id IS NOT NULL
       AND (sqlc.narg('owner')::text IS NULL OR l.owner = sqlc.narg('owner'))
     RETURNING l.*
 ), dev AS (

@@ -116,7 +116,7 @@ ORDER BY l.device_name;
 -- probe_failed and the device goes offline for the health checker.
 WITH ended AS (
     UPDATE devalloc.leases l SET released_at = clock_timestamp(), end_reason = 'probe_failed'
-    WHERE l.id = @id AND l.released_at IS NULL
+    WHERE l.id = @id AND l.active_device_id IS NOT NULL
     RETURNING l.id, l.device_id, l.fencing_token
 )
 UPDATE devalloc.devices d SET

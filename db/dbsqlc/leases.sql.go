@@ -48,7 +48,8 @@ WITH caller_notifies AS (
     UPDATE devalloc.leases l SET
         released_at = clock_timestamp(),
         end_reason  = CASE WHEN l.expires_at <= now() THEN 'expired' ELSE $1::text END
-    WHERE l.id = $2 AND l.released_at IS NULL
+    -- Active, by id (see RenewLease for why not released_at IS NULL).
+    WHERE l.id = $2 AND l.active_device_id IS NOT NULL
       AND ($3::text IS NULL OR l.owner = $3)
     RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id
 ), dev AS (
@@ -340,7 +341,7 @@ func (q *Queries) ListLeases(ctx context.Context, arg ListLeasesParams) ([]ListL
 
 const renewLease = `-- name: RenewLease :one
 UPDATE devalloc.leases SET expires_at = clock_timestamp() + make_interval(secs => $1::float8)
-WHERE id = $2 AND released_at IS NULL AND expires_at > now()
+WHERE id = $2 AND active_device_id IS NOT NULL AND expires_at > now()
 RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id
 `
 
@@ -350,6 +351,11 @@ type RenewLeaseParams struct {
 }
 
 // Extends an active lease that has not lapsed yet (database clock).
+// "Active" is written as active_device_id IS NOT NULL (the same thing: see
+// the column) so that the lookup goes by the lease id: with released_at IS
+// NULL the planner may scan a partial index of active leases ordered by
+// acquired_at from one end, through every dead entry of released leases
+// that vacuum has not removed yet.
 func (q *Queries) RenewLease(ctx context.Context, arg RenewLeaseParams) (DevallocLease, error) {
 	row := q.db.QueryRow(ctx, renewLease, arg.TtlSeconds, arg.ID)
 	var i DevallocLease

@@ -164,7 +164,7 @@ func (q *Queries) EnqueueWaiter(ctx context.Context, arg EnqueueWaiterParams) (E
 const failHandedLease = `-- name: FailHandedLease :one
 WITH ended AS (
     UPDATE devalloc.leases l SET released_at = clock_timestamp(), end_reason = 'probe_failed'
-    WHERE l.id = $3 AND l.released_at IS NULL
+    WHERE l.id = $3 AND l.active_device_id IS NOT NULL
     RETURNING l.id, l.device_id, l.fencing_token
 )
 UPDATE devalloc.devices d SET
