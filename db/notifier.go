@@ -163,7 +163,7 @@ func (a *Allocator) endedLease(r dbsqlc.EndLeaseRow) dbsqlc.DevallocLease {
 		a.notifier.handedOver([]uuid.UUID{*r.HandedTo})
 	case r.GroupWaits:
 		// Only the dispatcher gathers a group's devices.
-		a.dispatch(context.Background(), r.Pool)
+		a.dispatch(context.Background(), r.Pool, queueBound)
 	default:
 		a.announceFreed(r.Pool, r.FreedDeviceID, r.FreedLabels, r.FreedState)
 	}

@@ -25,8 +25,11 @@ type place struct {
 	rankedAt   time.Time
 }
 
-// queueBound caps the queue's own statements (enqueue, dispatch, cancel):
-// they touch a few rows and never wait on a probe.
+// queueBound caps the queue's statements that run off a request's clock
+// (a dispatch after a release, giving devices back): they touch a few rows
+// and never wait on a probe. Those of a waiting request are bound by what
+// is left of its wait instead (attemptBound), so it is answered in time
+// even when the database blocks them (a DBA's table lock).
 const queueBound = 5 * time.Second
 
 // waitInLine puts the request in its pool's line (devalloc.waiters) and
@@ -44,7 +47,7 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 
 	var at *place
 	for {
-		p, fittingIdle, err := a.enqueue(ctx, req, w.ID, at)
+		p, fittingIdle, err := a.enqueue(ctx, req, w.ID, at, a.attemptBound(window.remaining()))
 		if err == nil {
 			at = &p
 			w.markEnqueued()
@@ -52,7 +55,7 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 			// with an idle device it fits may have emptied.
 			a.busyLines.saw(req.Selector.Pool, !fittingIdle)
 			if fittingIdle {
-				a.dispatch(ctx, req.Selector.Pool)
+				a.dispatch(ctx, req.Selector.Pool, a.attemptBound(window.remaining()))
 			}
 			break
 		}
@@ -68,7 +71,7 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 				// dead while cut off): back to its old place.
 				a.log.Warn("a waiting request lost its place in line; putting it back", "pool", req.Selector.Pool, "waiter", w.ID)
 				w.resetServed()
-				if _, _, err := a.enqueue(ctx, req, w.ID, at); err != nil {
+				if _, _, err := a.enqueue(ctx, req, w.ID, at, a.attemptBound(window.remaining())); err != nil {
 					return Lease{}, false, err
 				}
 				w.markEnqueued()
@@ -81,7 +84,7 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 			// first, then the devices that answered go back to the line,
 			// whose head this waiter may well be.
 			w.resetServed()
-			if _, _, err := a.enqueue(ctx, req, w.ID, at); err != nil {
+			if _, _, err := a.enqueue(ctx, req, w.ID, at, a.attemptBound(window.remaining())); err != nil {
 				for _, l := range giveBack {
 					a.abandon(l)
 				}
@@ -91,7 +94,7 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 			for _, l := range giveBack {
 				a.abandon(l)
 			}
-			a.dispatch(ctx, req.Selector.Pool)
+			a.dispatch(ctx, req.Selector.Pool, a.attemptBound(window.remaining()))
 			continue
 		}
 		err := awaitWake(ctx, w, window, a.draining)
@@ -102,7 +105,7 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 			// A hint that a device it fits became idle outside a handoff:
 			// serve the line (this waiter, or whoever is before it).
 			w.BeginAttempt()
-			a.dispatch(ctx, req.Selector.Pool)
+			a.dispatch(ctx, req.Selector.Pool, a.attemptBound(window.remaining()))
 			w.EndAttempt()
 		}
 	}
@@ -139,8 +142,9 @@ func (a *Allocator) retryQueueStep(ctx context.Context, window waitWindow, err e
 	}
 }
 
-// enqueue writes the waiter's row; at, when set, is its old place.
-func (a *Allocator) enqueue(ctx context.Context, req AcquireRequest, id uuid.UUID, at *place) (place, bool, error) {
+// enqueue writes the waiter's row; at, when set, is its old place. bound
+// caps the statement.
+func (a *Allocator) enqueue(ctx context.Context, req AcquireRequest, id uuid.UUID, at *place, bound time.Duration) (place, bool, error) {
 	instance := a.instanceID.Load()
 	if instance == 0 {
 		return place{}, false, errNotRegistered
@@ -168,10 +172,13 @@ func (a *Allocator) enqueue(ctx context.Context, req AcquireRequest, id uuid.UUI
 	// statement may still have committed, and a row nobody knows of would
 	// be served to nobody. The caller's next step sees ctx ended and leaves
 	// the line properly.
-	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queueBound)
+	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
 	defer cancel()
 	row, err := a.q.EnqueueWaiter(stmtCtx, params)
 	if err != nil {
+		// Cut off by the bound just as it committed, the row may be there:
+		// take it out again, as far as one more try goes.
+		a.forgetWaiter(ctx, id)
 		return place{}, false, fmt.Errorf("join the line of pool %q: %w", req.Selector.Pool, err)
 	}
 	if row.Seq == nil {
@@ -182,9 +189,9 @@ func (a *Allocator) enqueue(ctx context.Context, req AcquireRequest, id uuid.UUI
 
 // dispatch serves the pool's line from its idle devices and tells the
 // waiters served. A failure only delays them: the next hint or re-check
-// dispatches again.
-func (a *Allocator) dispatch(ctx context.Context, pool string) {
-	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queueBound)
+// dispatches again. bound caps the statement.
+func (a *Allocator) dispatch(ctx context.Context, pool string, bound time.Duration) {
+	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
 	defer cancel()
 	rows, err := a.q.Dispatch(stmtCtx, pool)
 	if err != nil {
@@ -214,7 +221,8 @@ func (a *Allocator) tellServed(rows []dbsqlc.DevallocLease) {
 // devices first; then those are the answer (or, the client being gone, are
 // given back at once).
 func (a *Allocator) leaveLine(ctx context.Context, req AcquireRequest, w *Waiter, cause error) (Lease, bool, error) {
-	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queueBound)
+	// The wait is over: the answer may be late by attemptBoundSlack at most.
+	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), attemptBoundSlack)
 	defer cancel()
 	n, err := a.q.CancelWaiter(stmtCtx, w.ID)
 	if err != nil {
@@ -254,7 +262,7 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) 
 	if rows == nil {
 		// The news came without them (from this instance's own release, a
 		// re-check, or an outsized notice): read them.
-		readCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queueBound)
+		readCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), attemptBoundSlack)
 		defer cancel()
 		var err error
 		if rows, err = a.q.WaiterLeases(readCtx, &w.ID); err != nil {
@@ -265,7 +273,7 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) 
 		// Dropped without a lease: its idempotency key already had one (a
 		// retry got it), or its instance was taken for dead.
 		if req.IdempotencyKey != "" {
-			if lease, ok, err := a.replayWithin(ctx, req, queueBound); err != nil || ok {
+			if lease, ok, err := a.replayWithin(ctx, req, attemptBoundSlack); err != nil || ok {
 				return lease, nil, err
 			}
 		}
@@ -375,4 +383,15 @@ func (a *Allocator) groupOf(ctx context.Context, lease Lease) (Lease, error) {
 	}
 	lease.Group = group
 	return lease, nil
+}
+
+// forgetWaiter removes a waiter's row that may have been written although
+// its statement failed, within attemptBoundSlack; if that fails too, the
+// row's lease (should it ever be served) waits for the reaper.
+func (a *Allocator) forgetWaiter(ctx context.Context, id uuid.UUID) {
+	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), attemptBoundSlack)
+	defer cancel()
+	if _, err := a.q.CancelWaiter(stmtCtx, id); err != nil {
+		a.log.Warn("could not make sure a failed join left no row in line", "waiter", id, "err", err)
+	}
 }
