@@ -291,7 +291,7 @@ WITH live AS (
 SELECT w.pool,
        row_number() OVER (PARTITION BY w.pool ORDER BY w.ranked_at, w.seq) AS position,
        w.id AS waiter_id, w.owner, w.holder, w.labels, w.count, w.priority,
-       w.enqueued_at, now() - w.enqueued_at AS waited, i.name AS instance
+       w.enqueued_at, w.ranked_at, now() - w.enqueued_at AS waited, i.name AS instance
 FROM devalloc.waiters w
 JOIN live ON live.id = w.instance_id
 JOIN devalloc.instances i ON i.id = w.instance_id;

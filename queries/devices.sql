@@ -68,27 +68,12 @@ SELECT count(*) >= @want::int AS can_match FROM (
 ) fitting;
 
 -- name: PoolSummaries :many
--- Devices per pool by state, and the pool's line across all instances
--- (waiters of live instances only: a dead instance's rows wait to be
--- removed, and nobody would answer them).
-WITH live AS (
-    SELECT i.id FROM devalloc.instances i WHERE devalloc.instance_alive(i.id)
-), line AS (
-    SELECT w.pool, count(*) AS waiting, min(w.enqueued_at) AS oldest
-    FROM devalloc.waiters w JOIN live ON live.id = w.instance_id
-    GROUP BY w.pool
-)
-SELECT d.pool,
-       count(*) FILTER (WHERE d.state = 'idle')        AS idle,
-       count(*) FILTER (WHERE d.state = 'leased')      AS leased,
-       count(*) FILTER (WHERE d.state = 'offline')     AS offline,
-       count(*) FILTER (WHERE d.state = 'maintenance') AS maintenance,
-       coalesce(max(line.waiting), 0)::bigint          AS waiting,
-       coalesce(extract(epoch FROM clock_timestamp() - min(line.oldest)), 0)::float8 AS oldest_wait_seconds
-FROM devalloc.devices d
-LEFT JOIN line ON line.pool = d.pool
-GROUP BY d.pool
-ORDER BY d.pool;
+-- Devices per pool by state, and the pool's line across all (live)
+-- instances: the DBAs' view, so both read the same numbers.
+SELECT s.pool, s.idle, s.leased, s.offline, s.maintenance, s.waiting::bigint AS waiting,
+       coalesce(extract(epoch FROM s.oldest_wait), 0)::float8 AS oldest_wait_seconds
+FROM devalloc.pool_summary s
+ORDER BY s.pool;
 
 -- name: IdleDeviceLabels :many
 -- The waiter re-check: which idle devices a pool has now, to wake waiters

@@ -89,17 +89,13 @@ SELECT EXISTS (SELECT 1 FROM devalloc.waiters WHERE pool = @pool) AS busy;
 -- name: ListQueue :many
 -- The line of one pool (or all), in serving order with 1-based positions,
 -- optionally only one owner's entries (positions stay those in the whole
--- line). Waiters of dead instances are left out: the line skips them.
-WITH live AS (
-    SELECT i.id FROM devalloc.instances i WHERE devalloc.instance_alive(i.id)
-)
-SELECT q.* FROM (
-    SELECT w.id, w.pool, w.labels, w.count, w.priority, w.owner, w.holder, w.enqueued_at, w.ranked_at,
-           row_number() OVER (PARTITION BY w.pool ORDER BY w.ranked_at, w.seq) AS position
-    FROM devalloc.waiters w JOIN live ON live.id = w.instance_id
-    WHERE sqlc.narg('pool')::text IS NULL OR w.pool = sqlc.narg('pool')
-) q
-WHERE sqlc.narg('owner')::text IS NULL OR q.owner = sqlc.narg('owner')
+-- line: the owner is filtered after the view numbers the line). Waiters of
+-- dead instances are left out, as the line skips them. The DBAs' view.
+SELECT q.waiter_id AS id, q.pool, q.labels, q.count, q.priority, q.owner, q.holder, q.enqueued_at, q.ranked_at,
+       q.position
+FROM devalloc.queue q
+WHERE (sqlc.narg('pool')::text IS NULL OR q.pool = sqlc.narg('pool'))
+  AND (sqlc.narg('owner')::text IS NULL OR q.owner = sqlc.narg('owner'))
 ORDER BY q.pool, q.position
 LIMIT @max_rows;
 

@@ -185,6 +185,7 @@ type DevallocQueue struct {
 	Count      int32
 	Priority   int32
 	EnqueuedAt time.Time
+	RankedAt   time.Time
 	Waited     int32
 	Instance   string
 }

@@ -322,16 +322,11 @@ func (q *Queries) InstanceHeartbeat(ctx context.Context, arg InstanceHeartbeatPa
 }
 
 const listQueue = `-- name: ListQueue :many
-WITH live AS (
-    SELECT i.id FROM devalloc.instances i WHERE devalloc.instance_alive(i.id)
-)
-SELECT q.id, q.pool, q.labels, q.count, q.priority, q.owner, q.holder, q.enqueued_at, q.ranked_at, q.position FROM (
-    SELECT w.id, w.pool, w.labels, w.count, w.priority, w.owner, w.holder, w.enqueued_at, w.ranked_at,
-           row_number() OVER (PARTITION BY w.pool ORDER BY w.ranked_at, w.seq) AS position
-    FROM devalloc.waiters w JOIN live ON live.id = w.instance_id
-    WHERE $1::text IS NULL OR w.pool = $1
-) q
-WHERE $2::text IS NULL OR q.owner = $2
+SELECT q.waiter_id AS id, q.pool, q.labels, q.count, q.priority, q.owner, q.holder, q.enqueued_at, q.ranked_at,
+       q.position
+FROM devalloc.queue q
+WHERE ($1::text IS NULL OR q.pool = $1)
+  AND ($2::text IS NULL OR q.owner = $2)
 ORDER BY q.pool, q.position
 LIMIT $3
 `
@@ -357,7 +352,8 @@ type ListQueueRow struct {
 
 // The line of one pool (or all), in serving order with 1-based positions,
 // optionally only one owner's entries (positions stay those in the whole
-// line). Waiters of dead instances are left out: the line skips them.
+// line: the owner is filtered after the view numbers the line). Waiters of
+// dead instances are left out, as the line skips them. The DBAs' view.
 func (q *Queries) ListQueue(ctx context.Context, arg ListQueueParams) ([]ListQueueRow, error) {
 	rows, err := q.db.Query(ctx, listQueue, arg.Pool, arg.Owner, arg.MaxRows)
 	if err != nil {
