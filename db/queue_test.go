@@ -406,3 +406,35 @@ func cancelLine(t *testing.T, a *Allocator, r <-chan result) {
 	a.Drain()
 	<-r
 }
+
+// A recovery hands the device straight to the first waiter it fits, in the
+// recording statement (devalloc.hand_off), and the waiter at another
+// instance hears of it at that commit.
+func TestRecoveryHandsTheDeviceToTheLine(t *testing.T) {
+	url := newDB(t)
+	a := newAllocator(t, url, testConfig(&fakeProber{}))
+	b := newAllocator(t, url, testConfig(&fakeProber{}))
+	mustCreate(t, a, "d1", "lab", "h:1", nil)
+	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.devices SET state = 'offline'`); err != nil {
+		t.Fatal(err)
+	}
+	waiting := goAcquire(t.Context(), b, AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 10 * time.Second, Owner: "w"})
+	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	var id int64
+	if err := a.pool.QueryRow(t.Context(), `SELECT id FROM devalloc.devices WHERE name = 'd1'`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	// What the health checker records when the probe passes.
+	rec, err := a.q.RecordRecovered(t.Context(), id)
+	if err != nil || len(rec.HandedTo) != 1 {
+		t.Fatalf("recovery handed the device to %v (%v), want the one waiter", rec.HandedTo, err)
+	}
+	r := <-waiting
+	if r.err != nil || r.lease.Device.Name != "d1" {
+		t.Fatalf("waiter: %+v %v", r.lease, r.err)
+	}
+	var waiter *uuid.UUID
+	if err := a.pool.QueryRow(t.Context(), `SELECT waiter_id FROM devalloc.leases WHERE id = $1`, r.lease.ID).Scan(&waiter); err != nil || waiter == nil {
+		t.Fatalf("the lease was not handed over from the line (waiter_id %v, %v)", waiter, err)
+	}
+}

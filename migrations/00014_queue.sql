@@ -231,31 +231,21 @@ CREATE FUNCTION devalloc.hand_off(p_device bigint) RETURNS SETOF devalloc.leases
 DECLARE
     d devalloc.devices;
     w devalloc.waiters;
-    n integer;
 BEGIN
-    -- Called by the statement that just made the device idle (a release, an
-    -- expiry, a recovery); as a VOLATILE function it sees that change.
+    -- Called by the statement that just made the device idle (a recovery);
+    -- as a VOLATILE function it sees that change.
     SELECT * INTO d FROM devalloc.devices WHERE id = p_device AND state = 'idle' FOR UPDATE;
     IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM devalloc.waiters WHERE pool = d.pool) THEN
         RETURN;
     END IF;
-    FOR w IN SELECT * FROM devalloc.waiters WHERE pool = d.pool AND d.labels @> labels ORDER BY ranked_at, seq LOOP
-        CONTINUE WHEN NOT devalloc.instance_alive(w.instance_id);
-        IF w.count > 1 THEN
-            -- A group is first in line for this device: only the pool's
-            -- dispatcher may gather it the rest.
-            RETURN QUERY SELECT * FROM devalloc.dispatch(d.pool);
-            RETURN;
-        END IF;
-        -- Locked: another transaction is serving (or cancelling) it.
-        PERFORM 1 FROM devalloc.waiters WHERE id = w.id FOR UPDATE SKIP LOCKED;
-        CONTINUE WHEN NOT FOUND;
+    SELECT * INTO w FROM devalloc.first_in_line(d.pool, d.labels);
+    IF w.id IS NOT NULL THEN
         RETURN QUERY SELECT * FROM devalloc.grant_to_waiter(w, ARRAY[p_device]);
-        GET DIAGNOSTICS n = ROW_COUNT;
-        IF n > 0 THEN
-            RETURN;
-        END IF;
-    END LOOP;
+    ELSIF EXISTS (SELECT 1 FROM devalloc.waiters g WHERE g.pool = d.pool AND g.count > 1 AND d.labels @> g.labels) THEN
+        -- A group is first in line for this device: only the pool's
+        -- dispatcher may gather it the rest.
+        RETURN QUERY SELECT * FROM devalloc.dispatch(d.pool);
+    END IF;
 END
 $$;
 -- +goose StatementEnd
