@@ -119,7 +119,7 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 			return false
 		}
 		a.log.Warn("acquire attempt failed; retrying", "pool", req.Selector.Pool, "err", err, "in", pause)
-		ok := pauseForRetry(ctx, nil, window, pause)
+		ok := pauseForRetry(ctx, window, pause)
 		pause = min(pause*2, retryPauseMax)
 		return ok
 	}

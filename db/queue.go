@@ -132,14 +132,7 @@ func (a *Allocator) retryQueueStep(ctx context.Context, window waitWindow, err e
 		return false
 	}
 	a.log.Warn("joining the line failed; retrying", "err", err)
-	select {
-	case <-ctx.Done():
-		return false
-	case <-a.draining:
-		return false
-	case <-time.After(min(retryPauseMax, max(window.remaining(), 0))):
-		return true
-	}
+	return pauseForRetry(ctx, window, retryPauseMax)
 }
 
 // enqueue writes the waiter's row; at, when set, is its old place. bound

@@ -60,23 +60,17 @@ const (
 )
 
 // pauseForRetry waits d (or less, if the window closes first) before an
-// attempt is retried after a transient failure; a wake-up ends it early,
-// since a device freed meanwhile means the database is back. It reports
-// false when waiting is over (window closed or ctx ended).
-func pauseForRetry(ctx context.Context, w *Waiter, window waitWindow, d time.Duration) bool {
+// attempt is retried after a transient failure. It reports false when
+// waiting is over (window closed or ctx ended).
+func pauseForRetry(ctx context.Context, window waitWindow, d time.Duration) bool {
 	d = min(d, window.remaining())
 	if d <= 0 {
 		return false
 	}
 	timer := time.NewTimer(d)
 	defer timer.Stop()
-	var wake <-chan struct{}
-	if w != nil {
-		wake = w.Wake()
-	}
 	select {
 	case <-timer.C:
-	case <-wake:
 	case <-ctx.Done():
 		return false
 	}
