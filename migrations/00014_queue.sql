@@ -125,7 +125,9 @@ BEGIN
     -- Tell the waiter's instance, with everything its answer needs, at
     -- commit: no second round trip after this one commit, and nothing to
     -- read back. Outsized (huge labels, big groups): the id alone, and the
-    -- instance reads the leases.
+    -- instance reads the leases. The release statement (queries/leases.sql,
+    -- EndLease) hands over a device in plain SQL for speed and sends the
+    -- same notice: change both together.
     SELECT json_build_object('served', w.id, 'leases', json_agg(json_build_object(
                'id', l.id, 'device_id', l.device_id, 'device_name', l.device_name, 'pool', l.pool,
                'owner', l.owner, 'holder', l.holder, 'fencing_token', l.fencing_token,
