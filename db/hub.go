@@ -102,13 +102,13 @@ func (h *Hub) Join(sel Selector) *Waiter {
 
 // Served wakes the waiter with this id, if it is here, for good: it was
 // handed its devices (handed, when the news carried them; nil: the waiter
-// reads them). It reports whether the waiter is here.
-func (h *Hub) Served(id uuid.UUID, handed []dbsqlc.WaiterLeasesRow) bool {
+// reads them).
+func (h *Hub) Served(id uuid.UUID, handed []dbsqlc.WaiterLeasesRow) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	w := h.byID[id]
 	if w == nil {
-		return false
+		return
 	}
 	w.served = true
 	if handed != nil {
@@ -118,7 +118,6 @@ func (h *Hub) Served(id uuid.UUID, handed []dbsqlc.WaiterLeasesRow) bool {
 	case w.wake <- struct{}{}:
 	default:
 	}
-	return true
 }
 
 // IsServed reports whether a served wake-up reached the waiter.

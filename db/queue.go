@@ -70,11 +70,9 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 				// Its row went without a lease (its instance was taken for
 				// dead while cut off): back to its old place.
 				a.log.Warn("a waiting request lost its place in line; putting it back", "pool", req.Selector.Pool, "waiter", w.ID)
-				w.resetServed()
-				if _, _, err := a.enqueue(ctx, req, w.ID, at, a.attemptBound(window.remaining())); err != nil {
+				if err := a.rejoin(ctx, req, w, at, window); err != nil {
 					return Lease{}, false, err
 				}
-				w.markEnqueued()
 				continue
 			}
 			if giveBack == nil {
@@ -83,16 +81,12 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 			// A handed-over device failed its probe: back to the same place
 			// first, then the devices that answered go back to the line,
 			// whose head this waiter may well be.
-			w.resetServed()
-			if _, _, err := a.enqueue(ctx, req, w.ID, at, a.attemptBound(window.remaining())); err != nil {
-				for _, l := range giveBack {
-					a.abandon(l)
-				}
-				return Lease{}, false, err
-			}
-			w.markEnqueued()
+			err = a.rejoin(ctx, req, w, at, window)
 			for _, l := range giveBack {
 				a.abandon(l)
+			}
+			if err != nil {
+				return Lease{}, false, err
 			}
 			a.dispatch(ctx, req.Selector.Pool, a.attemptBound(window.remaining()))
 			continue
@@ -115,6 +109,17 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 // for its instance to register (just after start, before the listener's
 // first connection), rather than fail.
 const registrationGrace = 2 * time.Second
+
+// rejoin puts a served waiter back in line at its old place (at): its
+// devices were taken back, or its row was dropped.
+func (a *Allocator) rejoin(ctx context.Context, req AcquireRequest, w *Waiter, at *place, window waitWindow) error {
+	w.resetServed()
+	if _, _, err := a.enqueue(ctx, req, w.ID, at, a.attemptBound(window.remaining())); err != nil {
+		return err
+	}
+	w.markEnqueued()
+	return nil
+}
 
 // retryQueueStep waits out a transient failure of a queue statement while
 // the request may still wait (or, for errNotRegistered, within
