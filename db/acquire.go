@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/google/uuid"
@@ -78,11 +79,19 @@ func (a *Allocator) Acquire(ctx context.Context, req AcquireRequest) (Lease, err
 // own, longer timeouts.
 const attemptBoundSlack = 500 * time.Millisecond
 
-// attemptBound is the statement bound of an attempt with remaining wait
-// left: the rest of the wait plus a little, never more than the configured
-// database timeouts.
+// minStepBound is the least bound a step of an acquire gets, even when it
+// starts after the acquire should have been answered: enough for a
+// statement the database does not block.
+const minStepBound = 100 * time.Millisecond
+
+// attemptBound is the statement bound of a step of an acquire with
+// remaining wait left (negative once the wait is over): the rest of the
+// wait plus attemptBoundSlack, so that steps run one after another past
+// the end of the wait (a dispatch, then leaving the line) still answer
+// within about wait + slack; at least minStepBound, never more than the
+// configured database timeouts.
 func (a *Allocator) attemptBound(remaining time.Duration) time.Duration {
-	return min(max(remaining, 0)+attemptBoundSlack, a.cfg.StatementTimeout, a.cfg.LockTimeout)
+	return min(max(remaining+attemptBoundSlack, minStepBound), a.cfg.StatementTimeout, a.cfg.LockTimeout)
 }
 
 // waitWindow is how long an acquire may keep waiting. A flight's window
@@ -129,7 +138,9 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 	// busyLineMemory).
 	queued := req.Count > 1 || (window.remaining() > 0 && a.busyLines.looksBusy(req.Selector.Pool))
 	for !queued {
-		lease, err := a.attemptAny(ctx, req, a.attemptBound(window.remaining()))
+		// An attempt gets the slack in full even when a round of failed
+		// probes ran past the wait: it is what can still find a device.
+		lease, err := a.attemptAny(ctx, req, a.attemptBound(max(window.remaining(), 0)))
 		var taken keyTaken
 		if errors.As(err, &taken) {
 			// Pass the device we let go on to whoever else wants it; then
@@ -244,21 +255,23 @@ func (a *Allocator) checkSatisfiable(ctx context.Context, sel Selector, count in
 // tried, up to ProbeCandidates. probed tells whether the granted device was
 // probed.
 //
-// bound caps how long any one statement of the transaction may run or wait
-// for a lock (the probes are not statements and have their own deadline).
+// bound caps the time the transaction spends waiting on the database: for
+// a pool connection, then in its statements (the probes are not statements
+// and have their own deadline; after one, the grant gets what is left).
 func (a *Allocator) attempt(ctx context.Context, req AcquireRequest, bound time.Duration) (lease Lease, probed bool, err error) {
 	sel := req.Selector
-	// The bound rides along with BEGIN: one round trip, as before.
-	ms := bound.Milliseconds()
-	// Waiting for a pool connection is bounded the same way: when the
-	// database is slow every connection may be busy.
-	connCtx, cancel := context.WithTimeout(ctx, bound)
+	deadline := time.Now().Add(bound)
+	// Waiting for a pool connection counts: when the database is slow
+	// every connection may be busy.
+	connCtx, cancel := context.WithDeadline(ctx, deadline)
 	conn, err := a.pool.Acquire(connCtx)
 	cancel()
 	if err != nil {
 		return Lease{}, false, fmt.Errorf("acquire in pool %q: connection: %w", sel.Pool, err)
 	}
 	defer conn.Release()
+	// What is left of the bound rides along with BEGIN: one round trip.
+	ms := leftOf(deadline).Milliseconds()
 	tx, err := conn.BeginTx(ctx, pgx.TxOptions{BeginQuery: fmt.Sprintf(
 		"BEGIN; SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = %d", ms, ms)})
 	if err != nil {
@@ -295,6 +308,10 @@ func (a *Allocator) attempt(ctx context.Context, req AcquireRequest, bound time.
 			failed++
 			continue
 		}
+		// The probe took time the grant must not wait again.
+		if err := q.NarrowTimeouts(ctx, strconv.FormatInt(leftOf(deadline).Milliseconds(), 10)); err != nil {
+			return Lease{}, false, fmt.Errorf("acquire in pool %q: narrow timeouts: %w", sel.Pool, err)
+		}
 		lease, err := a.grant(ctx, tx, q, req, row, probed)
 		return lease, probed, err
 	}
@@ -305,6 +322,12 @@ func (a *Allocator) attempt(ctx context.Context, req AcquireRequest, bound time.
 		}
 	}
 	return Lease{}, false, noneIdle{probesFailed: failed > 0}
+}
+
+// leftOf is the time left until deadline, at least minStepBound: a
+// statement started late still gets a moment.
+func leftOf(deadline time.Time) time.Duration {
+	return max(time.Until(deadline), minStepBound)
 }
 
 // needsProbe tells whether an acquire must probe the device before

@@ -44,6 +44,7 @@ func (a *Allocator) attemptAny(ctx context.Context, req AcquireRequest, bound ti
 		}
 		a.probedPools.Store(pool, struct{}{})
 	}
+	start := time.Now()
 	lease, probed, err := a.attempt(ctx, req, bound)
 	if err == nil && !probed {
 		// The line has moved on to devices that need no probe.
@@ -53,7 +54,12 @@ func (a *Allocator) attemptAny(ctx context.Context, req AcquireRequest, bound ti
 	if errors.As(err, &none) && !none.probesFailed {
 		// The transaction picks nothing while others wait in line either;
 		// tell that apart from nothing idle.
-		busy, qerr := a.q.QueueBusy(ctx, pool)
+		// Within what is left of the attempt's bound: with every
+		// connection busy (a DBA's lock holding them), the wait for one
+		// must not outlast the request.
+		qctx, cancel := context.WithTimeout(ctx, leftOf(start.Add(bound)))
+		busy, qerr := a.q.QueueBusy(qctx, pool)
+		cancel()
 		if qerr != nil {
 			return Lease{}, fmt.Errorf("acquire in pool %q: look at the line: %w", pool, qerr)
 		}

@@ -45,6 +45,9 @@ type Allocator struct {
 	// satisfiable spares waiting acquires the "could anything ever fit"
 	// query for selectors that recently could.
 	satisfiable satisfiableCache
+	// stranded holds waiters answered while their row could not leave the
+	// line; the re-checker removes those rows.
+	stranded strandedWaiters
 	// instanceID is this instance's row in devalloc.instances, 0 until its
 	// listener first connects (see claimLiveness).
 	instanceID atomic.Int64

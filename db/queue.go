@@ -93,7 +93,7 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 		}
 		err := awaitWake(ctx, w, window, a.draining)
 		if err != nil {
-			return a.leaveLine(ctx, req, w, err)
+			return a.leaveLine(ctx, req, w, window, err)
 		}
 		if !w.IsServed() {
 			// A hint that a device it fits became idle outside a handoff:
@@ -176,7 +176,7 @@ func (a *Allocator) enqueue(ctx context.Context, req AcquireRequest, id uuid.UUI
 	if err != nil {
 		// Cut off by the bound just as it committed, the row may be there:
 		// take it out again, as far as one more try goes.
-		a.forgetWaiter(ctx, id)
+		a.forgetWaiter(ctx, req, id)
 		return place{}, false, fmt.Errorf("join the line of pool %q: %w", req.Selector.Pool, err)
 	}
 	if row.Seq == nil {
@@ -217,20 +217,22 @@ func (a *Allocator) tellServed(rows []dbsqlc.DevallocLease) {
 // leaveLine ends a wait that stopped for cause (window closed, client gone,
 // instance draining): the waiter's row goes, unless a transaction handed it
 // devices first; then those are the answer (or, the client being gone, are
-// given back at once).
-func (a *Allocator) leaveLine(ctx context.Context, req AcquireRequest, w *Waiter, cause error) (Lease, bool, error) {
-	// The wait is over: the answer may be late by attemptBoundSlack at most.
-	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), attemptBoundSlack)
+// given back at once). When the database will not let the row go within
+// what is left of the answer's time, the answer is cause anyway and the
+// row is stranded: the re-checker removes it (see strandedWaiters).
+func (a *Allocator) leaveLine(ctx context.Context, req AcquireRequest, w *Waiter, window waitWindow, cause error) (Lease, bool, error) {
+	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.attemptBound(window.remaining()))
 	defer cancel()
 	n, err := a.q.CancelWaiter(stmtCtx, w.ID)
 	if err != nil {
-		return Lease{}, false, fmt.Errorf("leave the line of pool %q: %w (after %w)", req.Selector.Pool, err, cause)
+		a.strand(w.ID, req, fmt.Errorf("leave the line of pool %q: %w", req.Selector.Pool, err))
+		return Lease{}, false, cause
 	}
 	if n == 1 {
 		if errors.Is(cause, ErrNoDevice) && req.IdempotencyKey != "" {
 			// A retry of this request may have won a device at another
 			// instance meanwhile: that lease is the answer, not a 503.
-			if lease, ok, rerr := a.replayWithin(ctx, req, attemptBoundSlack); rerr == nil && ok {
+			if lease, ok, rerr := a.replayWithin(ctx, req, a.attemptBound(window.remaining())); rerr == nil && ok {
 				return lease, true, nil
 			}
 		}
@@ -384,12 +386,13 @@ func (a *Allocator) groupOf(ctx context.Context, lease Lease) (Lease, error) {
 }
 
 // forgetWaiter removes a waiter's row that may have been written although
-// its statement failed, within attemptBoundSlack; if that fails too, the
-// row's lease (should it ever be served) waits for the reaper.
-func (a *Allocator) forgetWaiter(ctx context.Context, id uuid.UUID) {
-	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), attemptBoundSlack)
+// its statement failed. It tries once, briefly (the join's failure already
+// took the request's time); failing that, the row is stranded for the
+// re-checker to remove.
+func (a *Allocator) forgetWaiter(ctx context.Context, req AcquireRequest, id uuid.UUID) {
+	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), minStepBound)
 	defer cancel()
 	if _, err := a.q.CancelWaiter(stmtCtx, id); err != nil {
-		a.log.Warn("could not make sure a failed join left no row in line", "waiter", id, "err", err)
+		a.strand(id, req, fmt.Errorf("make sure a failed join left no row in line: %w", err))
 	}
 }

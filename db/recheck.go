@@ -37,9 +37,11 @@ func (a *Allocator) runRechecker(ctx context.Context) {
 	}
 }
 
-// recheck runs one pass over the pools with waiters, and looks for waiters
-// here that were served (or dropped) without the news reaching them.
+// recheck runs one pass over the pools with waiters, looks for waiters
+// here that were served (or dropped) without the news reaching them, and
+// removes stranded rows (see strandedWaiters).
 func (a *Allocator) recheck(ctx context.Context) {
+	a.clearStranded(ctx)
 	a.recheckServed(ctx)
 	for pool, waiting := range a.hub.waitingPools() {
 		a.recheckQueries.Add(1)

@@ -106,3 +106,9 @@ FROM queue
 LEFT JOIN pick ON true
 LEFT JOIN lease ON true
 LEFT JOIN dev ON true;
+
+-- name: NarrowTimeouts :exec
+-- What is left of an acquire transaction's bound after a probe ran: its
+-- grant may wait on locks only that long (SET LOCAL, as BEGIN set them).
+SELECT set_config('lock_timeout', @ms::text, true),
+       set_config('statement_timeout', @ms::text, true);

@@ -221,6 +221,18 @@ func (q *Queries) MarkDeviceOffline(ctx context.Context, arg MarkDeviceOfflinePa
 	return err
 }
 
+const narrowTimeouts = `-- name: NarrowTimeouts :exec
+SELECT set_config('lock_timeout', $1::text, true),
+       set_config('statement_timeout', $1::text, true)
+`
+
+// What is left of an acquire transaction's bound after a probe ran: its
+// grant may wait on locks only that long (SET LOCAL, as BEGIN set them).
+func (q *Queries) NarrowTimeouts(ctx context.Context, ms string) error {
+	_, err := q.db.Exec(ctx, narrowTimeouts, ms)
+	return err
+}
+
 const pickIdleDevice = `-- name: PickIdleDevice :one
 
 WITH pick AS (
