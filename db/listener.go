@@ -40,23 +40,43 @@ func newListener(cfg *pgx.ConnConfig, hub *Hub, log *slog.Logger, self string, c
 
 func (l *listener) connected() bool { return l.up.Load() }
 
-// run listens until ctx ends, reconnecting with backoff.
+// Reconnect backoff of the listener. The instance is not ready while its
+// listener is down, so the cap bounds how long it stays unready after the
+// database is back: one refused connect per instance per cap is cheap.
+const (
+	listenerRetryMin = 50 * time.Millisecond
+	listenerRetryMax = 2 * time.Second
+)
+
+// run listens until ctx ends, reconnecting with backoff. The backoff starts
+// over whenever a connection had come up: a new outage is retried quickly
+// however long the instance has lived.
 func (l *listener) run(ctx context.Context) {
-	backoff := 50 * time.Millisecond
+	var backoff time.Duration
 	for ctx.Err() == nil {
 		err := l.listenOnce(ctx)
-		l.up.Store(false)
+		backoff = nextListenerRetry(backoff, l.up.Swap(false))
 		if ctx.Err() != nil {
 			return
 		}
-		l.log.Warn("listener lost its connection; reconnecting", "err", err, "retry_in", backoff)
+		wait := jitter(backoff)
+		l.log.Warn("listener lost its connection; reconnecting", "err", err, "retry_in", wait)
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
+}
+
+// nextListenerRetry is the backoff after a failed connection (or one that
+// ended), given the previous one: the minimum after a connection that had
+// come up, else double the last, at most listenerRetryMax.
+func nextListenerRetry(prev time.Duration, wasUp bool) time.Duration {
+	if wasUp || prev <= 0 {
+		return listenerRetryMin
+	}
+	return min(prev*2, listenerRetryMax)
 }
 
 // listenOnce connects, listens and dispatches notifications until the
