@@ -21,6 +21,12 @@ const keyCacheTTL = 2 * time.Second
 // connection when the database is slow.
 const keyLookupTimeout = 2 * time.Second
 
+// keyRefreshTimeout bounds the lookup that refreshes a key verified
+// within keyCacheGrace: when the database is slow (every connection stuck
+// behind a lock), the request goes on with the cached key after this
+// rather than spend its own time budget (an acquire's wait) on auth.
+const keyRefreshTimeout = 250 * time.Millisecond
+
 // keyCacheGrace is how long past its expiry a verified key is still
 // trusted when the database cannot be asked (it is restarting, or every
 // connection is stuck).
@@ -71,7 +77,11 @@ func (c *keyCache) authenticate(r *http.Request) (Principal, error) {
 	if found && now.Before(hit.expires) {
 		return principalOf(hit.key), nil
 	}
-	lookupCtx, cancel := context.WithTimeout(r.Context(), keyLookupTimeout)
+	timeout := keyLookupTimeout
+	if found && now.Sub(hit.expires) < keyCacheGrace {
+		timeout = keyRefreshTimeout
+	}
+	lookupCtx, cancel := context.WithTimeout(r.Context(), timeout)
 	key, err := c.keys.Authenticate(lookupCtx, secret)
 	cancel()
 	if errors.Is(err, db.ErrUnknownKey) {

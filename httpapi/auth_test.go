@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/danielgtaylor/huma/v2"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -167,5 +168,38 @@ func TestKeyCacheGraceDuringOutage(t *testing.T) {
 	var se huma.StatusError
 	if !errors.As(err, &se) || se.GetStatus() != http.StatusServiceUnavailable {
 		t.Fatalf("unseen key during an outage: %v, want 503", err)
+	}
+}
+
+// deadlineKeys records how long each lookup was given.
+type deadlineKeys struct {
+	key   db.APIKey
+	given []time.Duration
+}
+
+func (d *deadlineKeys) Authenticate(ctx context.Context, _ string) (db.APIKey, error) {
+	deadline, _ := ctx.Deadline()
+	d.given = append(d.given, time.Until(deadline))
+	return d.key, nil
+}
+
+// A key seen before is refreshed within keyRefreshTimeout, so a slow
+// database delays its request by that at most (then the grace applies); a
+// key never seen may take keyLookupTimeout.
+func TestKeyRefreshIsBoundedShort(t *testing.T) {
+	keys := &deadlineKeys{key: db.APIKey{Name: "ci", Role: db.RoleClient}}
+	authn := newKeyCache(keys, 0).authenticate // expired at once
+	for range 2 {
+		r := httptest.NewRequestWithContext(t.Context(), "GET", "/v1/pools", nil)
+		r.Header.Set("Authorization", "Bearer known")
+		if _, err := authn(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if first := keys.given[0]; first <= keyRefreshTimeout || first > keyLookupTimeout {
+		t.Fatalf("first lookup given %v, want keyLookupTimeout (%v)", first, keyLookupTimeout)
+	}
+	if again := keys.given[1]; again > keyRefreshTimeout {
+		t.Fatalf("refresh of a cached key given %v, want at most %v", again, keyRefreshTimeout)
 	}
 }
