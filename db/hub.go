@@ -120,6 +120,13 @@ func (h *Hub) Served(id uuid.UUID, handed []dbsqlc.WaiterLeasesRow) {
 	}
 }
 
+// has reports whether a waiter with this id is waiting here.
+func (h *Hub) has(id uuid.UUID) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.byID[id] != nil
+}
+
 // IsServed reports whether a served wake-up reached the waiter.
 func (w *Waiter) IsServed() bool {
 	w.hub.mu.Lock()

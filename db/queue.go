@@ -182,6 +182,9 @@ func (a *Allocator) enqueue(ctx context.Context, req AcquireRequest, id uuid.UUI
 	if row.Seq == nil {
 		return place{}, false, fmt.Errorf("join the line of pool %q: no seq came back", req.Selector.Pool)
 	}
+	// An earlier failed try of this join may have stranded the id; the row
+	// is this waiter's now.
+	a.stranded.forget(id)
 	return place{seq: *row.Seq, enqueuedAt: row.EnqueuedAt, rankedAt: row.RankedAt}, row.FittingIdle, nil
 }
 

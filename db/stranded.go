@@ -29,6 +29,14 @@ func (s *strandedWaiters) add(id uuid.UUID, keyed bool) {
 	s.keyed[id] = keyed
 }
 
+// forget drops a waiter: its row was written again since (a retried join
+// succeeded), so it is in line for real and must not be removed.
+func (s *strandedWaiters) forget(id uuid.UUID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.keyed, id)
+}
+
 // take empties the set and returns what it held.
 func (s *strandedWaiters) take() map[uuid.UUID]bool {
 	s.mu.Lock()
@@ -50,6 +58,12 @@ func (a *Allocator) strand(id uuid.UUID, req AcquireRequest, err error) {
 // stranded for the next pass.
 func (a *Allocator) clearStranded(ctx context.Context) {
 	for id, keyed := range a.stranded.take() {
+		if a.hub.has(id) {
+			// Still waiting here (retrying a failed join): its own
+			// request takes care of its row. Looked at again next pass.
+			a.stranded.add(id, keyed)
+			continue
+		}
 		if err := a.clearStrandedOne(ctx, id, keyed); err != nil {
 			if ctx.Err() == nil {
 				a.log.Warn("a stranded row in line could not be removed yet", "waiter", id, "err", err)

@@ -65,3 +65,33 @@ func TestStrandedWaiterIsClearedByTheRecheck(t *testing.T) {
 		t.Fatalf("still stranded after a clean pass: %v", left)
 	}
 }
+
+// A join that failed may strand its waiter's id, and the retried join then
+// succeed: that row is the waiter's own, so the mark goes, and while the
+// waiter is still here the re-check leaves its row alone.
+func TestStrandedMarkYieldsToALiveWaiter(t *testing.T) {
+	url := newDB(t)
+	a := newAllocator(t, url, testConfig(&fakeProber{}))
+	mustCreate(t, a, "d1", "lab", "h:1", nil)
+	mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
+
+	req := AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", TTL: time.Minute}
+	w := a.hub.Join(req.Selector)
+	defer w.Leave()
+	a.stranded.add(w.ID, false)
+	a.recheck(t.Context())
+	if _, ok := a.stranded.take()[w.ID]; !ok {
+		t.Fatal("the mark of a waiter still here was dropped by the re-check")
+	}
+	a.stranded.add(w.ID, false)
+	if _, _, err := a.enqueue(t.Context(), req, w.ID, nil, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if left := a.stranded.take(); len(left) != 0 {
+		t.Fatalf("still marked stranded after its join succeeded: %v", left)
+	}
+	a.recheck(t.Context())
+	if n := queueLength(t, a, "lab"); n != 1 {
+		t.Fatalf("%d rows in line, want the waiter's own", n)
+	}
+}
