@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/devalloc/devalloc/db/dbtest"
@@ -153,4 +154,25 @@ func queueLength(t testing.TB, a *Allocator, pool string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// dbaLock is a DBA's session, on its own connection, holding LOCK TABLE
+// table IN mode MODE until the returned transaction ends (rolled back when
+// the test ends at the latest).
+func dbaLock(t *testing.T, url, table, mode string) pgx.Tx {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	tx, err := conn.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback(context.Background()) }) //nolint:errcheck // no-op once ended
+	if _, err := tx.Exec(t.Context(), "LOCK TABLE "+table+" IN "+mode+" MODE"); err != nil {
+		t.Fatal(err)
+	}
+	return tx
 }

@@ -26,14 +26,7 @@ func TestStrandedWaiterIsClearedByTheRecheck(t *testing.T) {
 	}
 
 	// EXCLUSIVE blocks the row's DELETE, not reads.
-	dba, err := a.pool.Begin(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dba.Rollback(t.Context()) //nolint:errcheck // committed below
-	if _, err := dba.Exec(t.Context(), `LOCK TABLE devalloc.waiters IN EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
+	dba := dbaLock(t, url, "devalloc.waiters", "EXCLUSIVE")
 	r := <-waiting
 	if !errors.Is(r.err, ErrNoDevice) {
 		t.Fatalf("the waiter cut off from leaving: %+v %v, want ErrNoDevice", r.lease, r.err)

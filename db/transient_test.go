@@ -101,19 +101,8 @@ func TestAcquireRetriesALockTimeout(t *testing.T) {
 	a := newAllocator(t, url+sep+"lock_timeout=100ms", cfg)
 	mustCreate(t, a, "only", "lab", "h:1", nil)
 
-	dba, err := pgx.Connect(t.Context(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dba.Close(context.Background())
-	tx, err := dba.Begin(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(t.Context(), "LOCK TABLE devalloc.devices IN ACCESS EXCLUSIVE MODE"); err != nil {
-		t.Fatal(err)
-	}
-	_, err = a.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "o"})
+	tx := dbaLock(t, url, "devalloc.devices", "ACCESS EXCLUSIVE")
+	_, err := a.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "o"})
 	if !IsTransient(err) {
 		t.Fatalf("acquire without wait under a held lock: %v, want a transient error", err)
 	}
@@ -140,21 +129,9 @@ func TestBlockedAcquireEndsWithItsWait(t *testing.T) {
 	url := newDB(t)
 	a := newAllocator(t, url, testConfig(&fakeProber{})) // LockTimeout 5 s
 	mustCreate(t, a, "only", "lab", "h:1", nil)
-	dba, err := pgx.Connect(t.Context(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dba.Close(context.Background())
-	tx, err := dba.Begin(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background()) //nolint:errcheck // ends the lock
-	if _, err := tx.Exec(t.Context(), "LOCK TABLE devalloc.leases IN EXCLUSIVE MODE"); err != nil {
-		t.Fatal(err)
-	}
+	dbaLock(t, url, "devalloc.leases", "EXCLUSIVE")
 	start := time.Now()
-	_, err = a.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: time.Second, Owner: "o"})
+	_, err := a.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: time.Second, Owner: "o"})
 	took := time.Since(start)
 	if !IsTransient(err) {
 		t.Fatalf("err = %v, want a transient error (lock timeout)", err)

@@ -17,15 +17,8 @@ func TestAcquireCutOffByALockLeavesNoLease(t *testing.T) {
 	a := newAllocator(t, url, testConfig(&fakeProber{}))
 	mustCreate(t, a, "d1", "lab", "h:1", nil)
 
-	dba, err := a.pool.Begin(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dba.Rollback(t.Context()) //nolint:errcheck // committed below
-	if _, err := dba.Exec(t.Context(), `LOCK TABLE devalloc.leases IN EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
-	_, err = a.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "cut-off"})
+	dba := dbaLock(t, url, "devalloc.leases", "EXCLUSIVE")
+	_, err := a.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "cut-off"})
 	if err == nil {
 		t.Fatal("an acquire behind the DBA's lock got a lease")
 	}
