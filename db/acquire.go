@@ -424,7 +424,7 @@ func (a *Allocator) grant(ctx context.Context, tx pgx.Tx, q *dbsqlc.Queries, req
 func (a *Allocator) abandon(lease Lease) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	r, err := a.q.EndLease(ctx, dbsqlc.EndLeaseParams{ID: lease.ID, EndReason: EndReleased})
+	r, err := endLease(ctx, a.q, dbsqlc.EndLeaseParams{ID: lease.ID, EndReason: EndReleased})
 	if err == nil {
 		a.endedLease(r)
 	}

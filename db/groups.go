@@ -39,6 +39,25 @@ func (a *Allocator) Group(ctx context.Context, id uuid.UUID) ([]Lease, error) {
 // release's would, all in the one commit. Ending a group whose leases have
 // all ended already changes nothing.
 func (a *Allocator) EndGroup(ctx context.Context, id uuid.UUID, reason string) ([]Lease, error) {
+	ended, err := a.endGroup(ctx, id, reason)
+	if isIdempotencyConflict(err) {
+		// A freed device was handed to a keyed waiter whose retry a direct
+		// acquire granted meanwhile (see endLease); the statement failed,
+		// and with it the transaction. Once more: it now sees that lease.
+		ended, err = a.endGroup(ctx, id, reason)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("end group %s (%s): %w", id, reason, err)
+	}
+	// After commit: a waiter told of its devices reads them at once.
+	for _, r := range ended {
+		a.endedLease(r)
+	}
+	return a.Group(ctx, id)
+}
+
+// endGroup ends the group's active leases in one transaction.
+func (a *Allocator) endGroup(ctx context.Context, id uuid.UUID, reason string) ([]dbsqlc.EndLeaseRow, error) {
 	var ended []dbsqlc.EndLeaseRow
 	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
 		q := a.q.WithTx(tx)
@@ -58,14 +77,7 @@ func (a *Allocator) EndGroup(ctx context.Context, id uuid.UUID, reason string) (
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, fmt.Errorf("end group %s (%s): %w", id, reason, err)
-	}
-	// After commit: a waiter told of its devices reads them at once.
-	for _, r := range ended {
-		a.endedLease(r)
-	}
-	return a.Group(ctx, id)
+	return ended, err
 }
 
 // RenewGroup extends every active lease of owner's group by ttl (the

@@ -129,7 +129,7 @@ func (a *Allocator) Release(ctx context.Context, id uuid.UUID) (Lease, error) {
 // lease that lapsed before the call ends as expired and fails with a
 // *LeaseEndedError, as in Release.
 func (a *Allocator) ReleaseOwn(ctx context.Context, id uuid.UUID, owner string) (done bool, err error) {
-	r, err := a.q.EndLease(ctx, dbsqlc.EndLeaseParams{ID: id, EndReason: EndReleased, Owner: &owner})
+	r, err := endLease(ctx, a.q, dbsqlc.EndLeaseParams{ID: id, EndReason: EndReleased, Owner: &owner})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}
@@ -153,7 +153,7 @@ func (a *Allocator) Revoke(ctx context.Context, id uuid.UUID) (Lease, error) {
 }
 
 func (a *Allocator) end(ctx context.Context, id uuid.UUID, reason string) (Lease, error) {
-	r, err := a.q.EndLease(ctx, dbsqlc.EndLeaseParams{ID: id, EndReason: reason})
+	r, err := endLease(ctx, a.q, dbsqlc.EndLeaseParams{ID: id, EndReason: reason})
 	if errors.Is(err, pgx.ErrNoRows) {
 		err := a.endedError(ctx, id)
 		var ended *LeaseEndedError

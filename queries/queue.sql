@@ -109,11 +109,33 @@ ORDER BY l.device_name;
 
 -- name: FailHandedLease :one
 -- A device handed over from the line failed its probe: the lease ends as
--- probe_failed and the device goes offline for the health checker.
-WITH ended AS (
-    UPDATE devalloc.leases l SET released_at = clock_timestamp(), end_reason = 'probe_failed'
+-- probe_failed and the device goes offline for the health checker. The
+-- handoff is given back (the waiter goes back to its place with its
+-- idempotency key), so it gives its key up in this same statement: the
+-- lease's own, or, in a group, the first lease's (whose device answered and
+-- is given back after). Otherwise the waiter would be dropped as "the key
+-- already has a lease" and its retry answered with this dead one. The key
+-- is kept in given_up_idempotency_key, for audit only (see migrations/00016).
+WITH failed AS (
+    SELECT l.id, l.group_id FROM devalloc.leases l WHERE l.id = @id
+), ended AS (
+    UPDATE devalloc.leases l SET
+        released_at              = clock_timestamp(),
+        end_reason               = 'probe_failed',
+        given_up_idempotency_key = coalesce(l.idempotency_key, l.given_up_idempotency_key),
+        idempotency_key          = NULL
     WHERE l.id = @id AND l.active_device_id IS NOT NULL
     RETURNING l.id, l.device_id, l.fencing_token
+), unkeyed AS (
+    -- The rest of the handoff (disjoint from ended: one statement must
+    -- not update a row twice), and the lease itself if it had ended
+    -- otherwise meanwhile.
+    UPDATE devalloc.leases l SET given_up_idempotency_key = l.idempotency_key, idempotency_key = NULL
+    FROM failed
+    WHERE l.idempotency_key IS NOT NULL
+      AND ((l.group_id = failed.group_id AND l.id <> failed.id)
+           OR (l.id = failed.id AND l.active_device_id IS NULL))
+    RETURNING l.id
 )
 UPDATE devalloc.devices d SET
     state          = 'offline',

@@ -51,7 +51,7 @@ WITH caller_notifies AS (
     -- Active, by id (see RenewLease for why not released_at IS NULL).
     WHERE l.id = $2 AND l.active_device_id IS NOT NULL
       AND ($3::text IS NULL OR l.owner = $3)
-    RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id
+    RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, l.given_up_idempotency_key
 ), dev AS (
     -- The device as the ending lease holds it.
     SELECT d.id, d.pool, d.labels, d.drain
@@ -85,7 +85,7 @@ WITH caller_notifies AS (
            freed.at, freed.at + make_interval(secs => served.ttl_seconds),
            served.idempotency_key, served.request_fingerprint, served.id
     FROM freed JOIN served ON freed.lease_id = served.lease_id
-    RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id
+    RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key
 ), told AS (
     SELECT pg_notify('devalloc_served_' || n.instance_id,
                      CASE WHEN octet_length(n.payload) > 7900
@@ -100,7 +100,7 @@ WITH caller_notifies AS (
                      'labels', freed.labels, 'address', freed.address, 'probe', freed.probe)))::text AS payload
           FROM granted JOIN freed ON freed.id = granted.device_id JOIN served ON served.id = granted.waiter_id) n
 )
-SELECT ended.id, ended.device_id, ended.device_name, ended.pool, ended.owner, ended.holder, ended.fencing_token, ended.acquired_at, ended.expires_at, ended.released_at, ended.end_reason, ended.idempotency_key, ended.active_device_id, ended.request_fingerprint, ended.group_id, ended.waiter_id, freed.id AS freed_device_id, freed.labels AS freed_labels,
+SELECT ended.id, ended.device_id, ended.device_name, ended.pool, ended.owner, ended.holder, ended.fencing_token, ended.acquired_at, ended.expires_at, ended.released_at, ended.end_reason, ended.idempotency_key, ended.active_device_id, ended.request_fingerprint, ended.group_id, ended.waiter_id, ended.given_up_idempotency_key, freed.id AS freed_device_id, freed.labels AS freed_labels,
        freed.state AS freed_state,
        granted.waiter_id AS handed_to,
        (SELECT count(*) FROM told) AS told,
@@ -117,28 +117,29 @@ type EndLeaseParams struct {
 }
 
 type EndLeaseRow struct {
-	ID                 uuid.UUID
-	DeviceID           *int64
-	DeviceName         string
-	Pool               string
-	Owner              string
-	Holder             string
-	FencingToken       int64
-	AcquiredAt         time.Time
-	ExpiresAt          time.Time
-	ReleasedAt         *time.Time
-	EndReason          *string
-	IdempotencyKey     *string
-	ActiveDeviceID     *int64
-	RequestFingerprint []byte
-	GroupID            *uuid.UUID
-	WaiterID           *uuid.UUID
-	FreedDeviceID      *int64
-	FreedLabels        []byte
-	FreedState         *string
-	HandedTo           *uuid.UUID
-	Told               int64
-	GroupWaits         bool
+	ID                    uuid.UUID
+	DeviceID              *int64
+	DeviceName            string
+	Pool                  string
+	Owner                 string
+	Holder                string
+	FencingToken          int64
+	AcquiredAt            time.Time
+	ExpiresAt             time.Time
+	ReleasedAt            *time.Time
+	EndReason             *string
+	IdempotencyKey        *string
+	ActiveDeviceID        *int64
+	RequestFingerprint    []byte
+	GroupID               *uuid.UUID
+	WaiterID              *uuid.UUID
+	GivenUpIdempotencyKey *string
+	FreedDeviceID         *int64
+	FreedLabels           []byte
+	FreedState            *string
+	HandedTo              *uuid.UUID
+	Told                  int64
+	GroupWaits            bool
 }
 
 // Ends an active lease and frees its device in one statement. A lease whose
@@ -182,6 +183,7 @@ func (q *Queries) EndLease(ctx context.Context, arg EndLeaseParams) (EndLeaseRow
 		&i.RequestFingerprint,
 		&i.GroupID,
 		&i.WaiterID,
+		&i.GivenUpIdempotencyKey,
 		&i.FreedDeviceID,
 		&i.FreedLabels,
 		&i.FreedState,
@@ -194,7 +196,7 @@ func (q *Queries) EndLease(ctx context.Context, arg EndLeaseParams) (EndLeaseRow
 
 const getLease = `-- name: GetLease :one
 
-SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id FROM devalloc.leases WHERE id = $1
+SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key FROM devalloc.leases WHERE id = $1
 `
 
 // Leases: reads, renew, release, expiry.
@@ -218,12 +220,13 @@ func (q *Queries) GetLease(ctx context.Context, id uuid.UUID) (DevallocLease, er
 		&i.RequestFingerprint,
 		&i.GroupID,
 		&i.WaiterID,
+		&i.GivenUpIdempotencyKey,
 	)
 	return i, err
 }
 
 const getLeaseByIdempotencyKey = `-- name: GetLeaseByIdempotencyKey :one
-SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id FROM devalloc.leases
+SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key FROM devalloc.leases
 WHERE owner = $1 AND idempotency_key = $2::text
 `
 
@@ -253,12 +256,13 @@ func (q *Queries) GetLeaseByIdempotencyKey(ctx context.Context, arg GetLeaseById
 		&i.RequestFingerprint,
 		&i.GroupID,
 		&i.WaiterID,
+		&i.GivenUpIdempotencyKey,
 	)
 	return i, err
 }
 
 const listLeases = `-- name: ListLeases :many
-SELECT l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, d.labels AS device_labels, d.address AS device_address
+SELECT l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, l.given_up_idempotency_key, d.labels AS device_labels, d.address AS device_address
 FROM devalloc.leases l
 LEFT JOIN devalloc.devices d ON d.id = l.device_id
 WHERE (NOT $1::boolean OR l.released_at IS NULL)
@@ -326,6 +330,7 @@ func (q *Queries) ListLeases(ctx context.Context, arg ListLeasesParams) ([]ListL
 			&i.DevallocLease.RequestFingerprint,
 			&i.DevallocLease.GroupID,
 			&i.DevallocLease.WaiterID,
+			&i.DevallocLease.GivenUpIdempotencyKey,
 			&i.DeviceLabels,
 			&i.DeviceAddress,
 		); err != nil {
@@ -342,7 +347,7 @@ func (q *Queries) ListLeases(ctx context.Context, arg ListLeasesParams) ([]ListL
 const renewLease = `-- name: RenewLease :one
 UPDATE devalloc.leases SET expires_at = clock_timestamp() + make_interval(secs => $1::float8)
 WHERE id = $2 AND active_device_id IS NOT NULL AND expires_at > now()
-RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id
+RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key
 `
 
 type RenewLeaseParams struct {
@@ -376,6 +381,7 @@ func (q *Queries) RenewLease(ctx context.Context, arg RenewLeaseParams) (Devallo
 		&i.RequestFingerprint,
 		&i.GroupID,
 		&i.WaiterID,
+		&i.GivenUpIdempotencyKey,
 	)
 	return i, err
 }

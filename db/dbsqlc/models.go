@@ -146,6 +146,8 @@ type DevallocLease struct {
 	GroupID *uuid.UUID
 	// The waiters row this lease was handed to (NULL when granted without waiting in line).
 	WaiterID *uuid.UUID
+	// The Idempotency-Key this lease carried until its handoff was given back (a device handed over from the line failed its probe; the waiter went back to its place with the key). Kept for audit only: a retry never replays this lease.
+	GivenUpIdempotencyKey *string
 }
 
 // Ended leases, most recent first: who held which device, for how long, and why it ended.

@@ -40,7 +40,7 @@ func (q *Queries) DeregisterInstance(ctx context.Context, id int64) error {
 }
 
 const dispatch = `-- name: Dispatch :many
-SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id FROM devalloc.dispatch($1::text)
+SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key FROM devalloc.dispatch($1::text)
 `
 
 // Serves the pool's line from its idle devices (devalloc.dispatch).
@@ -70,6 +70,7 @@ func (q *Queries) Dispatch(ctx context.Context, pool string) ([]DevallocLease, e
 			&i.RequestFingerprint,
 			&i.GroupID,
 			&i.WaiterID,
+			&i.GivenUpIdempotencyKey,
 		); err != nil {
 			return nil, err
 		}
@@ -162,10 +163,26 @@ func (q *Queries) EnqueueWaiter(ctx context.Context, arg EnqueueWaiterParams) (E
 }
 
 const failHandedLease = `-- name: FailHandedLease :one
-WITH ended AS (
-    UPDATE devalloc.leases l SET released_at = clock_timestamp(), end_reason = 'probe_failed'
+WITH failed AS (
+    SELECT l.id, l.group_id FROM devalloc.leases l WHERE l.id = $3
+), ended AS (
+    UPDATE devalloc.leases l SET
+        released_at              = clock_timestamp(),
+        end_reason               = 'probe_failed',
+        given_up_idempotency_key = coalesce(l.idempotency_key, l.given_up_idempotency_key),
+        idempotency_key          = NULL
     WHERE l.id = $3 AND l.active_device_id IS NOT NULL
     RETURNING l.id, l.device_id, l.fencing_token
+), unkeyed AS (
+    -- The rest of the handoff (disjoint from ended: one statement must
+    -- not update a row twice), and the lease itself if it had ended
+    -- otherwise meanwhile.
+    UPDATE devalloc.leases l SET given_up_idempotency_key = l.idempotency_key, idempotency_key = NULL
+    FROM failed
+    WHERE l.idempotency_key IS NOT NULL
+      AND ((l.group_id = failed.group_id AND l.id <> failed.id)
+           OR (l.id = failed.id AND l.active_device_id IS NULL))
+    RETURNING l.id
 )
 UPDATE devalloc.devices d SET
     state          = 'offline',
@@ -188,7 +205,13 @@ type FailHandedLeaseParams struct {
 }
 
 // A device handed over from the line failed its probe: the lease ends as
-// probe_failed and the device goes offline for the health checker.
+// probe_failed and the device goes offline for the health checker. The
+// handoff is given back (the waiter goes back to its place with its
+// idempotency key), so it gives its key up in this same statement: the
+// lease's own, or, in a group, the first lease's (whose device answered and
+// is given back after). Otherwise the waiter would be dropped as "the key
+// already has a lease" and its retry answered with this dead one. The key
+// is kept in given_up_idempotency_key, for audit only (see migrations/00016).
 func (q *Queries) FailHandedLease(ctx context.Context, arg FailHandedLeaseParams) (int64, error) {
 	row := q.db.QueryRow(ctx, failHandedLease, arg.Reason, arg.RetryInSeconds, arg.ID)
 	var id int64
@@ -248,7 +271,7 @@ func (q *Queries) GroupLeaseIDs(ctx context.Context, groupID *uuid.UUID) ([]Grou
 }
 
 const groupLeases = `-- name: GroupLeases :many
-SELECT l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, d.labels AS device_labels, d.address AS device_address, d.probe AS device_probe
+SELECT l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, l.given_up_idempotency_key, d.labels AS device_labels, d.address AS device_address, d.probe AS device_probe
 FROM devalloc.leases l
 LEFT JOIN devalloc.devices d ON d.id = l.device_id
 WHERE l.group_id = $1
@@ -289,6 +312,7 @@ func (q *Queries) GroupLeases(ctx context.Context, groupID *uuid.UUID) ([]GroupL
 			&i.DevallocLease.RequestFingerprint,
 			&i.DevallocLease.GroupID,
 			&i.DevallocLease.WaiterID,
+			&i.DevallocLease.GivenUpIdempotencyKey,
 			&i.DeviceLabels,
 			&i.DeviceAddress,
 			&i.DeviceProbe,
@@ -414,7 +438,7 @@ func (q *Queries) RegisterInstance(ctx context.Context, name string) (int64, err
 const renewGroup = `-- name: RenewGroup :many
 UPDATE devalloc.leases SET expires_at = clock_timestamp() + make_interval(secs => $1::float8)
 WHERE group_id = $2 AND owner = $3 AND released_at IS NULL AND expires_at > now()
-RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id
+RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key
 `
 
 type RenewGroupParams struct {
@@ -451,6 +475,7 @@ func (q *Queries) RenewGroup(ctx context.Context, arg RenewGroupParams) ([]Deval
 			&i.RequestFingerprint,
 			&i.GroupID,
 			&i.WaiterID,
+			&i.GivenUpIdempotencyKey,
 		); err != nil {
 			return nil, err
 		}
@@ -477,7 +502,7 @@ func (q *Queries) TakeLivenessLock(ctx context.Context, id int64) (bool, error) 
 }
 
 const waiterLeases = `-- name: WaiterLeases :many
-SELECT l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, d.labels AS device_labels, d.address AS device_address, d.probe AS device_probe
+SELECT l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, l.given_up_idempotency_key, d.labels AS device_labels, d.address AS device_address, d.probe AS device_probe
 FROM devalloc.leases l
 LEFT JOIN devalloc.devices d ON d.id = l.device_id
 WHERE l.waiter_id = $1 AND l.released_at IS NULL
@@ -519,6 +544,7 @@ func (q *Queries) WaiterLeases(ctx context.Context, waiterID *uuid.UUID) ([]Wait
 			&i.DevallocLease.RequestFingerprint,
 			&i.DevallocLease.GroupID,
 			&i.DevallocLease.WaiterID,
+			&i.DevallocLease.GivenUpIdempotencyKey,
 			&i.DeviceLabels,
 			&i.DeviceAddress,
 			&i.DeviceProbe,
