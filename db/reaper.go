@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/devalloc/devalloc/db/dbsqlc"
@@ -41,29 +42,37 @@ func (a *Allocator) reap(ctx context.Context) int {
 			}
 			return total
 		}
-		ended := 0
-		for _, id := range due {
-			r, err := a.q.EndLease(ctx, dbsqlc.EndLeaseParams{ID: id, EndReason: EndExpired})
-			if errors.Is(err, pgx.ErrNoRows) {
-				continue // another instance's reaper, or its holder, ended it first
-			}
-			if err != nil {
-				if ctx.Err() == nil {
-					a.log.Warn("reaper failed", "lease", id, "err", err)
-				}
-				return total + ended
-			}
-			a.log.Info("lease expired", "lease", r.ID, "device", r.DeviceName, "pool", r.Pool, "owner", r.Owner)
-			a.endedLease(r)
-			ended++
-		}
+		ended, err := a.expire(ctx, due)
 		total += ended
 		if ended > 0 {
 			a.cfg.Observer.LeasesReaped(ended)
 		}
-		if len(due) < reapBatch {
+		if err != nil || len(due) < reapBatch {
 			return total
 		}
 	}
 	return total
+}
+
+// expire ends the leases that DueLeases read as due, and reports how many
+// it ended: the second step of a reaper pass, apart so that tests can
+// interleave other statements between reading and ending.
+func (a *Allocator) expire(ctx context.Context, due []uuid.UUID) (int, error) {
+	ended := 0
+	for _, id := range due {
+		r, err := a.q.EndLease(ctx, dbsqlc.EndLeaseParams{ID: id, EndReason: EndExpired})
+		if errors.Is(err, pgx.ErrNoRows) {
+			continue // another instance's reaper, or its holder, ended it first
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Warn("reaper failed", "lease", id, "err", err)
+			}
+			return ended, err
+		}
+		a.log.Info("lease expired", "lease", r.ID, "device", r.DeviceName, "pool", r.Pool, "owner", r.Owner)
+		a.endedLease(r)
+		ended++
+	}
+	return ended, nil
 }
