@@ -60,9 +60,9 @@ func (a *Allocator) reap(ctx context.Context) int {
 func (a *Allocator) expire(ctx context.Context, due []uuid.UUID) (int, error) {
 	ended := 0
 	for _, id := range due {
-		r, err := a.q.EndLease(ctx, dbsqlc.EndLeaseParams{ID: id, EndReason: EndExpired})
+		r, err := a.q.EndLease(ctx, dbsqlc.EndLeaseParams{ID: id, EndReason: EndExpired, ExpiredOnly: true})
 		if errors.Is(err, pgx.ErrNoRows) {
-			continue // another instance's reaper, or its holder, ended it first
+			continue // ended first (another reaper, its holder), or renewed since it was read as due
 		}
 		if err != nil {
 			if ctx.Err() == nil {

@@ -49,6 +49,13 @@ RETURNING *;
 -- holder's release checks ownership in the same statement, one round trip);
 -- NULL ends whoever's it is.
 --
+-- With expired_only (the reaper), only a lease whose time ran out ends.
+-- The check is in the UPDATE's WHERE on purpose: PostgreSQL re-evaluates
+-- it on the latest version of the row it locks, so a renew that committed
+-- after the reaper read the lease as due (its holder was told 200) keeps
+-- the lease and this statement ends nothing (no row). Releases and revokes
+-- pass false: a lapsed lease they end is still recorded as expired.
+--
 -- Direct handoff: when the first live waiter in the pool's line that the
 -- device fits wants one device, the device goes straight to it in this
 -- same statement (a new lease, fencing token bumped, the waiter's row
@@ -70,6 +77,7 @@ WITH caller_notifies AS (
     -- Active, by id (see RenewLease for why not released_at IS NULL).
     WHERE l.id = @id AND l.active_device_id IS NOT NULL
       AND (sqlc.narg('owner')::text IS NULL OR l.owner = sqlc.narg('owner'))
+      AND (NOT @expired_only::boolean OR l.expires_at <= now())
     RETURNING l.*
 ), dev AS (
     -- The device as the ending lease holds it.

@@ -51,6 +51,7 @@ WITH caller_notifies AS (
     -- Active, by id (see RenewLease for why not released_at IS NULL).
     WHERE l.id = $2 AND l.active_device_id IS NOT NULL
       AND ($3::text IS NULL OR l.owner = $3)
+      AND (NOT $4::boolean OR l.expires_at <= now())
     RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id
 ), dev AS (
     -- The device as the ending lease holds it.
@@ -111,9 +112,10 @@ FROM ended LEFT JOIN freed ON true LEFT JOIN granted ON true
 `
 
 type EndLeaseParams struct {
-	EndReason string
-	ID        uuid.UUID
-	Owner     *string
+	EndReason   string
+	ID          uuid.UUID
+	Owner       *string
+	ExpiredOnly bool
 }
 
 type EndLeaseRow struct {
@@ -150,6 +152,13 @@ type EndLeaseRow struct {
 // holder's release checks ownership in the same statement, one round trip);
 // NULL ends whoever's it is.
 //
+// With expired_only (the reaper), only a lease whose time ran out ends.
+// The check is in the UPDATE's WHERE on purpose: PostgreSQL re-evaluates
+// it on the latest version of the row it locks, so a renew that committed
+// after the reaper read the lease as due (its holder was told 200) keeps
+// the lease and this statement ends nothing (no row). Releases and revokes
+// pass false: a lapsed lease they end is still recorded as expired.
+//
 // Direct handoff: when the first live waiter in the pool's line that the
 // device fits wants one device, the device goes straight to it in this
 // same statement (a new lease, fencing token bumped, the waiter's row
@@ -163,7 +172,12 @@ type EndLeaseRow struct {
 // labels come back and the caller notifies after commit
 // (notify_by_caller, see migrations/00007).
 func (q *Queries) EndLease(ctx context.Context, arg EndLeaseParams) (EndLeaseRow, error) {
-	row := q.db.QueryRow(ctx, endLease, arg.EndReason, arg.ID, arg.Owner)
+	row := q.db.QueryRow(ctx, endLease,
+		arg.EndReason,
+		arg.ID,
+		arg.Owner,
+		arg.ExpiredOnly,
+	)
 	var i EndLeaseRow
 	err := row.Scan(
 		&i.ID,
