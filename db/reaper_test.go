@@ -2,11 +2,15 @@ package db
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/devalloc/devalloc/db/dbsqlc"
 )
 
 // waitingOnLock waits until a statement whose text contains marker (a
@@ -68,17 +72,15 @@ func TestReaperSparesALeaseRenewedAfterItWasReadAsDue(t *testing.T) {
 
 	// The lease lapses by the database clock; the reaper's first step
 	// reads it as due (the renew has not committed).
+	var due []dbsqlc.DueLeasesRow
 	waitFor(t, "the lease to be due", func() bool {
-		ids, err := a.q.DueLeases(t.Context(), reapBatch)
+		var err error
+		due, err = a.q.DueLeases(t.Context(), dbsqlc.DueLeasesParams{Batch: reapBatch})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return slices.Contains(ids, lease.ID)
+		return slices.ContainsFunc(due, func(d dbsqlc.DueLeasesRow) bool { return d.ID == lease.ID })
 	})
-	ids, err := a.q.DueLeases(t.Context(), reapBatch)
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	// The renew goes through (it began before expiry): its holder is told 200.
 	if err := blocker.Commit(t.Context()); err != nil {
@@ -90,7 +92,7 @@ func TestReaperSparesALeaseRenewedAfterItWasReadAsDue(t *testing.T) {
 	}
 
 	// The reaper's second step must not end what was just renewed.
-	if _, err := a.expire(t.Context(), ids); err != nil {
+	if _, err := a.expire(t.Context(), due); err != nil {
 		t.Fatal(err)
 	}
 	got, err := a.GetLease(t.Context(), lease.ID)
@@ -103,5 +105,80 @@ func TestReaperSparesALeaseRenewedAfterItWasReadAsDue(t *testing.T) {
 	}
 	if dev := mustDevice(t, a, "board-1"); dev.State != StateLeased || dev.LeaseID == nil || *dev.LeaseID != lease.ID {
 		t.Fatalf("device after the reaper's pass = %+v, want leased by %s", dev, lease.ID)
+	}
+}
+
+// reapObserver counts what the reaper reports.
+type reapObserver struct {
+	nopObserver
+	reaped, failed atomic.Int64
+}
+
+func (o *reapObserver) LeasesReaped(n int) { o.reaped.Add(int64(n)) }
+func (o *reapObserver) ReapFailed()        { o.failed.Add(1) }
+
+// More than a batch of expired leases that cannot be ended (a DBA's
+// trigger refuses them), all due before two good ones: one reaper pass
+// still ends the good ones, reports each bad one, and the next pass does
+// not spin on the bad ones again.
+func TestReaperSkipsLeasesItCannotEnd(t *testing.T) {
+	url := newDB(t)
+	obs := &reapObserver{}
+	cfg := testConfig(&fakeProber{})
+	cfg.Observer = obs
+	a := newAllocator(t, url, cfg)
+	const bad, good = reapBatch + 1, 2
+	for i := range bad + good {
+		mustCreate(t, a, fmt.Sprintf("d%03d", i), "lab", fmt.Sprintf("h:%d", i), nil)
+	}
+	// The bad ones expire first (oldest first is the reaper's order).
+	for range bad {
+		mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "broken", TTL: 100 * time.Millisecond})
+	}
+	var goodLeases []Lease
+	for range good {
+		goodLeases = append(goodLeases, mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "fine", TTL: 100 * time.Millisecond}))
+	}
+	if _, err := a.pool.Exec(t.Context(), `
+		CREATE FUNCTION public.refuse_broken() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF OLD.owner = 'broken' THEN
+				RAISE EXCEPTION 'lease % cannot be changed (a DBA''s edit)', OLD.id;
+			END IF;
+			RETURN NEW;
+		END $$;
+		CREATE TRIGGER refuse_broken BEFORE UPDATE ON devalloc.leases
+			FOR EACH ROW EXECUTE FUNCTION public.refuse_broken();`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every lease to be due", func() bool {
+		var n int
+		if err := a.pool.QueryRow(t.Context(), `SELECT count(*) FROM devalloc.leases
+			WHERE released_at IS NULL AND expires_at <= now()`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == bad+good
+	})
+
+	if n := a.reap(t.Context()); n != good {
+		t.Fatalf("one pass ended %d leases, want the %d good ones (behind %d that cannot end)", n, good, bad)
+	}
+	for _, l := range goodLeases {
+		if got, err := a.GetLease(t.Context(), l.ID); err != nil || got.EndReason != EndExpired {
+			t.Fatalf("good lease after the pass = %+v, %v", got, err)
+		}
+	}
+	if f := obs.failed.Load(); f != bad {
+		t.Fatalf("%d failures reported, want %d", f, bad)
+	}
+	if r := obs.reaped.Load(); r != good {
+		t.Fatalf("%d reaped reported, want %d", r, good)
+	}
+	// The next pass does not try them again at once: no spinning, no flood.
+	if n := a.reap(t.Context()); n != 0 {
+		t.Fatalf("second pass ended %d", n)
+	}
+	if f := obs.failed.Load(); f != bad {
+		t.Fatalf("%d failures after a second pass, want still %d (the bad ones wait their cool-down)", f, bad)
 	}
 }

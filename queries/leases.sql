@@ -137,9 +137,16 @@ SELECT ended.*, freed.id AS freed_device_id, freed.labels AS freed_labels,
 FROM ended LEFT JOIN freed ON true LEFT JOIN granted ON true;
 
 -- name: DueLeases :many
--- Active leases whose time ran out (database clock), oldest first: the
--- reaper ends each with EndLease, which hands its device to the line.
-SELECT id FROM devalloc.leases
+-- Active leases whose time ran out (database clock), oldest first, after
+-- the previous batch's last (expires_at, id) when given: the reaper ends
+-- each with EndLease, which hands its device to the line. One pass walks
+-- the due leases once, past those it could not end, so that any number of
+-- leases that fail every time take no batch from the others (the id
+-- breaks ties, so none is passed over). The first batch starts above
+-- (-infinity, nil uuid).
+SELECT id, expires_at FROM devalloc.leases
 WHERE released_at IS NULL AND expires_at <= now()
-ORDER BY expires_at
+  AND (expires_at, id) > (coalesce(sqlc.narg('after_expires_at')::timestamptz, '-infinity'),
+                          coalesce(sqlc.narg('after_id')::uuid, '00000000-0000-0000-0000-000000000000'))
+ORDER BY expires_at, id
 LIMIT @batch;

@@ -13,27 +13,45 @@ import (
 )
 
 const dueLeases = `-- name: DueLeases :many
-SELECT id FROM devalloc.leases
+SELECT id, expires_at FROM devalloc.leases
 WHERE released_at IS NULL AND expires_at <= now()
-ORDER BY expires_at
-LIMIT $1
+  AND (expires_at, id) > (coalesce($1::timestamptz, '-infinity'),
+                          coalesce($2::uuid, '00000000-0000-0000-0000-000000000000'))
+ORDER BY expires_at, id
+LIMIT $3
 `
 
-// Active leases whose time ran out (database clock), oldest first: the
-// reaper ends each with EndLease, which hands its device to the line.
-func (q *Queries) DueLeases(ctx context.Context, batch int32) ([]uuid.UUID, error) {
-	rows, err := q.db.Query(ctx, dueLeases, batch)
+type DueLeasesParams struct {
+	AfterExpiresAt *time.Time
+	AfterID        *uuid.UUID
+	Batch          int32
+}
+
+type DueLeasesRow struct {
+	ID        uuid.UUID
+	ExpiresAt time.Time
+}
+
+// Active leases whose time ran out (database clock), oldest first, after
+// the previous batch's last (expires_at, id) when given: the reaper ends
+// each with EndLease, which hands its device to the line. One pass walks
+// the due leases once, past those it could not end, so that any number of
+// leases that fail every time take no batch from the others (the id
+// breaks ties, so none is passed over). The first batch starts above
+// (-infinity, nil uuid).
+func (q *Queries) DueLeases(ctx context.Context, arg DueLeasesParams) ([]DueLeasesRow, error) {
+	rows, err := q.db.Query(ctx, dueLeases, arg.AfterExpiresAt, arg.AfterID, arg.Batch)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var items []uuid.UUID
+	var items []DueLeasesRow
 	for rows.Next() {
-		var id uuid.UUID
-		if err := rows.Scan(&id); err != nil {
+		var i DueLeasesRow
+		if err := rows.Scan(&i.ID, &i.ExpiresAt); err != nil {
 			return nil, err
 		}
-		items = append(items, id)
+		items = append(items, i)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
