@@ -48,6 +48,9 @@ type Allocator struct {
 	// stranded holds waiters answered while their row could not leave the
 	// line; the re-checker removes those rows.
 	stranded strandedWaiters
+	// unreapable holds expired leases the reaper could not end lately; it
+	// passes them by for a while (see reapCooldown).
+	unreapable reapCooldown
 	// instanceID is this instance's row in devalloc.instances, 0 until its
 	// listener first connects (see claimLiveness).
 	instanceID atomic.Int64

@@ -204,7 +204,7 @@ func (a *Allocator) DeleteDevice(ctx context.Context, name string, force bool) e
 			return ErrDeviceLeased
 		}
 		// End the lease first, locking lease then device like every release.
-		if _, err := a.q.EndLease(ctx, dbsqlc.EndLeaseParams{ID: *dev.LeaseID, EndReason: EndDeviceRemoved}); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		if _, err := endLease(ctx, a.q, dbsqlc.EndLeaseParams{ID: *dev.LeaseID, EndReason: EndDeviceRemoved}); err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("delete device %q: end its lease: %w", name, err)
 		}
 	}

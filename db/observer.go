@@ -24,6 +24,10 @@ type Observer interface {
 	ProbeDone(kind string, took time.Duration, err error)
 	// LeasesReaped: n expired leases were ended by this instance.
 	LeasesReaped(n int)
+	// ReapFailed: the reaper could not end one expired lease (the database
+	// refused the statement); it skipped it, logged its id, and tries it
+	// again later.
+	ReapFailed()
 	// ListenerConnected: the LISTEN connection was (re)established.
 	ListenerConnected()
 }
@@ -68,6 +72,7 @@ func (nopObserver) AcquireDone(string, time.Duration)      {}
 func (nopObserver) AcquireWaited(time.Duration)            {}
 func (nopObserver) ProbeDone(string, time.Duration, error) {}
 func (nopObserver) LeasesReaped(int)                       {}
+func (nopObserver) ReapFailed()                            {}
 func (nopObserver) ListenerConnected()                     {}
 
 // PoolStat is the connection pool's state (for metrics).

@@ -269,7 +269,9 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) 
 		defer cancel()
 		var err error
 		if rows, err = a.q.WaiterLeases(readCtx, &w.ID); err != nil {
-			return Lease{}, nil, fmt.Errorf("read the leases handed to waiter %s: %w", w.ID, err)
+			err = fmt.Errorf("read the leases handed to waiter %s: %w", w.ID, err)
+			a.giveBackUnread(req, w, err)
+			return Lease{}, nil, err
 		}
 	}
 	if len(rows) == 0 {
@@ -286,6 +288,7 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) 
 	for _, r := range rows {
 		l, err := leaseFromHanded(r)
 		if err != nil {
+			a.giveBackUnread(req, w, err)
 			return Lease{}, nil, err
 		}
 		leases = append(leases, l)
@@ -302,6 +305,16 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) 
 		return Lease{}, nil, ctx.Err()
 	}
 	return answerOf(leases), nil, nil
+}
+
+// giveBackUnread hands the leases a served waiter could not collect (err)
+// to the re-checker: its client is answered with an error, so nobody would
+// hold them until their TTL. The re-checker reads and ends them on its next
+// pass (retrying while the database refuses), as it does for a stranded
+// row; a keyed request's leases stay, for its retry to replay.
+func (a *Allocator) giveBackUnread(req AcquireRequest, w *Waiter, err error) {
+	a.log.Warn("a served waiter could not collect its leases; the re-check gives them back", "waiter", w.ID, "pool", req.Selector.Pool, "err", err)
+	a.stranded.add(w.ID, req.IdempotencyKey != "")
 }
 
 // answerOf is the acquire's answer: the lease, or for a group the first

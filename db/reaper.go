@@ -3,9 +3,11 @@ package db
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/devalloc/devalloc/db/dbsqlc"
 )
@@ -30,40 +32,88 @@ func (a *Allocator) runReaper(ctx context.Context) {
 
 // reap ends every lease that has expired by the database clock and reports
 // how many it ended. Each lease ends in its own statement (EndLease), which
-// hands its device to the first waiter in line it fits.
+// hands its device to the first waiter in line it fits. The pass walks the
+// due leases once, oldest first, batch after batch from where the last one
+// ended: a lease that cannot be ended is skipped and reported, never
+// retried within the pass, so it holds up no other expiry.
 func (a *Allocator) reap(ctx context.Context) int {
 	total := 0
+	params := dbsqlc.DueLeasesParams{Batch: reapBatch}
 	for ctx.Err() == nil {
-		due, err := a.q.DueLeases(ctx, reapBatch)
+		due, err := a.q.DueLeases(ctx, params)
 		if err != nil {
 			if ctx.Err() == nil {
 				a.log.Warn("reaper failed", "err", err)
 			}
 			return total
 		}
-		ended := 0
-		for _, id := range due {
-			r, err := a.q.EndLease(ctx, dbsqlc.EndLeaseParams{ID: id, EndReason: EndExpired})
-			if errors.Is(err, pgx.ErrNoRows) {
-				continue // another instance's reaper, or its holder, ended it first
-			}
-			if err != nil {
-				if ctx.Err() == nil {
-					a.log.Warn("reaper failed", "lease", id, "err", err)
-				}
-				return total + ended
-			}
-			a.log.Info("lease expired", "lease", r.ID, "device", r.DeviceName, "pool", r.Pool, "owner", r.Owner)
-			a.endedLease(r)
-			ended++
-		}
+		ended, err := a.expire(ctx, due)
 		total += ended
 		if ended > 0 {
 			a.cfg.Observer.LeasesReaped(ended)
 		}
-		if len(due) < reapBatch {
+		if err != nil || len(due) < reapBatch {
 			return total
 		}
+		last := due[len(due)-1]
+		params.AfterExpiresAt, params.AfterID = &last.ExpiresAt, &last.ID
 	}
 	return total
+}
+
+// expire ends the leases that DueLeases read as due, and reports how many
+// it ended: the second step of a reaper pass, apart so that tests can
+// interleave other statements between reading and ending. A lease the
+// database refuses to end is skipped (logged, Observer.ReapFailed) and left
+// alone for reapRetryAfter; err is set only when the database itself
+// failed (out of reach, shutting down), which would fail every lease alike.
+func (a *Allocator) expire(ctx context.Context, due []dbsqlc.DueLeasesRow) (int, error) {
+	ended := 0
+	now := time.Now()
+	a.unreapable.forgetBefore(now)
+	for _, d := range due {
+		if a.unreapable.skips(d.ID, now) {
+			continue
+		}
+		r, err := endLease(ctx, a.q, dbsqlc.EndLeaseParams{ID: d.ID, EndReason: EndExpired, ExpiredOnly: true})
+		if errors.Is(err, pgx.ErrNoRows) {
+			continue // ended first (another reaper, its holder), or renewed since it was read as due
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return ended, err
+			}
+			if !refusedStatement(err) {
+				a.log.Warn("reaper failed", "lease", d.ID, "err", err)
+				return ended, err
+			}
+			a.log.Error("reaper could not end an expired lease; skipping it", "lease", d.ID,
+				"expired_at", d.ExpiresAt, "retry_in", reapRetryAfter, "err", err)
+			a.cfg.Observer.ReapFailed()
+			a.unreapable.add(d.ID, now.Add(reapRetryAfter))
+			continue
+		}
+		a.log.Info("lease expired", "lease", r.ID, "device", r.DeviceName, "pool", r.Pool, "owner", r.Owner)
+		a.endedLease(r)
+		ended++
+	}
+	return ended, nil
+}
+
+// refusedStatement reports whether err is the server refusing this one
+// statement (a trigger, a constraint, a lock or statement timeout on the
+// row), as opposed to the database being out of reach, shutting down or
+// out of connections, when every lease would fail alike.
+func refusedStatement(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	switch {
+	case strings.HasPrefix(pgErr.Code, "08"), // connection exception
+		strings.HasPrefix(pgErr.Code, "57P"), // shutting down, cannot connect now
+		pgErr.Code == "53300":                // too many connections
+		return false
+	}
+	return true
 }

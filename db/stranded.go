@@ -11,7 +11,9 @@ import (
 // taking the row out failed (the database blocked or dropped the statement)
 // and the answer could not wait for it. A stranded row can still be handed
 // a device, which nobody would collect; the re-checker keeps removing the
-// rows and gives such devices back (clearStranded).
+// rows and gives such devices back (clearStranded). A served waiter whose
+// leases could not be read is one too (giveBackUnread): its row is gone,
+// its devices are given back the same way.
 type strandedWaiters struct {
 	mu sync.Mutex
 	// keyed tells, per waiter, whether its request had an idempotency key:

@@ -25,6 +25,7 @@ type Metrics struct {
 	acquireWait  prometheus.Histogram
 	probe        *prometheus.HistogramVec
 	reaped       prometheus.Counter
+	reapFailed   prometheus.Counter
 	listenerConn prometheus.Counter
 }
 
@@ -59,12 +60,16 @@ func NewMetrics() *Metrics {
 			Name: "devalloc_leases_reaped_total",
 			Help: "Expired leases this instance ended.",
 		}),
+		reapFailed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "devalloc_reap_failures_total",
+			Help: "Expired leases this instance's reaper could not end (each skipped, logged with its id, retried a minute later).",
+		}),
 		listenerConn: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "devalloc_listener_connects_total",
 			Help: "Connections of the LISTEN connection; more than one means it reconnected.",
 		}),
 	}
-	m.reg.MustRegister(m.acquire, m.acquireWait, m.probe, m.reaped, m.listenerConn,
+	m.reg.MustRegister(m.acquire, m.acquireWait, m.probe, m.reaped, m.reapFailed, m.listenerConn,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -88,6 +93,9 @@ func (m *Metrics) ProbeDone(kind string, took time.Duration, err error) {
 
 // LeasesReaped implements db.Observer.
 func (m *Metrics) LeasesReaped(n int) { m.reaped.Add(float64(n)) }
+
+// ReapFailed implements db.Observer.
+func (m *Metrics) ReapFailed() { m.reapFailed.Inc() }
 
 // ListenerConnected implements db.Observer.
 func (m *Metrics) ListenerConnected() { m.listenerConn.Inc() }

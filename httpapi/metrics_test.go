@@ -66,6 +66,7 @@ func TestMetrics(t *testing.T) {
 		`devalloc_acquire_wait_seconds_count`:                              1,
 		`devalloc_probe_duration_seconds_count{kind="tcp",result="ok"}`:    2,
 		`devalloc_leases_reaped_total`:                                     1,
+		`devalloc_reap_failures_total`:                                     0,
 		`devalloc_listener_connects_total`:                                 1,
 		`devalloc_pool_devices{pool="lab",state="idle"}`:                   1,
 		`devalloc_pool_devices{pool="lab",state="offline"}`:                1,

@@ -49,6 +49,13 @@ RETURNING *;
 -- holder's release checks ownership in the same statement, one round trip);
 -- NULL ends whoever's it is.
 --
+-- With expired_only (the reaper), only a lease whose time ran out ends.
+-- The check is in the UPDATE's WHERE on purpose: PostgreSQL re-evaluates
+-- it on the latest version of the row it locks, so a renew that committed
+-- after the reaper read the lease as due (its holder was told 200) keeps
+-- the lease and this statement ends nothing (no row). Releases and revokes
+-- pass false: a lapsed lease they end is still recorded as expired.
+--
 -- Direct handoff: when the first live waiter in the pool's line that the
 -- device fits wants one device, the device goes straight to it in this
 -- same statement (a new lease, fencing token bumped, the waiter's row
@@ -70,6 +77,7 @@ WITH caller_notifies AS (
     -- Active, by id (see RenewLease for why not released_at IS NULL).
     WHERE l.id = @id AND l.active_device_id IS NOT NULL
       AND (sqlc.narg('owner')::text IS NULL OR l.owner = sqlc.narg('owner'))
+      AND (NOT @expired_only::boolean OR l.expires_at <= now())
     RETURNING l.*
 ), dev AS (
     -- The device as the ending lease holds it.
@@ -129,9 +137,16 @@ SELECT ended.*, freed.id AS freed_device_id, freed.labels AS freed_labels,
 FROM ended LEFT JOIN freed ON true LEFT JOIN granted ON true;
 
 -- name: DueLeases :many
--- Active leases whose time ran out (database clock), oldest first: the
--- reaper ends each with EndLease, which hands its device to the line.
-SELECT id FROM devalloc.leases
+-- Active leases whose time ran out (database clock), oldest first, after
+-- the previous batch's last (expires_at, id) when given: the reaper ends
+-- each with EndLease, which hands its device to the line. One pass walks
+-- the due leases once, past those it could not end, so that any number of
+-- leases that fail every time take no batch from the others (the id
+-- breaks ties, so none is passed over). The first batch starts above
+-- (-infinity, nil uuid).
+SELECT id, expires_at FROM devalloc.leases
 WHERE released_at IS NULL AND expires_at <= now()
-ORDER BY expires_at
+  AND (expires_at, id) > (coalesce(sqlc.narg('after_expires_at')::timestamptz, '-infinity'),
+                          coalesce(sqlc.narg('after_id')::uuid, '00000000-0000-0000-0000-000000000000'))
+ORDER BY expires_at, id
 LIMIT @batch;

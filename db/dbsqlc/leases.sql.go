@@ -13,27 +13,45 @@ import (
 )
 
 const dueLeases = `-- name: DueLeases :many
-SELECT id FROM devalloc.leases
+SELECT id, expires_at FROM devalloc.leases
 WHERE released_at IS NULL AND expires_at <= now()
-ORDER BY expires_at
-LIMIT $1
+  AND (expires_at, id) > (coalesce($1::timestamptz, '-infinity'),
+                          coalesce($2::uuid, '00000000-0000-0000-0000-000000000000'))
+ORDER BY expires_at, id
+LIMIT $3
 `
 
-// Active leases whose time ran out (database clock), oldest first: the
-// reaper ends each with EndLease, which hands its device to the line.
-func (q *Queries) DueLeases(ctx context.Context, batch int32) ([]uuid.UUID, error) {
-	rows, err := q.db.Query(ctx, dueLeases, batch)
+type DueLeasesParams struct {
+	AfterExpiresAt *time.Time
+	AfterID        *uuid.UUID
+	Batch          int32
+}
+
+type DueLeasesRow struct {
+	ID        uuid.UUID
+	ExpiresAt time.Time
+}
+
+// Active leases whose time ran out (database clock), oldest first, after
+// the previous batch's last (expires_at, id) when given: the reaper ends
+// each with EndLease, which hands its device to the line. One pass walks
+// the due leases once, past those it could not end, so that any number of
+// leases that fail every time take no batch from the others (the id
+// breaks ties, so none is passed over). The first batch starts above
+// (-infinity, nil uuid).
+func (q *Queries) DueLeases(ctx context.Context, arg DueLeasesParams) ([]DueLeasesRow, error) {
+	rows, err := q.db.Query(ctx, dueLeases, arg.AfterExpiresAt, arg.AfterID, arg.Batch)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var items []uuid.UUID
+	var items []DueLeasesRow
 	for rows.Next() {
-		var id uuid.UUID
-		if err := rows.Scan(&id); err != nil {
+		var i DueLeasesRow
+		if err := rows.Scan(&i.ID, &i.ExpiresAt); err != nil {
 			return nil, err
 		}
-		items = append(items, id)
+		items = append(items, i)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
@@ -51,6 +69,7 @@ WITH caller_notifies AS (
     -- Active, by id (see RenewLease for why not released_at IS NULL).
     WHERE l.id = $2 AND l.active_device_id IS NOT NULL
       AND ($3::text IS NULL OR l.owner = $3)
+      AND (NOT $4::boolean OR l.expires_at <= now())
     RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, l.given_up_idempotency_key
 ), dev AS (
     -- The device as the ending lease holds it.
@@ -111,9 +130,10 @@ FROM ended LEFT JOIN freed ON true LEFT JOIN granted ON true
 `
 
 type EndLeaseParams struct {
-	EndReason string
-	ID        uuid.UUID
-	Owner     *string
+	EndReason   string
+	ID          uuid.UUID
+	Owner       *string
+	ExpiredOnly bool
 }
 
 type EndLeaseRow struct {
@@ -151,6 +171,13 @@ type EndLeaseRow struct {
 // holder's release checks ownership in the same statement, one round trip);
 // NULL ends whoever's it is.
 //
+// With expired_only (the reaper), only a lease whose time ran out ends.
+// The check is in the UPDATE's WHERE on purpose: PostgreSQL re-evaluates
+// it on the latest version of the row it locks, so a renew that committed
+// after the reaper read the lease as due (its holder was told 200) keeps
+// the lease and this statement ends nothing (no row). Releases and revokes
+// pass false: a lapsed lease they end is still recorded as expired.
+//
 // Direct handoff: when the first live waiter in the pool's line that the
 // device fits wants one device, the device goes straight to it in this
 // same statement (a new lease, fencing token bumped, the waiter's row
@@ -164,7 +191,12 @@ type EndLeaseRow struct {
 // labels come back and the caller notifies after commit
 // (notify_by_caller, see migrations/00007).
 func (q *Queries) EndLease(ctx context.Context, arg EndLeaseParams) (EndLeaseRow, error) {
-	row := q.db.QueryRow(ctx, endLease, arg.EndReason, arg.ID, arg.Owner)
+	row := q.db.QueryRow(ctx, endLease,
+		arg.EndReason,
+		arg.ID,
+		arg.Owner,
+		arg.ExpiredOnly,
+	)
 	var i EndLeaseRow
 	err := row.Scan(
 		&i.ID,
