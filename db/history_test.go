@@ -708,7 +708,9 @@ func (r *histRun) checkDatabase() {
 			t.Errorf("seed %d: lease %s told as %v is %v in the database", r.seed, id, tl, got)
 		}
 	}
-	var ended, expired int
-	_ = conn.QueryRow(t.Context(), `SELECT count(*), count(*) FILTER (WHERE end_reason = 'expired') FROM devalloc.leases`).Scan(&ended, &expired)
-	t.Logf("seed %d: database: %d leases in history, %d of them expired", r.seed, ended, expired)
+	// How the leases ended, for the log: released, expired, probe_failed, ...
+	var summary string
+	_ = conn.QueryRow(t.Context(), `SELECT count(*) || ' leases in history; ended: ' || coalesce((SELECT string_agg(n || ' ' || r, ', ' ORDER BY r)
+		FROM (SELECT coalesce(end_reason, 'active') AS r, count(*) AS n FROM devalloc.leases GROUP BY 1) s), '') FROM devalloc.leases`).Scan(&summary)
+	t.Logf("seed %d: database: %s", r.seed, summary)
 }
