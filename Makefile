@@ -27,7 +27,7 @@ DATABASE_URL ?= postgres://postgres@localhost:5432/devalloc?sslmode=disable
 ADDR         ?= 127.0.0.1:8080
 DEMO         ?= 5
 
-.PHONY: help run build test bench chaos soak generate check-generated lint vet fmt-check staticcheck fmt clean
+.PHONY: help run build test verify bench chaos soak generate check-generated lint vet fmt-check staticcheck fmt clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -40,6 +40,16 @@ build: ## build bin/devalloc
 
 test: ## run every test with the race detector (TEST_DATABASE_URL, else localhost:5432, else testcontainers)
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# make verify: the history checker (db/history_test.go) long: VERIFY_SEEDS
+# seeds of VERIFY_DURATION each, every history checked with porcupine.
+# DEVALLOC_HISTORY_SEED=n reruns one seed. make test runs it short (2 seeds).
+VERIFY_SEEDS    ?= 6
+VERIFY_DURATION ?= 45s
+
+verify: ## the randomized history checker, long: VERIFY_SEEDS (6) seeds of VERIFY_DURATION (45s) under faults, with the race detector
+	DEVALLOC_HISTORY_LONG=1 DEVALLOC_HISTORY_SEEDS='$(VERIFY_SEEDS)' DEVALLOC_HISTORY_DURATION='$(VERIFY_DURATION)' \
+		$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v -run '^TestHistoryLinearizable$$' ./db
 
 # make bench: every scenario of "devalloc bench" against BENCH_DATABASE_URL
 # (created when missing; the bench adds and removes its own pools), the
