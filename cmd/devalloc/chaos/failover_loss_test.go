@@ -58,7 +58,11 @@ func heldUntil(g grant) time.Time {
 // before the expiry a renew's 200 told its holder is a renewal taken back.
 // Each is a violation (reported, not failed, in a measureOnly run); the
 // counts and the worst cases go to the summary either way.
-func (h *harness) checkFailoverLoss(ctx context.Context, killedAt, promotedAt time.Time) {
+//
+// lastFrom is the start of the last moments before the kill (the stall, if
+// any): the grants told then are counted apart, being the ones an
+// asynchronous standby is most likely not to have.
+func (h *harness) checkFailoverLoss(ctx context.Context, lastFrom, killedAt time.Time) {
 	leases, err := h.readLeases(ctx)
 	if err != nil {
 		h.violate("%v", err)
@@ -71,7 +75,7 @@ func (h *harness) checkFailoverLoss(ctx context.Context, killedAt, promotedAt ti
 		byDevice[l.device] = append(byDevice[l.device], l)
 	}
 	led := h.led.snapshot()
-	var granted, beforeKill, lost, reused, twoHolders, renewLost int
+	var granted, beforeKill, last, lastLost, lost, reused, twoHolders, renewLost int
 	var lostAges []time.Duration
 	for _, g := range led {
 		granted++
@@ -79,8 +83,15 @@ func (h *harness) checkFailoverLoss(ctx context.Context, killedAt, promotedAt ti
 			beforeKill++
 		}
 		l, ok := byID[g.id]
+		inLast := !g.acquiredAt.Before(lastFrom) && g.acquiredAt.Before(killedAt)
+		if inLast {
+			last++
+		}
 		if !ok {
 			lost++
+			if inLast {
+				lastLost++
+			}
 			lostAges = append(lostAges, killedAt.Sub(g.acquiredAt))
 			h.violate("LOST GRANT: lease %s of %s (token %d, client %d) granted %v before the kill is not on the promoted server",
 				g.id, g.device, g.token, g.client, killedAt.Sub(g.acquiredAt).Round(time.Millisecond))
@@ -115,6 +126,6 @@ func (h *harness) checkFailoverLoss(ctx context.Context, killedAt, promotedAt ti
 		}
 		ages = " (granted this long before the kill: " + strings.Join(parts, ", ") + ")"
 	}
-	h.note("failover loss: %d grants told to clients (%d before the kill); lost on the promoted server: %d grants%s, %d fencing tokens reused, %d devices with two holders, %d renewals taken back",
-		granted, beforeKill, lost, ages, reused, twoHolders, renewLost)
+	h.note("failover loss: %d grants told to clients (%d before the kill, %d in its last %v); lost on the promoted server: %d grants (%d of the last %v)%s, %d fencing tokens reused, %d devices with two holders, %d renewals taken back",
+		granted, beforeKill, last, killedAt.Sub(lastFrom).Round(time.Millisecond), lost, lastLost, killedAt.Sub(lastFrom).Round(time.Millisecond), ages, reused, twoHolders, renewLost)
 }

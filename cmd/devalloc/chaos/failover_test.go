@@ -4,8 +4,10 @@ package chaos
 
 import (
 	"context"
+	"math/rand/v2"
 	"net/http"
 	"os"
+	"sync"
 	"testing"
 	"time"
 )
@@ -21,6 +23,8 @@ const (
 	// failoverDetect is how long the primary stays dead before the standby
 	// is promoted: a failover manager's detection time, short here.
 	failoverDetect = 2 * time.Second
+	// failoverTTL is the load's ttl_seconds.
+	failoverTTL = 8
 )
 
 // failoverSpec is one run of the failover scenario.
@@ -69,7 +73,10 @@ func TestFailoverAsync(t *testing.T) {
 func runFailover(t *testing.T, spec failoverSpec) {
 	pair := startReplicatedPair(t, spec.sync)
 	h := newHarness(t, scenario{serverURL: pair.url, measureOnly: spec.measureOnly})
-	h.addTCPDevices("dev", "farm", 6)
+	h.addTCPDevices("dev", "farm", 8)
+	// Idle until the promotion: then each instance's own acquires of them
+	// show it granting on the new primary, whatever the load holds.
+	h.addTCPDevices("probe", "probe", len(h.insts))
 	pids := make([]int, len(h.insts))
 	for i, in := range h.insts {
 		pids[i] = in.pid()
@@ -80,14 +87,19 @@ func runFailover(t *testing.T, spec failoverSpec) {
 	}
 	h.note("replication: %s (primary :%d, standby :%d); instances' DATABASE_URL %s", mode, pair.primary.port, pair.standby.port, withDatabase(pair.url, h.db.name))
 
-	// Renewing holders (longHoldPct) put renew 200s in flight at the kill.
-	load := h.startLoad(loadSpec{clients: 15, longHoldPct: 20})
+	// A TTL longer than the outage (kill to promotion, ~3 s): the holder of
+	// a grant the promoted server lost still holds it when the device is
+	// granted again. Renewing holders (longHoldPct) put renew 200s in
+	// flight at the kill.
+	load := h.startLoad(loadSpec{clients: 15, ttl: failoverTTL, longHoldPct: 10})
 	watch := h.watchReady()
 	time.Sleep(4 * time.Second)
 	ctx, cancel := context.WithTimeout(h.ctx, 2*time.Minute)
 	defer cancel()
 
+	lastFrom := time.Now().Add(-time.Second)
 	if spec.stall > 0 {
+		lastFrom = time.Now()
 		pair.proxy.stall()
 		h.fault("WAL stream to the standby stalled for %v", spec.stall)
 		time.Sleep(spec.stall)
@@ -107,31 +119,50 @@ func runFailover(t *testing.T, spec failoverSpec) {
 	promotedAt := time.Now()
 	h.fault("standby promoted (pg_ctl promote -w), %v after the kill", promotedAt.Sub(killedAt).Round(10*time.Millisecond))
 	grantsAtPromotion := h.stats.get("acquire", "201")
-	time.Sleep(12 * time.Second)
+	firstGrants := h.probeGrants(promotedAt)
+	time.Sleep(time.Until(promotedAt.Add(12 * time.Second)))
 	load.finish()
 	watch.finish()
 	h.note("acquire outcomes from the kill on: %s", h.acquiresSince(before, 0))
 	h.note("grants: %d while no primary was reachable (kill to promotion), %d in the 12 s after the promotion",
 		grantsAtPromotion-grantsBefore, h.stats.get("acquire", "201")-grantsAtPromotion)
 
-	allReady := h.checkServingAgain(watch, promotedAt, pids)
+	allReady := h.checkServingAgain(watch, promotedAt, pids, firstGrants)
 	h.dbFault(killedAt, allReady.Add(time.Second))
-	h.checkFailoverLoss(ctx, killedAt, promotedAt)
+	h.checkFailoverLoss(ctx, lastFrom, killedAt)
 	h.finish()
+}
+
+// probeGrants asks every instance, from the promotion on, for a device of
+// the "probe" pool (wait 1 s) until it grants one (released at once) or
+// failoverServeBound + 5 s have passed; it returns when each instance
+// answered its first 201 (zero: never).
+func (h *harness) probeGrants(promotedAt time.Time) []time.Time {
+	first := make([]time.Time, len(h.insts))
+	var wg sync.WaitGroup
+	for i, in := range h.insts {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(i), uint64(promotedAt.UnixNano())))
+			for time.Since(promotedAt) < failoverServeBound+5*time.Second {
+				if l := h.acquire(in, "probe", time.Second, 10, "failover-probe", 0, 0); l != nil {
+					first[i] = time.Now()
+					h.release(l, rng)
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	return first
 }
 
 // checkServingAgain: every instance, without a restart, says 200 on
 // /readyz and grants a device on the new primary within
 // failoverServeBound of the promotion, and /readyz always answered. It
 // returns when the last instance was ready.
-func (h *harness) checkServingAgain(watch *readyWatch, promotedAt time.Time, pids []int) time.Time {
+func (h *harness) checkServingAgain(watch *readyWatch, promotedAt time.Time, pids []int, firstGrant []time.Time) time.Time {
 	allReady := promotedAt
-	firstGrant := map[int]time.Time{}
-	for _, g := range h.led.snapshot() {
-		if g.acquiredAt.After(promotedAt) && (firstGrant[g.inst].IsZero() || g.acquiredAt.Before(firstGrant[g.inst])) {
-			firstGrant[g.inst] = g.acquiredAt
-		}
-	}
 	for i, in := range h.insts {
 		if s, ok := watch.firstAfter(i, promotedAt, http.StatusOK); !ok {
 			h.violate("instance %d never ready again after the promotion", i)
@@ -153,7 +184,7 @@ func (h *harness) checkServingAgain(watch *readyWatch, promotedAt time.Time, pid
 			h.violate("instance %d granted its first device on the new primary %v after the promotion (bound %v)",
 				i, g.Sub(promotedAt).Round(time.Millisecond), failoverServeBound)
 		default:
-			h.note("instance %d: first grant on the new primary %v after the promotion", i, g.Sub(promotedAt).Round(time.Millisecond))
+			h.note("instance %d: first grant of the probe pool on the new primary %v after the promotion", i, g.Sub(promotedAt).Round(time.Millisecond))
 		}
 		watch.mu.Lock()
 		for _, s := range watch.samples[i] {
