@@ -70,6 +70,23 @@ func TestFailoverAsync(t *testing.T) {
 	runFailover(t, spec)
 }
 
+// Synchronous replication whose standby stalls (the WAL stream held for
+// DEVALLOC_FAILOVER_STALL, default 3 s) before the primary is killed: a
+// measurement of what a commit waiting for the standby does when its
+// request gives up (PostgreSQL cancels the wait, and the transaction stays
+// committed on the primary alone). Not in make chaos.
+func TestFailoverSyncStalled(t *testing.T) {
+	spec := failoverSpec{sync: true, stall: 3 * time.Second, measureOnly: true}
+	if s := os.Getenv("DEVALLOC_FAILOVER_STALL"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("DEVALLOC_FAILOVER_STALL: %v", err)
+		}
+		spec.stall = d
+	}
+	runFailover(t, spec)
+}
+
 func runFailover(t *testing.T, spec failoverSpec) {
 	pair := startReplicatedPair(t, spec.sync)
 	h := newHarness(t, scenario{serverURL: pair.url, measureOnly: spec.measureOnly})
