@@ -17,6 +17,18 @@ import (
 // passes as soon as the listener connects; IsTransient treats it so.
 var errNotRegistered = errors.New("instance not registered yet: its listener has not connected to the database")
 
+// How long a listener's new session keeps trying for its instance's
+// liveness lock, and how often. While this instance's listener is down
+// (that is, exactly while it reconnects) other instances' transactions take
+// the lock shared for a moment (devalloc.instance_alive: every release that
+// walks the line past this instance's waiters, every waiting count); under
+// load a single try nearly always meets one of them. An older session of
+// this instance holds it for good and still fails the claim, after this.
+const (
+	livenessClaimPatience = time.Second
+	livenessClaimRetry    = 20 * time.Millisecond
+)
+
 // claimLiveness registers this instance (on its first connection) and takes
 // its liveness lock on conn, the listener's session: the lock lives exactly
 // as long as that session, so when the process dies every other instance
@@ -32,14 +44,8 @@ func (a *Allocator) claimLiveness(ctx context.Context, conn *pgx.Conn) error {
 		a.instanceID.Store(id)
 		a.log.Info("instance registered", "instance", id, "name", name)
 	}
-	// try: a session of ours that the network cut off may hold it still;
-	// then the listener retries until that session is gone.
-	got, err := dbsqlc.New(conn).TakeLivenessLock(ctx, id)
-	if err != nil {
-		return fmt.Errorf("take liveness lock of instance %d: %w", id, err)
-	}
-	if !got {
-		return fmt.Errorf("liveness lock of instance %d is held by an older session of this instance", id)
+	if err := takeLivenessLock(ctx, conn, id); err != nil {
+		return err
 	}
 	// Waiters here hear that they were served on a channel of their own,
 	// so other instances are not woken for it.
@@ -47,6 +53,32 @@ func (a *Allocator) claimLiveness(ctx context.Context, conn *pgx.Conn) error {
 		return fmt.Errorf("listen for instance %d's served waiters: %w", id, err)
 	}
 	return nil
+}
+
+// takeLivenessLock takes instance id's liveness lock on conn, trying for
+// livenessClaimPatience: a try, not a wait, because a session of ours that
+// the network cut off may hold it still (then the listener retries, with
+// its backoff, until that session is gone); and more than one try, because
+// other instances' alive checks hold it shared for a moment at a time.
+func takeLivenessLock(ctx context.Context, conn *pgx.Conn, id int64) error {
+	deadline := time.Now().Add(livenessClaimPatience)
+	for {
+		got, err := dbsqlc.New(conn).TakeLivenessLock(ctx, id)
+		if err != nil {
+			return fmt.Errorf("take liveness lock of instance %d: %w", id, err)
+		}
+		if got {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("liveness lock of instance %d is held by an older session of this instance", id)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("take liveness lock of instance %d: %w", id, ctx.Err())
+		case <-time.After(livenessClaimRetry):
+		}
+	}
 }
 
 // servedChannel is the NOTIFY channel on which the transactions that hand

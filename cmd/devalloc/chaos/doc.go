@@ -18,5 +18,11 @@
 // 127.0.0.1:5432 as user postgres), one fresh database each, except the
 // PostgreSQL restart, which runs a private cluster (initdb/pg_ctl from
 // DEVALLOC_PG_BIN, default /usr/lib/postgresql/15/bin, as user postgres when
-// run as root) on a spare port, so the shared server is never disturbed.
+// run as root) on a spare port, so the shared server is never disturbed;
+// and the failover (TestChaosFailover), which runs two: a primary and a
+// synchronous standby made with pg_basebackup -R, the instances reaching
+// them through a multi-host URL with target_session_attrs=read-write.
+// TestFailoverAsync and TestFailoverSyncStalled (run by name, not in make
+// chaos) measure what asynchronous replication and a stalled synchronous
+// standby lose.
 package chaos

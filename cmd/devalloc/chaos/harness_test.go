@@ -61,6 +61,10 @@ type scenario struct {
 	// beforeStart runs once the database is migrated, before any instance
 	// starts.
 	beforeStart func(h *harness)
+	// measureOnly reports broken invariants in the summary without failing
+	// the test: a measurement of what a configuration known to be unsafe
+	// (asynchronous replication) loses.
+	measureOnly bool
 }
 
 func (sc *scenario) defaults() {
@@ -622,8 +626,10 @@ type grant struct {
 	holder     string
 	client     int
 	inst       int
-	// letGo: its holder asked to release it (set before the request).
-	letGo bool
+	// letGo: its holder asked to release it (set before the request), at
+	// letGoAt.
+	letGo   bool
+	letGoAt time.Time
 	// abandoned: its holder stopped renewing and walked away.
 	abandoned bool
 }
@@ -673,6 +679,9 @@ func (l *ledger) record(h *harness, lease *client.Lease, clientID, inst int) *gr
 
 func (l *ledger) letGo(g *grant) {
 	l.mu.Lock()
+	if !g.letGo {
+		g.letGoAt = time.Now()
+	}
 	g.letGo = true
 	l.mu.Unlock()
 }

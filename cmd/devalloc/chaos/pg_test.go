@@ -195,14 +195,43 @@ type privateCluster struct {
 	url       string // its maintenance database
 	asRoot    bool
 	owner     *user.User
+	// settings are extra "-c name=value" server settings of every start
+	// (a replication scenario's primary and standby differ in them).
+	settings []string
 }
 
 func startPrivateCluster(t *testing.T) *privateCluster {
 	t.Helper()
-	if _, err := os.Stat(filepath.Join(pgBinDir(), "initdb")); err != nil {
-		t.Skipf("no initdb in %s (set DEVALLOC_PG_BIN): %v", pgBinDir(), err)
-	}
+	skipWithoutPostgres(t, "initdb")
 	sweepPrivateClusters(t)
+	c := newClusterDir(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if out, err := c.pgCommand(ctx, "initdb", "-D", c.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync").CombinedOutput(); err != nil {
+		t.Fatalf("initdb: %v\n%s", err, out)
+	}
+	if err := c.start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// skipWithoutPostgres skips the test, saying why, where the PostgreSQL
+// programs it needs are not installed (CI has them).
+func skipWithoutPostgres(t *testing.T, progs ...string) {
+	t.Helper()
+	for _, prog := range progs {
+		if _, err := os.Stat(filepath.Join(pgBinDir(), prog)); err != nil {
+			t.Skipf("no %s in %s (install PostgreSQL 15 or set DEVALLOC_PG_BIN): %v", prog, pgBinDir(), err)
+		}
+	}
+}
+
+// newClusterDir makes the temp dir of a private cluster (owned by postgres
+// when run as root) on a spare port, without creating the cluster itself;
+// the cluster is stopped and the dir removed when the test ends.
+func newClusterDir(t *testing.T) *privateCluster {
+	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "devalloc-chaos-pg-")
 	if err != nil {
 		t.Fatal(err)
@@ -235,14 +264,6 @@ func startPrivateCluster(t *testing.T) *privateCluster {
 		t.Fatal(err)
 	}
 	c.url = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", c.port)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if out, err := c.pgCommand(ctx, "initdb", "-D", c.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync").CombinedOutput(); err != nil {
-		t.Fatalf("initdb: %v\n%s", err, out)
-	}
-	if err := c.start(ctx); err != nil {
-		t.Fatal(err)
-	}
 	return c
 }
 
@@ -285,6 +306,9 @@ func (c *privateCluster) pgCommand(ctx context.Context, prog string, args ...str
 // start starts the cluster and waits until it accepts connections.
 func (c *privateCluster) start(ctx context.Context) error {
 	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100", c.port, c.dir)
+	for _, s := range c.settings {
+		opts += " -c " + s
+	}
 	// Output to a file, not a pipe: the postmaster outlives pg_ctl.
 	out, err := os.OpenFile(filepath.Join(c.dir, "pg_ctl.out"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
