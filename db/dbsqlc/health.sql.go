@@ -16,8 +16,9 @@ const claimOfflineDue = `-- name: ClaimOfflineDue :many
 UPDATE devalloc.devices SET next_probe_at = now() + make_interval(secs => $1::float8)
 WHERE id IN (
     SELECT id FROM devalloc.devices
-    WHERE state = 'offline' AND next_probe_at <= now()
-    ORDER BY next_probe_at
+    -- NULL next_probe_at (an admin's or a DBA's state change) is due.
+    WHERE state = 'offline' AND coalesce(next_probe_at, '-infinity'::timestamptz) <= now()
+    ORDER BY coalesce(next_probe_at, '-infinity'::timestamptz)
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
