@@ -16,12 +16,15 @@ RETURNING *;
 
 -- name: RecordRecovered :one
 -- The device answers again: back to idle, and straight to the first waiter
--- in line it fits, if any (handed_to; see devalloc.hand_off). No row: it
--- was not offline any more.
+-- in line it fits, if any (handed_to; see devalloc.hand_off). A device an
+-- admin drained while it was leased (it failed its probe when handed over
+-- from the line) goes to maintenance instead. No row: it was not offline
+-- any more.
 WITH recovered AS (
     UPDATE devalloc.devices dv SET
-        state          = 'idle',
-        state_reason   = '',
+        state          = CASE WHEN dv.drain THEN 'maintenance' ELSE 'idle' END,
+        state_reason   = CASE WHEN dv.drain THEN 'drained: maintenance once it answered again' ELSE '' END,
+        drain          = false,
         last_probe_at  = now(),
         last_probe_ok  = true,
         probe_failures = 0,
