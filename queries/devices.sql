@@ -57,8 +57,23 @@ UPDATE devalloc.devices SET drain = @drain, updated_at = now()
 WHERE id = @id
 RETURNING *;
 
+-- name: EndLeaseForRemoval :one
+-- A forced delete ends the device's lease without freeing the device, which
+-- goes in the same transaction: nobody in line is handed it. Like every
+-- release it locks the lease before the device. A lease whose time had run
+-- out ends as expired.
+UPDATE devalloc.leases l SET
+    released_at = clock_timestamp(),
+    end_reason  = CASE WHEN l.expires_at <= now() THEN 'expired' ELSE 'device_removed' END
+-- Active, by id (see RenewLease for why not released_at IS NULL).
+WHERE l.id = @id AND l.active_device_id IS NOT NULL
+RETURNING l.id;
+
 -- name: DeleteDevice :execrows
-DELETE FROM devalloc.devices WHERE id = @id AND state <> 'leased';
+-- A leased device goes only with the lease this transaction ended
+-- (ended_lease_id, from EndLeaseForRemoval).
+DELETE FROM devalloc.devices
+WHERE id = @id AND (state <> 'leased' OR lease_id = sqlc.narg('ended_lease_id')::uuid);
 
 -- name: SelectorCanMatch :one
 -- Whether at least want registered devices, in any state, fit a selector:

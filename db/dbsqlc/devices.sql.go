@@ -7,6 +7,8 @@ package dbsqlc
 
 import (
 	"context"
+
+	"github.com/google/uuid"
 )
 
 const createDevice = `-- name: CreateDevice :one
@@ -58,15 +60,43 @@ func (q *Queries) CreateDevice(ctx context.Context, arg CreateDeviceParams) (Dev
 }
 
 const deleteDevice = `-- name: DeleteDevice :execrows
-DELETE FROM devalloc.devices WHERE id = $1 AND state <> 'leased'
+DELETE FROM devalloc.devices
+WHERE id = $1 AND (state <> 'leased' OR lease_id = $2::uuid)
 `
 
-func (q *Queries) DeleteDevice(ctx context.Context, id int64) (int64, error) {
-	result, err := q.db.Exec(ctx, deleteDevice, id)
+type DeleteDeviceParams struct {
+	ID           int64
+	EndedLeaseID *uuid.UUID
+}
+
+// A leased device goes only with the lease this transaction ended
+// (ended_lease_id, from EndLeaseForRemoval).
+func (q *Queries) DeleteDevice(ctx context.Context, arg DeleteDeviceParams) (int64, error) {
+	result, err := q.db.Exec(ctx, deleteDevice, arg.ID, arg.EndedLeaseID)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const endLeaseForRemoval = `-- name: EndLeaseForRemoval :one
+UPDATE devalloc.leases l SET
+    released_at = clock_timestamp(),
+    end_reason  = CASE WHEN l.expires_at <= now() THEN 'expired' ELSE 'device_removed' END
+WHERE l.id = $1 AND l.active_device_id IS NOT NULL
+RETURNING l.id
+`
+
+// A forced delete ends the device's lease without freeing the device, which
+// goes in the same transaction: nobody in line is handed it. Like every
+// release it locks the lease before the device. A lease whose time had run
+// out ends as expired.
+// Active, by id (see RenewLease for why not released_at IS NULL).
+func (q *Queries) EndLeaseForRemoval(ctx context.Context, id uuid.UUID) (uuid.UUID, error) {
+	row := q.db.QueryRow(ctx, endLeaseForRemoval, id)
+	var id_2 uuid.UUID
+	err := row.Scan(&id_2)
+	return id_2, err
 }
 
 const getDevice = `-- name: GetDevice :one
