@@ -90,10 +90,16 @@ SELECT s.pool, s.idle, s.leased, s.offline, s.maintenance, s.waiting::bigint AS 
 FROM devalloc.pool_summary s
 ORDER BY s.pool;
 
--- name: IdleDeviceLabels :many
--- The waiter re-check: which idle devices a pool has now, to wake waiters
--- whose notifications were lost. Bounded; one query per pool, never per waiter.
-SELECT id, labels FROM devalloc.devices
-WHERE state = 'idle' AND pool = @pool
-ORDER BY idle_since, id
-LIMIT @max_rows;
+-- name: IdleDevicesFitting :many
+-- The waiter re-check: for each selector that waits at this instance in
+-- the pool (a JSON array of label objects), the labels of one idle device
+-- it fits, if any; a selector nothing idle fits gives no row. It finds a
+-- fitting device however many idle devices fit nobody (one index probe per
+-- selector). One query per pool, never per waiter.
+SELECT fit.labels
+FROM jsonb_array_elements(@selectors::jsonb) AS s(selector)
+CROSS JOIN LATERAL (
+    SELECT d.labels FROM devalloc.devices d
+    WHERE d.pool = @pool AND d.state = 'idle' AND d.labels @> s.selector
+    LIMIT 1
+) fit;
