@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -191,25 +192,63 @@ func (a *Allocator) drain(ctx context.Context, q *dbsqlc.Queries, row dbsqlc.Dev
 	return row, nil
 }
 
+// deleteAttempts bounds how often a forced delete looks again at a device
+// that was leased anew while it ended the lease it had seen.
+const deleteAttempts = 3
+
+// errLeaseChanged: the device's lease is no longer the one the delete
+// ended (or saw ended); the delete looks again.
+var errLeaseChanged = errors.New("the device was leased anew meanwhile")
+
 // DeleteDevice removes a device. A leased device fails with
-// ErrDeviceLeased unless force is set; then its lease ends first with
-// end_reason device_removed. The lease history stays.
+// ErrDeviceLeased unless force is set; then its lease ends with end_reason
+// device_removed in the same transaction as the device goes, so nobody in
+// line is handed the device on the way. The lease history stays.
 func (a *Allocator) DeleteDevice(ctx context.Context, name string, force bool) error {
+	var err error
+	for range deleteAttempts {
+		if err = a.deleteDeviceOnce(ctx, name, force); !errors.Is(err, errLeaseChanged) {
+			break
+		}
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrNotFound) || errors.Is(err, ErrDeviceLeased):
+		return err
+	case errors.Is(err, errLeaseChanged):
+		// Leased again each time a lease ended: an ordinary conflict.
+		return ErrDeviceLeased
+	default:
+		return fmt.Errorf("delete device %q: %w", name, err)
+	}
+}
+
+// deleteDeviceOnce deletes the device in one transaction, ending the lease
+// it saw first when forced (lease, then device: the lock order of every
+// release).
+func (a *Allocator) deleteDeviceOnce(ctx context.Context, name string, force bool) error {
 	dev, err := a.GetDevice(ctx, name)
 	if err != nil {
 		return err
 	}
-	if dev.LeaseID != nil {
-		if !force {
-			return ErrDeviceLeased
-		}
-		// End the lease first, locking lease then device like every release.
-		if _, err := endLease(ctx, a.q, dbsqlc.EndLeaseParams{ID: *dev.LeaseID, EndReason: EndDeviceRemoved}); err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("delete device %q: end its lease: %w", name, err)
-		}
+	if dev.LeaseID != nil && !force {
+		return ErrDeviceLeased
 	}
-	err = pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+	return pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
 		q := a.q.WithTx(tx)
+		var ended *uuid.UUID
+		if dev.LeaseID != nil {
+			id, err := q.EndLeaseForRemoval(ctx, *dev.LeaseID)
+			switch {
+			case err == nil:
+				ended = &id
+			case !errors.Is(err, pgx.ErrNoRows):
+				return fmt.Errorf("end its lease: %w", err)
+			}
+			// No row: the lease ended meanwhile; the device is looked at
+			// as it is now.
+		}
 		row, err := q.LockDevice(ctx, name)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrNotFound
@@ -217,23 +256,23 @@ func (a *Allocator) DeleteDevice(ctx context.Context, name string, force bool) e
 		if err != nil {
 			return err
 		}
-		n, err := q.DeleteDevice(ctx, row.ID)
+		if row.LeaseID != nil && (ended == nil || *row.LeaseID != *ended) {
+			if !force {
+				return ErrDeviceLeased
+			}
+			return errLeaseChanged
+		}
+		n, err := q.DeleteDevice(ctx, dbsqlc.DeleteDeviceParams{ID: row.ID, EndedLeaseID: ended})
 		if err != nil {
 			return err
 		}
 		if n == 0 {
-			// Leased again since we looked.
+			// Cannot happen with the row locked and checked; never delete
+			// a device from under a holder on a guess.
 			return ErrDeviceLeased
 		}
 		return nil
 	})
-	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrDeviceLeased) {
-		return err
-	}
-	if err != nil {
-		return fmt.Errorf("delete device %q: %w", name, err)
-	}
-	return nil
 }
 
 // Pools summarises every pool's devices by state, with its line across all

@@ -98,3 +98,30 @@ func TestPools(t *testing.T) {
 		t.Fatalf("pools = %+v, want %+v", pools, want)
 	}
 }
+
+// A forced delete of a leased device ends the lease and removes the
+// device; nobody in line is handed it on the way.
+func TestForcedDeleteOfALeasedDeviceHandsItToNobody(t *testing.T) {
+	a := newAllocator(t, newDB(t), testConfig(&fakeProber{}))
+	mustCreate(t, a, "x", "lab", "h:1", nil)
+	lease := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
+	waiting := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 2 * time.Second})
+	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	if err := a.DeleteDevice(t.Context(), "x", true); err != nil {
+		t.Fatalf("forced delete of a leased device: %v", err)
+	}
+	if _, err := a.GetDevice(t.Context(), "x"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("device still there: %v", err)
+	}
+	ended, err := a.GetLease(t.Context(), lease.ID)
+	if err != nil || ended.Active() || ended.EndReason != EndDeviceRemoved {
+		t.Fatalf("the holder's lease after the delete: %+v, %v", ended, err)
+	}
+	if r := <-waiting; r.err == nil {
+		t.Fatalf("the waiter was handed %+v", r.lease)
+	}
+	var n int
+	if err := a.pool.QueryRow(t.Context(), `SELECT count(*) FROM devalloc.leases`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("%d leases (%v), want only the holder's", n, err)
+	}
+}

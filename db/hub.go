@@ -304,13 +304,19 @@ func (w *Waiter) signal(ev idleEvent) {
 	}
 }
 
-// waitingPools lists the pools that have waiters, with how many each has.
-func (h *Hub) waitingPools() map[string]int {
+// waitingSelectors lists, per pool that has waiters here, the distinct
+// label selectors they wait with.
+func (h *Hub) waitingSelectors() map[string][]Labels {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make(map[string]int, len(h.pools))
+	out := make(map[string][]Labels, len(h.pools))
 	for name, pw := range h.pools {
-		out[name] = pw.count
+		sels := make([]Labels, 0, len(pw.groups))
+		for _, q := range pw.groups {
+			// Never changed after Join's clone: safe to share.
+			sels = append(sels, q.sel.Labels)
+		}
+		out[name] = sels
 	}
 	return out
 }

@@ -132,8 +132,8 @@ func TestHubForgetsEmptyPools(t *testing.T) {
 	w := h.Join(Selector{Pool: "p", Labels: Labels{"x": "y"}})
 	w.Leave()
 	w.Leave() // twice is harmless
-	if len(h.waitingPools()) != 0 {
-		t.Fatalf("pools with waiters: %v, want none", h.waitingPools())
+	if len(h.waitingSelectors()) != 0 {
+		t.Fatalf("pools with waiters: %v, want none", h.waitingSelectors())
 	}
 }
 

@@ -232,6 +232,12 @@ func (a *Allocator) leaveLine(ctx context.Context, req AcquireRequest, w *Waiter
 		return Lease{}, false, cause
 	}
 	if n == 1 {
+		if req.Count > 1 {
+			// A group in line holds back the idle devices it fits from
+			// the waiters behind it (devalloc.dispatch); gone, it must not
+			// keep them from the line until the next re-check.
+			a.dispatch(ctx, req.Selector.Pool, a.attemptBound(window.remaining()))
+		}
 		if errors.Is(cause, ErrNoDevice) && req.IdempotencyKey != "" {
 			// A retry of this request may have won a device at another
 			// instance meanwhile: that lease is the answer, not a 503.

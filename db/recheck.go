@@ -9,13 +9,10 @@ import (
 	"github.com/devalloc/devalloc/db/dbsqlc"
 )
 
-// maxRecheckRows bounds how many idle devices one re-check reads per pool.
-const maxRecheckRows = 1000
-
-// runRechecker re-reads, about once per RecheckInterval, the idle devices of
-// every pool that has waiters here, and wakes waiters as if each had been
-// notified. It covers lost notifications: one query per pool and instance,
-// however many waiters there are.
+// runRechecker looks, about once per RecheckInterval, for idle devices that
+// fit the selectors waiting here, pool by pool, and wakes waiters as if
+// each had been notified. It covers lost notifications: one query per pool
+// and instance, however many waiters there are.
 func (a *Allocator) runRechecker(ctx context.Context) {
 	timer := time.NewTimer(jitter(a.cfg.RecheckInterval))
 	defer timer.Stop()
@@ -43,26 +40,50 @@ func (a *Allocator) runRechecker(ctx context.Context) {
 func (a *Allocator) recheck(ctx context.Context) {
 	a.clearStranded(ctx)
 	a.recheckServed(ctx)
-	for pool, waiting := range a.hub.waitingPools() {
-		a.recheckQueries.Add(1)
-		rows, err := a.q.IdleDeviceLabels(ctx, dbsqlc.IdleDeviceLabelsParams{
-			Pool:    pool,
-			MaxRows: int32(min(waiting, maxRecheckRows)),
-		})
-		if err != nil {
-			if ctx.Err() == nil {
-				a.log.Warn("re-check of idle devices failed", "pool", pool, "err", err)
-			}
+	for pool, selectors := range a.hub.waitingSelectors() {
+		if !a.recheckPool(ctx, pool, selectors) {
 			return
 		}
-		for _, r := range rows {
-			ev := idleEvent{Pool: pool}
-			if labels, err := decodeLabels(r.Labels); err == nil {
-				ev.Labels, ev.LabelsKnown = labels, true
-			}
-			a.hub.Notify(ev)
-		}
 	}
+}
+
+// recheckPool wakes waiters here for the idle devices of the pool that fit
+// their selectors: for each selector, one device it fits, found however
+// many idle devices fit nobody. A woken waiter runs the pool's dispatch,
+// which serves the whole line. One query, whatever the number of waiters
+// or selectors; false when it failed.
+func (a *Allocator) recheckPool(ctx context.Context, pool string, selectors []Labels) bool {
+	a.recheckQueries.Add(1)
+	rows, err := a.q.IdleDevicesFitting(ctx, dbsqlc.IdleDevicesFittingParams{
+		Pool:      pool,
+		Selectors: encodeSelectors(selectors),
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("re-check of idle devices failed", "pool", pool, "err", err)
+		}
+		return false
+	}
+	for _, raw := range rows {
+		ev := idleEvent{Pool: pool}
+		if labels, err := decodeLabels(raw); err == nil {
+			ev.Labels, ev.LabelsKnown = labels, true
+		}
+		a.hub.Notify(ev)
+	}
+	return true
+}
+
+// encodeSelectors renders label selectors as one JSON array of objects.
+func encodeSelectors(selectors []Labels) []byte {
+	out := []byte{'['}
+	for i, sel := range selectors {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, sel.encode()...)
+	}
+	return append(out, ']')
 }
 
 // recheckServed wakes, as served, the waiters here whose rows left the line

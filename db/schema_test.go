@@ -39,6 +39,7 @@ func TestSchemaRefusesBrokenInvariants(t *testing.T) {
 		"device freed while its lease stays active": `UPDATE devalloc.devices SET state = 'idle', lease_id = NULL WHERE name = '` + held.Device.Name + `'`,
 		"deleting a leased device":                  `DELETE FROM devalloc.devices WHERE name = '` + held.Device.Name + `'`,
 		"labels that are not strings":               `UPDATE devalloc.devices SET labels = '{"n": 1}' WHERE name = '` + other + `'`,
+		"lowering a fencing token":                  `UPDATE devalloc.devices SET fencing_token = 0 WHERE name = '` + held.Device.Name + `'`,
 		"unknown state":                             `UPDATE devalloc.devices SET state = 'broken' WHERE name = '` + other + `'`,
 	}
 	for name, stmt := range cases {

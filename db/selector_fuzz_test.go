@@ -149,8 +149,8 @@ func FuzzSelector(f *testing.F) {
 		if (woken == 1) != a.Contains(b) {
 			t.Fatalf("device %q, selector %q: woke %d, Contains %v", a, b, woken, a.Contains(b))
 		}
-		if len(h.waitingPools()) != 0 {
-			t.Fatalf("hub keeps pools after the waiter left: %v", h.waitingPools())
+		if len(h.waitingSelectors()) != 0 {
+			t.Fatalf("hub keeps pools after the waiter left: %v", h.waitingSelectors())
 		}
 
 		if !valid {

@@ -57,8 +57,23 @@ UPDATE devalloc.devices SET drain = @drain, updated_at = now()
 WHERE id = @id
 RETURNING *;
 
+-- name: EndLeaseForRemoval :one
+-- A forced delete ends the device's lease without freeing the device, which
+-- goes in the same transaction: nobody in line is handed it. Like every
+-- release it locks the lease before the device. A lease whose time had run
+-- out ends as expired.
+UPDATE devalloc.leases l SET
+    released_at = clock_timestamp(),
+    end_reason  = CASE WHEN l.expires_at <= now() THEN 'expired' ELSE 'device_removed' END
+-- Active, by id (see RenewLease for why not released_at IS NULL).
+WHERE l.id = @id AND l.active_device_id IS NOT NULL
+RETURNING l.id;
+
 -- name: DeleteDevice :execrows
-DELETE FROM devalloc.devices WHERE id = @id AND state <> 'leased';
+-- A leased device goes only with the lease this transaction ended
+-- (ended_lease_id, from EndLeaseForRemoval).
+DELETE FROM devalloc.devices
+WHERE id = @id AND (state <> 'leased' OR lease_id = sqlc.narg('ended_lease_id')::uuid);
 
 -- name: SelectorCanMatch :one
 -- Whether at least want registered devices, in any state, fit a selector:
@@ -75,10 +90,16 @@ SELECT s.pool, s.idle, s.leased, s.offline, s.maintenance, s.waiting::bigint AS 
 FROM devalloc.pool_summary s
 ORDER BY s.pool;
 
--- name: IdleDeviceLabels :many
--- The waiter re-check: which idle devices a pool has now, to wake waiters
--- whose notifications were lost. Bounded; one query per pool, never per waiter.
-SELECT id, labels FROM devalloc.devices
-WHERE state = 'idle' AND pool = @pool
-ORDER BY idle_since, id
-LIMIT @max_rows;
+-- name: IdleDevicesFitting :many
+-- The waiter re-check: for each selector that waits at this instance in
+-- the pool (a JSON array of label objects), the labels of one idle device
+-- it fits, if any; a selector nothing idle fits gives no row. It finds a
+-- fitting device however many idle devices fit nobody (one index probe per
+-- selector). One query per pool, never per waiter.
+SELECT fit.labels
+FROM jsonb_array_elements(@selectors::jsonb) AS s(selector)
+CROSS JOIN LATERAL (
+    SELECT d.labels FROM devalloc.devices d
+    WHERE d.pool = @pool AND d.state = 'idle' AND d.labels @> s.selector
+    LIMIT 1
+) fit;

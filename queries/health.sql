@@ -6,8 +6,9 @@
 UPDATE devalloc.devices SET next_probe_at = now() + make_interval(secs => @claim_seconds::float8)
 WHERE id IN (
     SELECT id FROM devalloc.devices
-    WHERE state = 'offline' AND next_probe_at <= now()
-    ORDER BY next_probe_at
+    -- NULL next_probe_at (an admin's or a DBA's state change) is due.
+    WHERE state = 'offline' AND coalesce(next_probe_at, '-infinity'::timestamptz) <= now()
+    ORDER BY coalesce(next_probe_at, '-infinity'::timestamptz)
     LIMIT @batch
     FOR UPDATE SKIP LOCKED
 )
@@ -15,12 +16,15 @@ RETURNING *;
 
 -- name: RecordRecovered :one
 -- The device answers again: back to idle, and straight to the first waiter
--- in line it fits, if any (handed_to; see devalloc.hand_off). No row: it
--- was not offline any more.
+-- in line it fits, if any (handed_to; see devalloc.hand_off). A device an
+-- admin drained while it was leased (it failed its probe when handed over
+-- from the line) goes to maintenance instead. No row: it was not offline
+-- any more.
 WITH recovered AS (
     UPDATE devalloc.devices dv SET
-        state          = 'idle',
-        state_reason   = '',
+        state          = CASE WHEN dv.drain THEN 'maintenance' ELSE 'idle' END,
+        state_reason   = CASE WHEN dv.drain THEN 'drained: maintenance once it answered again' ELSE '' END,
+        drain          = false,
         last_probe_at  = now(),
         last_probe_ok  = true,
         probe_failures = 0,

@@ -45,7 +45,9 @@ RETURNING *;
 -- caller asked, so the caller can tell its holder it had lost the device.
 -- The device is freed only while it still carries this lease and its
 -- fencing token, and goes to maintenance instead of idle when an admin
--- drained it meanwhile. With owner set, only that owner's lease ends (a
+-- drained it meanwhile; a drain that comes too late to stop a handoff (it
+-- committed after this statement began) stays on the device for the new
+-- lease's end. With owner set, only that owner's lease ends (a
 -- holder's release checks ownership in the same statement, one round trip);
 -- NULL ends whoever's it is.
 --
@@ -97,7 +99,10 @@ WITH caller_notifies AS (
     UPDATE devalloc.devices d SET
         state         = CASE WHEN served.id IS NOT NULL THEN 'leased' WHEN d.drain THEN 'maintenance' ELSE 'idle' END,
         state_reason  = CASE WHEN served.id IS NULL AND d.drain THEN 'drained: maintenance once its lease ended' ELSE '' END,
-        drain         = false,
+        -- A drain committed after this statement's snapshot (read in dev,
+        -- so the device went to a waiter anyway) is seen here, under the
+        -- row lock: it stays, for the new lease's end.
+        drain         = CASE WHEN served.id IS NOT NULL THEN d.drain ELSE false END,
         lease_id      = served.lease_id,
         fencing_token = d.fencing_token + CASE WHEN served.id IS NOT NULL THEN 1 ELSE 0 END,
         idle_since    = now(),

@@ -7,6 +7,8 @@ package dbsqlc
 
 import (
 	"context"
+
+	"github.com/google/uuid"
 )
 
 const createDevice = `-- name: CreateDevice :one
@@ -58,15 +60,43 @@ func (q *Queries) CreateDevice(ctx context.Context, arg CreateDeviceParams) (Dev
 }
 
 const deleteDevice = `-- name: DeleteDevice :execrows
-DELETE FROM devalloc.devices WHERE id = $1 AND state <> 'leased'
+DELETE FROM devalloc.devices
+WHERE id = $1 AND (state <> 'leased' OR lease_id = $2::uuid)
 `
 
-func (q *Queries) DeleteDevice(ctx context.Context, id int64) (int64, error) {
-	result, err := q.db.Exec(ctx, deleteDevice, id)
+type DeleteDeviceParams struct {
+	ID           int64
+	EndedLeaseID *uuid.UUID
+}
+
+// A leased device goes only with the lease this transaction ended
+// (ended_lease_id, from EndLeaseForRemoval).
+func (q *Queries) DeleteDevice(ctx context.Context, arg DeleteDeviceParams) (int64, error) {
+	result, err := q.db.Exec(ctx, deleteDevice, arg.ID, arg.EndedLeaseID)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const endLeaseForRemoval = `-- name: EndLeaseForRemoval :one
+UPDATE devalloc.leases l SET
+    released_at = clock_timestamp(),
+    end_reason  = CASE WHEN l.expires_at <= now() THEN 'expired' ELSE 'device_removed' END
+WHERE l.id = $1 AND l.active_device_id IS NOT NULL
+RETURNING l.id
+`
+
+// A forced delete ends the device's lease without freeing the device, which
+// goes in the same transaction: nobody in line is handed it. Like every
+// release it locks the lease before the device. A lease whose time had run
+// out ends as expired.
+// Active, by id (see RenewLease for why not released_at IS NULL).
+func (q *Queries) EndLeaseForRemoval(ctx context.Context, id uuid.UUID) (uuid.UUID, error) {
+	row := q.db.QueryRow(ctx, endLeaseForRemoval, id)
+	var id_2 uuid.UUID
+	err := row.Scan(&id_2)
+	return id_2, err
 }
 
 const getDevice = `-- name: GetDevice :one
@@ -129,38 +159,39 @@ func (q *Queries) GetDeviceByID(ctx context.Context, id int64) (DevallocDevice, 
 	return i, err
 }
 
-const idleDeviceLabels = `-- name: IdleDeviceLabels :many
-SELECT id, labels FROM devalloc.devices
-WHERE state = 'idle' AND pool = $1
-ORDER BY idle_since, id
-LIMIT $2
+const idleDevicesFitting = `-- name: IdleDevicesFitting :many
+SELECT fit.labels
+FROM jsonb_array_elements($1::jsonb) AS s(selector)
+CROSS JOIN LATERAL (
+    SELECT d.labels FROM devalloc.devices d
+    WHERE d.pool = $2 AND d.state = 'idle' AND d.labels @> s.selector
+    LIMIT 1
+) fit
 `
 
-type IdleDeviceLabelsParams struct {
-	Pool    string
-	MaxRows int32
+type IdleDevicesFittingParams struct {
+	Selectors []byte
+	Pool      string
 }
 
-type IdleDeviceLabelsRow struct {
-	ID     int64
-	Labels []byte
-}
-
-// The waiter re-check: which idle devices a pool has now, to wake waiters
-// whose notifications were lost. Bounded; one query per pool, never per waiter.
-func (q *Queries) IdleDeviceLabels(ctx context.Context, arg IdleDeviceLabelsParams) ([]IdleDeviceLabelsRow, error) {
-	rows, err := q.db.Query(ctx, idleDeviceLabels, arg.Pool, arg.MaxRows)
+// The waiter re-check: for each selector that waits at this instance in
+// the pool (a JSON array of label objects), the labels of one idle device
+// it fits, if any; a selector nothing idle fits gives no row. It finds a
+// fitting device however many idle devices fit nobody (one index probe per
+// selector). One query per pool, never per waiter.
+func (q *Queries) IdleDevicesFitting(ctx context.Context, arg IdleDevicesFittingParams) ([][]byte, error) {
+	rows, err := q.db.Query(ctx, idleDevicesFitting, arg.Selectors, arg.Pool)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var items []IdleDeviceLabelsRow
+	var items [][]byte
 	for rows.Next() {
-		var i IdleDeviceLabelsRow
-		if err := rows.Scan(&i.ID, &i.Labels); err != nil {
+		var labels []byte
+		if err := rows.Scan(&labels); err != nil {
 			return nil, err
 		}
-		items = append(items, i)
+		items = append(items, labels)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err

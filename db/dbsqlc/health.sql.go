@@ -16,8 +16,9 @@ const claimOfflineDue = `-- name: ClaimOfflineDue :many
 UPDATE devalloc.devices SET next_probe_at = now() + make_interval(secs => $1::float8)
 WHERE id IN (
     SELECT id FROM devalloc.devices
-    WHERE state = 'offline' AND next_probe_at <= now()
-    ORDER BY next_probe_at
+    -- NULL next_probe_at (an admin's or a DBA's state change) is due.
+    WHERE state = 'offline' AND coalesce(next_probe_at, '-infinity'::timestamptz) <= now()
+    ORDER BY coalesce(next_probe_at, '-infinity'::timestamptz)
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
@@ -74,8 +75,9 @@ func (q *Queries) ClaimOfflineDue(ctx context.Context, arg ClaimOfflineDueParams
 const recordRecovered = `-- name: RecordRecovered :one
 WITH recovered AS (
     UPDATE devalloc.devices dv SET
-        state          = 'idle',
-        state_reason   = '',
+        state          = CASE WHEN dv.drain THEN 'maintenance' ELSE 'idle' END,
+        state_reason   = CASE WHEN dv.drain THEN 'drained: maintenance once it answered again' ELSE '' END,
+        drain          = false,
         last_probe_at  = now(),
         last_probe_ok  = true,
         probe_failures = 0,
@@ -98,8 +100,10 @@ type RecordRecoveredRow struct {
 }
 
 // The device answers again: back to idle, and straight to the first waiter
-// in line it fits, if any (handed_to; see devalloc.hand_off). No row: it
-// was not offline any more.
+// in line it fits, if any (handed_to; see devalloc.hand_off). A device an
+// admin drained while it was leased (it failed its probe when handed over
+// from the line) goes to maintenance instead. No row: it was not offline
+// any more.
 func (q *Queries) RecordRecovered(ctx context.Context, id int64) (RecordRecoveredRow, error) {
 	row := q.db.QueryRow(ctx, recordRecovered, id)
 	var i RecordRecoveredRow

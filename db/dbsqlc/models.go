@@ -100,6 +100,14 @@ type DevallocDeviceEvent struct {
 	At time.Time
 }
 
+// The highest fencing token of each device name whose device was deleted (or renamed away): a device registered under that name again starts from it, so the name's tokens only grow. Rows are never lowered or removed.
+type DevallocFencingFloor struct {
+	// Device name.
+	Name string
+	// The fencing token the name had reached; a new device of this name starts there (its next lease gets token + 1).
+	Token int64
+}
+
 // Running devalloc instances (API servers) that may hold waiting acquires; rows of instances gone for a while are removed with their waiters.
 type DevallocInstance struct {
 	// Instance id, new at every start; also the key of its liveness advisory lock (1685482609, id).
