@@ -1,0 +1,117 @@
+package db
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// livenessLockClass is the first key of every instance's liveness lock
+// (devalloc.instance_alive).
+const livenessLockClass = 1685482609
+
+// ghostInstance is an instance whose host crashed (or was cut off without a
+// FIN/RST): PostgreSQL keeps its listener session, and so its liveness lock,
+// but its heartbeat stopped long ago. A separate session holds the lock
+// until the test ends. It has one waiter per entry of waiters in pool.
+func ghostInstance(t *testing.T, a *Allocator, url, pool string, waiters int) (int64, []uuid.UUID) {
+	t.Helper()
+	var id int64
+	if err := a.pool.QueryRow(t.Context(), `INSERT INTO devalloc.instances (name, seen_at)
+		VALUES ('crashed-host:1', now() - interval '1 hour') RETURNING id`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	session, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { session.Close(context.Background()) })
+	if _, err := session.Exec(t.Context(), `SELECT pg_advisory_lock($1, $2::int4)`, livenessLockClass, id); err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]uuid.UUID, waiters)
+	for i := range ids {
+		ids[i] = uuid.New()
+		if _, err := a.pool.Exec(t.Context(), `INSERT INTO devalloc.waiters (id, instance_id, pool, ranked_at, owner, ttl_seconds)
+			VALUES ($1, $2, $3, clock_timestamp(), 'ghost', 60)`, ids[i], id, pool); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return id, ids
+}
+
+// The waiters of an instance whose liveness lock is still held but whose
+// heartbeat is older than its bound (a crashed host whose session the
+// server keeps) are skipped by a release and by the dispatcher: nobody
+// would collect what they were handed.
+func TestStaleInstanceWaitersAreNotServed(t *testing.T) {
+	url := newDB(t)
+	a := newAllocator(t, url, testConfig(&fakeProber{}))
+	mustCreate(t, a, "d1", "lab", "h:1", nil)
+	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}})
+	ghost, waiters := ghostInstance(t, a, url, "lab", 2)
+
+	var alive bool
+	if err := a.pool.QueryRow(t.Context(), `SELECT devalloc.instance_alive($1)`, ghost).Scan(&alive); err != nil || alive {
+		t.Errorf("instance_alive of a silent instance whose lock is held: %v (%v), want false", alive, err)
+	}
+	if _, err := a.Release(t.Context(), held.ID); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, a, "d2", "lab", "h:2", nil)
+	a.dispatch(t.Context(), "lab", queueBound)
+
+	var handed int
+	if err := a.pool.QueryRow(t.Context(), `SELECT count(*) FROM devalloc.leases WHERE waiter_id = ANY($1)`, waiters).Scan(&handed); err != nil || handed != 0 {
+		t.Fatalf("%d leases handed to the waiters of a crashed host (%v)", handed, err)
+	}
+	for _, name := range []string{"d1", "d2"} {
+		if d := mustDevice(t, a, name); d.State != StateIdle {
+			t.Fatalf("%s with only a crashed host's waiters in line is %s, want idle", name, d.State)
+		}
+	}
+}
+
+// An instance whose heartbeat is fresh and whose lock is held is alive:
+// the bound on the heartbeat's age does not skip live waiters.
+func TestFreshInstanceIsAlive(t *testing.T) {
+	url := newDB(t)
+	a := newAllocator(t, url, testConfig(&fakeProber{}))
+	var alive bool
+	if err := a.pool.QueryRow(t.Context(), `SELECT devalloc.instance_alive($1)`, a.instanceID.Load()).Scan(&alive); err != nil || !alive {
+		t.Fatalf("instance_alive of a running instance: %v (%v), want true", alive, err)
+	}
+}
+
+// After an outage long enough for another instance to remove this
+// instance's row, a request that waits still joins the line (the instance
+// puts its row back) and is served, rather than failing on the waiters'
+// foreign key.
+func TestJoinAfterTheInstanceRowWasRemoved(t *testing.T) {
+	url := newDB(t)
+	a := newAllocator(t, url, testConfig(&fakeProber{}))
+	mustCreate(t, a, "d1", "lab", "h:1", nil)
+	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
+	if _, err := a.pool.Exec(t.Context(), `DELETE FROM devalloc.instances WHERE id = $1`, a.instanceID.Load()); err != nil {
+		t.Fatal(err)
+	}
+
+	waiting := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 10 * time.Second, Owner: "w"})
+	joined := func() bool { return queueLength(t, a, "lab") == 1 }
+	for !joined() {
+		select {
+		case r := <-waiting:
+			t.Fatalf("acquire with wait after the instance row went: %+v %v, want it in line", r.lease, r.err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if _, err := a.Release(t.Context(), held.ID); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-waiting; r.err != nil || r.lease.Owner != "w" {
+		t.Fatalf("the waiter after its instance row was put back: %+v %v", r.lease, r.err)
+	}
+}
