@@ -56,7 +56,7 @@ func TestStaleInstanceWaitersAreNotServed(t *testing.T) {
 
 	var alive bool
 	if err := a.pool.QueryRow(t.Context(), `SELECT devalloc.instance_alive($1)`, ghost).Scan(&alive); err != nil || alive {
-		t.Errorf("instance_alive of a silent instance whose lock is held: %v (%v), want false", alive, err)
+		t.Fatalf("instance_alive of a silent instance whose lock is held: %v (%v), want false", alive, err)
 	}
 	if _, err := a.Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,12 @@
 -- The queue: waiting acquires across all instances (migrations/00014).
 
 -- name: RegisterInstance :one
-INSERT INTO devalloc.instances (name) VALUES (@name) RETURNING id;
+-- silent_seconds: how long the instance may go without a heartbeat and
+-- still count as alive (3 x its heartbeat interval; see
+-- devalloc.instance_alive).
+INSERT INTO devalloc.instances (name, silent_after)
+VALUES (@name, make_interval(secs => @silent_seconds::float8))
+RETURNING id;
 
 -- name: TakeLivenessLock :one
 -- Run on the listener's session: the lock lives as long as it does (see
@@ -9,12 +14,19 @@ INSERT INTO devalloc.instances (name) VALUES (@name) RETURNING id;
 -- holds it.
 SELECT pg_try_advisory_lock(1685482609, (@id::bigint)::int4) AS taken;
 
--- name: InstanceHeartbeat :exec
--- Marks the instance alive; recreates its row (same id) if another
--- instance removed it while this one was cut off.
-INSERT INTO devalloc.instances (id, name, seen_at) OVERRIDING SYSTEM VALUE
-VALUES (@id, @name, now())
-ON CONFLICT (id) DO UPDATE SET seen_at = now();
+-- name: InstanceHeartbeat :one
+-- Marks the instance alive (and restates its bound); recreates its row
+-- (same id) if another instance removed it while this one was cut off.
+-- recreated: the row was gone, and with it this instance's waiters' rows.
+INSERT INTO devalloc.instances (id, name, seen_at, silent_after) OVERRIDING SYSTEM VALUE
+VALUES (@id, @name, now(), make_interval(secs => @silent_seconds::float8))
+ON CONFLICT (id) DO UPDATE SET seen_at = now(), silent_after = excluded.silent_after
+RETURNING (xmax = 0) AS recreated;
+
+-- name: InstanceAlive :one
+-- Whether the line counts the instance as alive (its lock is held and its
+-- heartbeat is within its bound).
+SELECT devalloc.instance_alive(@id::bigint) AS alive;
 
 -- name: DeregisterInstance :exec
 -- A clean stop: the instance's waiters have been answered; their rows (if
@@ -22,10 +34,14 @@ ON CONFLICT (id) DO UPDATE SET seen_at = now();
 DELETE FROM devalloc.instances WHERE id = @id;
 
 -- name: ForgetGoneInstances :execrows
--- Instances that stopped without deregistering (killed, crashed): no
--- heartbeat for a while and nobody holds their liveness lock. Their waiters
--- go with them (ON DELETE CASCADE); they were never served meanwhile, the
--- line skipping them from the moment their listener session ended.
+-- Instances that stopped without deregistering (killed, crashed, cut off):
+-- silent for silent_seconds (3 x the caller's heartbeat interval) and not
+-- alive (devalloc.instance_alive: nobody holds their liveness lock, or their
+-- heartbeat is older than their own bound, whether or not the server still
+-- keeps their listener session). The line has been skipping their waiters
+-- since; the waiters go with them (ON DELETE CASCADE). An instance that was
+-- only cut off puts its row back at its next heartbeat or join, and its
+-- waiters rejoin at their old places.
 DELETE FROM devalloc.instances i
 WHERE i.seen_at < now() - make_interval(secs => @silent_seconds::float8)
   AND NOT devalloc.instance_alive(i.id);

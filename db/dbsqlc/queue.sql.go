@@ -202,10 +202,14 @@ WHERE i.seen_at < now() - make_interval(secs => $1::float8)
   AND NOT devalloc.instance_alive(i.id)
 `
 
-// Instances that stopped without deregistering (killed, crashed): no
-// heartbeat for a while and nobody holds their liveness lock. Their waiters
-// go with them (ON DELETE CASCADE); they were never served meanwhile, the
-// line skipping them from the moment their listener session ended.
+// Instances that stopped without deregistering (killed, crashed, cut off):
+// silent for silent_seconds (3 x the caller's heartbeat interval) and not
+// alive (devalloc.instance_alive: nobody holds their liveness lock, or their
+// heartbeat is older than their own bound, whether or not the server still
+// keeps their listener session). The line has been skipping their waiters
+// since; the waiters go with them (ON DELETE CASCADE). An instance that was
+// only cut off puts its row back at its next heartbeat or join, and its
+// waiters rejoin at their old places.
 func (q *Queries) ForgetGoneInstances(ctx context.Context, silentSeconds float64) (int64, error) {
 	result, err := q.db.Exec(ctx, forgetGoneInstances, silentSeconds)
 	if err != nil {
@@ -303,22 +307,40 @@ func (q *Queries) GroupLeases(ctx context.Context, groupID *uuid.UUID) ([]GroupL
 	return items, nil
 }
 
-const instanceHeartbeat = `-- name: InstanceHeartbeat :exec
-INSERT INTO devalloc.instances (id, name, seen_at) OVERRIDING SYSTEM VALUE
-VALUES ($1, $2, now())
-ON CONFLICT (id) DO UPDATE SET seen_at = now()
+const instanceAlive = `-- name: InstanceAlive :one
+SELECT devalloc.instance_alive($1::bigint) AS alive
+`
+
+// Whether the line counts the instance as alive (its lock is held and its
+// heartbeat is within its bound).
+func (q *Queries) InstanceAlive(ctx context.Context, id int64) (bool, error) {
+	row := q.db.QueryRow(ctx, instanceAlive, id)
+	var alive bool
+	err := row.Scan(&alive)
+	return alive, err
+}
+
+const instanceHeartbeat = `-- name: InstanceHeartbeat :one
+INSERT INTO devalloc.instances (id, name, seen_at, silent_after) OVERRIDING SYSTEM VALUE
+VALUES ($1, $2, now(), make_interval(secs => $3::float8))
+ON CONFLICT (id) DO UPDATE SET seen_at = now(), silent_after = excluded.silent_after
+RETURNING (xmax = 0) AS recreated
 `
 
 type InstanceHeartbeatParams struct {
-	ID   int64
-	Name string
+	ID            int64
+	Name          string
+	SilentSeconds float64
 }
 
-// Marks the instance alive; recreates its row (same id) if another
-// instance removed it while this one was cut off.
-func (q *Queries) InstanceHeartbeat(ctx context.Context, arg InstanceHeartbeatParams) error {
-	_, err := q.db.Exec(ctx, instanceHeartbeat, arg.ID, arg.Name)
-	return err
+// Marks the instance alive (and restates its bound); recreates its row
+// (same id) if another instance removed it while this one was cut off.
+// recreated: the row was gone, and with it this instance's waiters' rows.
+func (q *Queries) InstanceHeartbeat(ctx context.Context, arg InstanceHeartbeatParams) (bool, error) {
+	row := q.db.QueryRow(ctx, instanceHeartbeat, arg.ID, arg.Name, arg.SilentSeconds)
+	var recreated bool
+	err := row.Scan(&recreated)
+	return recreated, err
 }
 
 const listQueue = `-- name: ListQueue :many
@@ -400,12 +422,22 @@ func (q *Queries) QueueBusy(ctx context.Context, pool string) (bool, error) {
 
 const registerInstance = `-- name: RegisterInstance :one
 
-INSERT INTO devalloc.instances (name) VALUES ($1) RETURNING id
+INSERT INTO devalloc.instances (name, silent_after)
+VALUES ($1, make_interval(secs => $2::float8))
+RETURNING id
 `
 
+type RegisterInstanceParams struct {
+	Name          string
+	SilentSeconds float64
+}
+
 // The queue: waiting acquires across all instances (migrations/00014).
-func (q *Queries) RegisterInstance(ctx context.Context, name string) (int64, error) {
-	row := q.db.QueryRow(ctx, registerInstance, name)
+// silent_seconds: how long the instance may go without a heartbeat and
+// still count as alive (3 x its heartbeat interval; see
+// devalloc.instance_alive).
+func (q *Queries) RegisterInstance(ctx context.Context, arg RegisterInstanceParams) (int64, error) {
+	row := q.db.QueryRow(ctx, registerInstance, arg.Name, arg.SilentSeconds)
 	var id int64
 	err := row.Scan(&id)
 	return id, err
