@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/devalloc/devalloc/db/dbsqlc"
 )
@@ -141,4 +142,41 @@ func (a *Allocator) heartbeat(ctx context.Context, id int64) (recreated bool, er
 func instanceName() string {
 	host, _ := os.Hostname()
 	return fmt.Sprintf("%s:%d", host, os.Getpid())
+}
+
+// isInstanceRowGone: a join failed because this instance's row is gone
+// (the waiters' foreign key to devalloc.instances).
+func isInstanceRowGone(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == sqlstateForeignKeyViolation &&
+		pgErr.ConstraintName == "waiters_instance_id_fkey"
+}
+
+const sqlstateForeignKeyViolation = "23503"
+
+// restoreInstance puts back this instance's row (same id) after another
+// instance removed it, and checks that the line counts it as alive again:
+// its listener's session still holds the liveness lock and LISTENs on the
+// served channel (both keyed by the unchanged id). If not, the listener is
+// reconnecting and takes them again; until then the join is refused as a
+// transient failure, since a waiter the line skips would never be served.
+// The instance's other waiters lost their rows with it: a re-check wakes
+// them to rejoin at their places.
+func (a *Allocator) restoreInstance(ctx context.Context, id int64) error {
+	recreated, err := a.heartbeat(ctx, id)
+	if err != nil {
+		return fmt.Errorf("put back the row of instance %d: %w", id, err)
+	}
+	if recreated {
+		a.log.Warn("this instance's row had been removed (its heartbeat was silent past its bound); put it back", "instance", id)
+		a.requestRecheck()
+	}
+	alive, err := a.q.InstanceAlive(ctx, id)
+	if err != nil {
+		return fmt.Errorf("check the liveness of instance %d: %w", id, err)
+	}
+	if !alive || !a.listener.connected() {
+		return fmt.Errorf("instance %d holds no liveness lock (its listener is reconnecting): %w", id, errNotRegistered)
+	}
+	return nil
 }

@@ -115,3 +115,29 @@ func TestJoinAfterTheInstanceRowWasRemoved(t *testing.T) {
 		t.Fatalf("the waiter after its instance row was put back: %+v %v", r.lease, r.err)
 	}
 }
+
+// A request already waiting when another instance removed this instance's
+// row (taking the waiter's row with it) is not lost: when the heartbeat puts
+// the row back, the waiter learns its row went and rejoins at its place,
+// and is served by the next release.
+func TestWaitersRejoinWhenTheHeartbeatPutsTheRowBack(t *testing.T) {
+	url := newDB(t)
+	cfg := testConfig(&fakeProber{})
+	cfg.HeartbeatInterval = 100 * time.Millisecond
+	a := newAllocator(t, url, cfg)
+	mustCreate(t, a, "d1", "lab", "h:1", nil)
+	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
+	waiting := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 20 * time.Second, Owner: "w"})
+	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+
+	if _, err := a.pool.Exec(t.Context(), `DELETE FROM devalloc.instances WHERE id = $1`, a.instanceID.Load()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the waiter back in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	if _, err := a.Release(t.Context(), held.ID); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-waiting; r.err != nil || r.lease.Owner != "w" {
+		t.Fatalf("the waiter whose row went with its instance's: %+v %v", r.lease, r.err)
+	}
+}
