@@ -19,9 +19,16 @@ const livenessLockClass = 1685482609
 // until the test ends. It has one waiter per entry of waiters in pool.
 func ghostInstance(t *testing.T, a *Allocator, url, pool string, waiters int) (int64, []uuid.UUID) {
 	t.Helper()
+	return ghostInstanceSilentFor(t, a, url, pool, waiters, time.Hour)
+}
+
+// ghostInstanceSilentFor is ghostInstance whose last heartbeat was silent
+// ago (its bound being the default 30 s).
+func ghostInstanceSilentFor(t *testing.T, a *Allocator, url, pool string, waiters int, silent time.Duration) (int64, []uuid.UUID) {
+	t.Helper()
 	var id int64
 	if err := a.pool.QueryRow(t.Context(), `INSERT INTO devalloc.instances (name, seen_at)
-		VALUES ('crashed-host:1', now() - interval '1 hour') RETURNING id`).Scan(&id); err != nil {
+		VALUES ('crashed-host:1', now() - make_interval(secs => $1)) RETURNING id`, silent.Seconds()).Scan(&id); err != nil {
 		t.Fatal(err)
 	}
 	session, err := pgx.Connect(t.Context(), url)
@@ -139,5 +146,37 @@ func TestWaitersRejoinWhenTheHeartbeatPutsTheRowBack(t *testing.T) {
 	}
 	if r := <-waiting; r.err != nil || r.lease.Owner != "w" {
 		t.Fatalf("the waiter whose row went with its instance's: %+v %v", r.lease, r.err)
+	}
+}
+
+// The rows of an instance whose session lingers are kept for a while (it
+// may only have been cut off, by a database restart say, and will beat
+// again), but not for ever: past 10 x its bound they go, lock or not.
+func TestForgettingALingeringInstanceWaitsLonger(t *testing.T) {
+	url := newDB(t)
+	a := newAllocator(t, url, testConfig(&fakeProber{}))
+	recent, _ := ghostInstanceSilentFor(t, a, url, "lab", 1, time.Minute)
+	old, _ := ghostInstanceSilentFor(t, a, url, "lab", 1, time.Hour)
+	if _, err := a.q.ForgetGoneInstances(t.Context(), 0.1); err != nil {
+		t.Fatal(err)
+	}
+	left := map[int64]bool{}
+	rows, err := a.pool.Query(t.Context(), `SELECT id FROM devalloc.instances`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		left[id] = true
+	}
+	if !left[recent] || left[old] || !left[a.instanceID.Load()] {
+		t.Fatalf("instances left %v: want the one silent for a minute (%d) and the live one (%d), not the one silent for an hour (%d)",
+			ids, recent, a.instanceID.Load(), old)
+	}
+	if n := queueLength(t, a, "lab"); n != 1 {
+		t.Fatalf("%d waiters left, want the lingering instance's one", n)
 	}
 }

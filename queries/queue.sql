@@ -35,16 +35,20 @@ DELETE FROM devalloc.instances WHERE id = @id;
 
 -- name: ForgetGoneInstances :execrows
 -- Instances that stopped without deregistering (killed, crashed, cut off):
--- silent for silent_seconds (3 x the caller's heartbeat interval) and not
--- alive (devalloc.instance_alive: nobody holds their liveness lock, or their
--- heartbeat is older than their own bound, whether or not the server still
--- keeps their listener session). The line has been skipping their waiters
--- since; the waiters go with them (ON DELETE CASCADE). An instance that was
--- only cut off puts its row back at its next heartbeat or join, and its
+-- silent for silent_seconds (3 x the caller's heartbeat interval), not alive
+-- (devalloc.instance_alive), and either nobody holds their liveness lock or
+-- they have been silent for 10 x their own bound. The line has been skipping
+-- their waiters since; the waiters go with them (ON DELETE CASCADE). An
+-- instance whose session lingers (a crashed host the server has not given up
+-- on; keepalives end it within ~30 s) keeps its rows a while: one that was
+-- only cut off, e.g. by a database restart, then finds them in place. One
+-- whose row went anyway puts it back at its next heartbeat or join, and its
 -- waiters rejoin at their old places.
 DELETE FROM devalloc.instances i
 WHERE i.seen_at < now() - make_interval(secs => @silent_seconds::float8)
-  AND NOT devalloc.instance_alive(i.id);
+  AND NOT devalloc.instance_alive(i.id)
+  AND (i.seen_at < now() - 10 * i.silent_after
+       OR pg_try_advisory_xact_lock_shared(1685482609, i.id::int4));
 
 -- name: EnqueueWaiter :one
 -- Puts a request in its pool's line. ranked_at is the arrival time moved
