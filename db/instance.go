@@ -34,6 +34,21 @@ func (a *Allocator) claimLiveness(ctx context.Context, conn *pgx.Conn) error {
 		}
 		a.instanceID.Store(id)
 		a.log.Info("instance registered", "instance", id, "name", name)
+	} else {
+		// A reconnect, maybe after an outage past the heartbeat bound: beat
+		// now rather than at the keeper's next turn, so the line counts this
+		// instance alive again as soon as it has its lock back (and its row
+		// is back if another instance removed it). The reconnect's re-check
+		// then wakes the waiters that were skipped or lost their rows.
+		recreated, err := dbsqlc.New(conn).InstanceHeartbeat(ctx, dbsqlc.InstanceHeartbeatParams{
+			ID: id, Name: instanceName(), SilentSeconds: a.silentAfter().Seconds(),
+		})
+		if err != nil {
+			return fmt.Errorf("heartbeat of instance %d on reconnect: %w", id, err)
+		}
+		if recreated {
+			a.log.Warn("this instance's row had been removed while it was cut off; put it back", "instance", id)
+		}
 	}
 	// try: a session of ours that the network cut off may hold it still;
 	// then the listener retries until that session is gone.

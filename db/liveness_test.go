@@ -180,3 +180,45 @@ func TestForgettingALingeringInstanceWaitsLonger(t *testing.T) {
 		t.Fatalf("%d waiters left, want the lingering instance's one", n)
 	}
 }
+
+// An instance whose listener reconnects after an outage past its heartbeat
+// bound beats at once, so its waiters are served again as soon as it has
+// its lock back, not one heartbeat interval later.
+func TestReconnectedInstanceBeatsAtOnce(t *testing.T) {
+	url := newDB(t)
+	cfg := testConfig(&fakeProber{})
+	cfg.HeartbeatInterval = time.Hour // only the reconnect beats
+	a := newAllocator(t, url, cfg)
+	mustCreate(t, a, "d1", "lab", "h:1", nil)
+	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
+	waiting := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 20 * time.Second, Owner: "w"})
+	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+
+	// The outage: silent past the bound, and the listener's session cut.
+	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.instances SET seen_at = now() - silent_after - interval '1 minute' WHERE id = $1`, a.instanceID.Load()); err != nil {
+		t.Fatal(err)
+	}
+	var oldPID int
+	if err := a.pool.QueryRow(t.Context(), `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND granted`, livenessLockClass).Scan(&oldPID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.pool.Exec(t.Context(), `SELECT pg_terminate_backend($1)`, oldPID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the listener to take its lock again", func() bool {
+		var pid int
+		err := a.pool.QueryRow(t.Context(), `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND granted`, livenessLockClass).Scan(&pid)
+		return err == nil && pid != oldPID
+	})
+	if _, err := a.Release(t.Context(), held.ID); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-waiting:
+		if r.err != nil || r.lease.Owner != "w" {
+			t.Fatalf("the waiter of a reconnected instance: %+v %v", r.lease, r.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiter of a reconnected instance was not served within 10 s of a release")
+	}
+}
