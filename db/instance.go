@@ -127,7 +127,9 @@ func (a *Allocator) runInstanceKeeper(ctx context.Context) {
 						"instance", id, "silent_for", time.Since(lastBeat).Round(time.Millisecond), "bound", a.silentAfter())
 				}
 			case err == nil:
-				if gap := started.Sub(lastBeat); recreated || gap > a.silentAfter()/2 {
+				// Since the last beat was sent: at least as long as the line
+				// went without one from this instance.
+				if gap := time.Since(lastBeat); recreated || gap > a.silentAfter()/2 {
 					a.log.Warn("heartbeat resumed after a gap; re-checking this instance's waiters",
 						"instance", id, "gap", gap.Round(time.Millisecond), "row_recreated", recreated)
 					a.requestRecheck()

@@ -222,3 +222,47 @@ func TestReconnectedInstanceBeatsAtOnce(t *testing.T) {
 		t.Fatal("the waiter of a reconnected instance was not served within 10 s of a release")
 	}
 }
+
+// While this instance's heartbeat cannot get through for longer than its
+// bound, the line skips its waiters (a device freed meanwhile stays idle);
+// when the heartbeat resumes they are re-checked and served, not left
+// waiting for a notice that will never come.
+func TestWaitersSkippedWhileTheHeartbeatFailedAreServedWhenItResumes(t *testing.T) {
+	url := newDB(t)
+	cfg := testConfig(&fakeProber{})
+	cfg.HeartbeatInterval = 100 * time.Millisecond
+	a := newAllocator(t, url, cfg)
+	mustCreate(t, a, "d1", "lab", "h:1", nil)
+	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
+	waiting := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 20 * time.Second, Owner: "w"})
+	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+
+	// A DBA's lock holds the heartbeat back (reads go on).
+	dba := dbaLock(t, url, "devalloc.instances", "EXCLUSIVE")
+	waitFor(t, "the line to count this instance dead", func() bool {
+		var alive bool
+		if err := a.pool.QueryRow(t.Context(), `SELECT devalloc.instance_alive($1)`, a.instanceID.Load()).Scan(&alive); err != nil {
+			t.Fatal(err)
+		}
+		return !alive
+	})
+	// Released at another instance; the notice it sends would be handled
+	// while this instance is still skipped, so it is left out (silent).
+	if _, err := silentInstance(a).Release(t.Context(), held.ID); err != nil {
+		t.Fatal(err)
+	}
+	if d := mustDevice(t, a, "d1"); d.State != StateIdle {
+		t.Fatalf("d1 released while its only waiter's instance is silent: %s, want idle", d.State)
+	}
+	if err := dba.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-waiting:
+		if r.err != nil || r.lease.Owner != "w" {
+			t.Fatalf("the waiter skipped while its heartbeat failed: %+v %v", r.lease, r.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiter skipped while its heartbeat failed was not served within 10 s of the heartbeat resuming")
+	}
+}

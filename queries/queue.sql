@@ -18,9 +18,11 @@ SELECT pg_try_advisory_lock(1685482609, (@id::bigint)::int4) AS taken;
 -- Marks the instance alive (and restates its bound); recreates its row
 -- (same id) if another instance removed it while this one was cut off.
 -- recreated: the row was gone, and with it this instance's waiters' rows.
+-- clock_timestamp(): a heartbeat that waited (on a DBA's lock, say) marks
+-- the instance alive from when it got through, not from when it was sent.
 INSERT INTO devalloc.instances (id, name, seen_at, silent_after) OVERRIDING SYSTEM VALUE
-VALUES (@id, @name, now(), make_interval(secs => @silent_seconds::float8))
-ON CONFLICT (id) DO UPDATE SET seen_at = now(), silent_after = excluded.silent_after
+VALUES (@id, @name, clock_timestamp(), make_interval(secs => @silent_seconds::float8))
+ON CONFLICT (id) DO UPDATE SET seen_at = clock_timestamp(), silent_after = excluded.silent_after
 RETURNING (xmax = 0) AS recreated;
 
 -- name: InstanceAlive :one

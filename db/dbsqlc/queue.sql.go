@@ -326,8 +326,8 @@ func (q *Queries) InstanceAlive(ctx context.Context, id int64) (bool, error) {
 
 const instanceHeartbeat = `-- name: InstanceHeartbeat :one
 INSERT INTO devalloc.instances (id, name, seen_at, silent_after) OVERRIDING SYSTEM VALUE
-VALUES ($1, $2, now(), make_interval(secs => $3::float8))
-ON CONFLICT (id) DO UPDATE SET seen_at = now(), silent_after = excluded.silent_after
+VALUES ($1, $2, clock_timestamp(), make_interval(secs => $3::float8))
+ON CONFLICT (id) DO UPDATE SET seen_at = clock_timestamp(), silent_after = excluded.silent_after
 RETURNING (xmax = 0) AS recreated
 `
 
@@ -340,6 +340,8 @@ type InstanceHeartbeatParams struct {
 // Marks the instance alive (and restates its bound); recreates its row
 // (same id) if another instance removed it while this one was cut off.
 // recreated: the row was gone, and with it this instance's waiters' rows.
+// clock_timestamp(): a heartbeat that waited (on a DBA's lock, say) marks
+// the instance alive from when it got through, not from when it was sent.
 func (q *Queries) InstanceHeartbeat(ctx context.Context, arg InstanceHeartbeatParams) (bool, error) {
 	row := q.db.QueryRow(ctx, instanceHeartbeat, arg.ID, arg.Name, arg.SilentSeconds)
 	var recreated bool
