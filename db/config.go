@@ -47,8 +47,10 @@ type Config struct {
 	// just passed a health probe, or was put back by an operator.
 	ProbeOnHandoff bool
 	// HeartbeatInterval is how often this instance marks itself alive in
-	// devalloc.instances and removes instances silent for
-	// 3 x HeartbeatInterval whose listener is gone; default 10 s.
+	// devalloc.instances; default 10 s. An instance silent for
+	// 3 x its HeartbeatInterval is dead for the line even if its listener
+	// session (and liveness lock) lingers, and is removed, with its waiters,
+	// once also silent for 3 x the remover's interval.
 	HeartbeatInterval time.Duration
 	// RecheckInterval is how often (jittered) each pool with waiters is
 	// re-read, in case a notification was lost.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/devalloc/devalloc/db/dbsqlc"
 )
@@ -38,11 +39,28 @@ func (a *Allocator) claimLiveness(ctx context.Context, conn *pgx.Conn) error {
 	if id == 0 {
 		name := instanceName()
 		var err error
-		if id, err = dbsqlc.New(conn).RegisterInstance(ctx, name); err != nil {
+		if id, err = dbsqlc.New(conn).RegisterInstance(ctx, dbsqlc.RegisterInstanceParams{
+			Name: name, SilentSeconds: a.silentAfter().Seconds(),
+		}); err != nil {
 			return fmt.Errorf("register instance: %w", err)
 		}
 		a.instanceID.Store(id)
 		a.log.Info("instance registered", "instance", id, "name", name)
+	} else {
+		// A reconnect, maybe after an outage past the heartbeat bound: beat
+		// now rather than at the keeper's next turn, so the line counts this
+		// instance alive again as soon as it has its lock back (and its row
+		// is back if another instance removed it). The reconnect's re-check
+		// then wakes the waiters that were skipped or lost their rows.
+		recreated, err := dbsqlc.New(conn).InstanceHeartbeat(ctx, dbsqlc.InstanceHeartbeatParams{
+			ID: id, Name: instanceName(), SilentSeconds: a.silentAfter().Seconds(),
+		})
+		if err != nil {
+			return fmt.Errorf("heartbeat of instance %d on reconnect: %w", id, err)
+		}
+		if recreated {
+			a.log.Warn("this instance's row had been removed while it was cut off; put it back", "instance", id)
+		}
 	}
 	if err := takeLivenessLock(ctx, conn, id); err != nil {
 		return err
@@ -88,10 +106,27 @@ func servedChannel(instance int64) string {
 	return fmt.Sprintf("devalloc_served_%d", instance)
 }
 
+// silentAfter is how long this instance may go without a heartbeat and
+// still count as alive for the line (devalloc.instances.silent_after, read
+// by devalloc.instance_alive): three heartbeat intervals, so one late or
+// lost heartbeat is not fatal, while a crashed host whose session the
+// server keeps stops being served within 30 s (with the default 10 s).
+func (a *Allocator) silentAfter() time.Duration {
+	return 3 * a.cfg.HeartbeatInterval
+}
+
 // runInstanceKeeper marks this instance alive every HeartbeatInterval and
-// removes instances that stopped without saying so (with their waiters,
-// which the line has been skipping since their listener session ended). On
-// stop it removes this instance's own row.
+// removes instances that stopped or were cut off (with their waiters, which
+// the line has been skipping since; see ForgetGoneInstances). On stop it
+// removes this instance's own row.
+//
+// While its own heartbeat fails for longer than half its bound, other
+// instances may be skipping this one's waiters: devices freed meanwhile go
+// to others or stay idle, and nothing will tell these waiters. So when the
+// heartbeat succeeds again after such a gap (or had to put the row back,
+// which took the waiters' rows with it), a full re-check runs: it wakes the
+// waiters whose rows went (they rejoin at their old places) and the others
+// to dispatch the idle devices they fit.
 func (a *Allocator) runInstanceKeeper(ctx context.Context) {
 	defer func() {
 		id := a.instanceID.Load()
@@ -104,6 +139,8 @@ func (a *Allocator) runInstanceKeeper(ctx context.Context) {
 			a.log.Warn("could not deregister instance; others remove it later", "instance", id, "err", err)
 		}
 	}()
+	lastBeat := time.Now() // registration wrote seen_at
+	warned := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -111,22 +148,84 @@ func (a *Allocator) runInstanceKeeper(ctx context.Context) {
 		case <-time.After(jitter(a.cfg.HeartbeatInterval)):
 		}
 		if id := a.instanceID.Load(); id != 0 {
-			if err := a.q.InstanceHeartbeat(ctx, dbsqlc.InstanceHeartbeatParams{ID: id, Name: instanceName()}); err != nil && ctx.Err() == nil {
+			started := time.Now()
+			recreated, err := a.heartbeat(ctx, id)
+			switch {
+			case err != nil && ctx.Err() == nil:
 				a.log.Warn("instance heartbeat failed", "instance", id, "err", err)
+				if !warned && time.Since(lastBeat) > a.silentAfter() {
+					warned = true
+					a.log.Warn("heartbeat failing past its bound: other instances skip this instance's waiters until it resumes",
+						"instance", id, "silent_for", time.Since(lastBeat).Round(time.Millisecond), "bound", a.silentAfter())
+				}
+			case err == nil:
+				// Since the last beat was sent: at least as long as the line
+				// went without one from this instance.
+				if gap := time.Since(lastBeat); recreated || gap > a.silentAfter()/2 {
+					a.log.Warn("heartbeat resumed after a gap; re-checking this instance's waiters",
+						"instance", id, "gap", gap.Round(time.Millisecond), "row_recreated", recreated)
+					a.requestRecheck()
+				}
+				lastBeat, warned = started, false
 			}
 		}
-		n, err := a.q.ForgetGoneInstances(ctx, (3 * a.cfg.HeartbeatInterval).Seconds())
+		n, err := a.q.ForgetGoneInstances(ctx, a.silentAfter().Seconds())
 		if err != nil && ctx.Err() == nil {
 			a.log.Warn("removing gone instances failed", "err", err)
 		}
 		if n > 0 {
-			a.log.Info("removed instances that stopped without deregistering, with their waiters", "instances", n)
+			a.log.Info("removed instances that stopped or were cut off, with their waiters", "instances", n)
 		}
 	}
+}
+
+// heartbeat marks the instance alive, putting its row back if another
+// instance removed it; recreated says it had to.
+func (a *Allocator) heartbeat(ctx context.Context, id int64) (recreated bool, err error) {
+	return a.q.InstanceHeartbeat(ctx, dbsqlc.InstanceHeartbeatParams{
+		ID: id, Name: instanceName(), SilentSeconds: a.silentAfter().Seconds(),
+	})
 }
 
 // instanceName is host:pid, for people reading devalloc.instances.
 func instanceName() string {
 	host, _ := os.Hostname()
 	return fmt.Sprintf("%s:%d", host, os.Getpid())
+}
+
+// isInstanceRowGone: a join failed because this instance's row is gone
+// (the waiters' foreign key to devalloc.instances).
+func isInstanceRowGone(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == sqlstateForeignKeyViolation &&
+		pgErr.ConstraintName == "waiters_instance_id_fkey"
+}
+
+const sqlstateForeignKeyViolation = "23503"
+
+// restoreInstance puts back this instance's row (same id) after another
+// instance removed it, and checks that the line counts it as alive again:
+// its listener's session still holds the liveness lock and LISTENs on the
+// served channel (both keyed by the unchanged id). If not, the listener is
+// reconnecting and takes them again; until then the join is refused as a
+// transient failure, since a waiter the line skips would never be served.
+// The instance's other waiters lost their rows with it: a re-check wakes
+// them to rejoin at their places.
+func (a *Allocator) restoreInstance(ctx context.Context, id int64) error {
+	recreated, err := a.heartbeat(ctx, id)
+	if err != nil {
+		return fmt.Errorf("put back the row of instance %d: %w", id, err)
+	}
+	if recreated {
+		a.log.Warn("this instance's row had been removed (its heartbeat was silent past its bound); put it back", "instance", id)
+		a.requestRecheck()
+	}
+	alive, err := a.q.InstanceAlive(ctx, id)
+	if err != nil {
+		return fmt.Errorf("check the liveness of instance %d: %w", id, err)
+	}
+	if !alive || !a.listener.connected() {
+		return fmt.Errorf("instance %d holds no liveness lock (its listener is reconnecting): %w", id, errNotRegistered)
+	}
+	return nil
 }

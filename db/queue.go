@@ -173,6 +173,15 @@ func (a *Allocator) enqueue(ctx context.Context, req AcquireRequest, id uuid.UUI
 	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
 	defer cancel()
 	row, err := a.q.EnqueueWaiter(stmtCtx, params)
+	if isInstanceRowGone(err) {
+		// Another instance removed this one's row (an outage past its
+		// heartbeat bound): put it back, then join.
+		if rerr := a.restoreInstance(stmtCtx, instance); rerr != nil {
+			err = rerr
+		} else {
+			row, err = a.q.EnqueueWaiter(stmtCtx, params)
+		}
+	}
 	if err != nil {
 		// Cut off by the bound just as it committed, the row may be there:
 		// take it out again, as far as one more try goes.

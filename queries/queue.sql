@@ -1,7 +1,12 @@
 -- The queue: waiting acquires across all instances (migrations/00014).
 
 -- name: RegisterInstance :one
-INSERT INTO devalloc.instances (name) VALUES (@name) RETURNING id;
+-- silent_seconds: how long the instance may go without a heartbeat and
+-- still count as alive (3 x its heartbeat interval; see
+-- devalloc.instance_alive).
+INSERT INTO devalloc.instances (name, silent_after)
+VALUES (@name, make_interval(secs => @silent_seconds::float8))
+RETURNING id;
 
 -- name: TakeLivenessLock :one
 -- Run on the listener's session: the lock lives as long as it does (see
@@ -9,12 +14,21 @@ INSERT INTO devalloc.instances (name) VALUES (@name) RETURNING id;
 -- holds it.
 SELECT pg_try_advisory_lock(1685482609, (@id::bigint)::int4) AS taken;
 
--- name: InstanceHeartbeat :exec
--- Marks the instance alive; recreates its row (same id) if another
--- instance removed it while this one was cut off.
-INSERT INTO devalloc.instances (id, name, seen_at) OVERRIDING SYSTEM VALUE
-VALUES (@id, @name, now())
-ON CONFLICT (id) DO UPDATE SET seen_at = now();
+-- name: InstanceHeartbeat :one
+-- Marks the instance alive (and restates its bound); recreates its row
+-- (same id) if another instance removed it while this one was cut off.
+-- recreated: the row was gone, and with it this instance's waiters' rows.
+-- clock_timestamp(): a heartbeat that waited (on a DBA's lock, say) marks
+-- the instance alive from when it got through, not from when it was sent.
+INSERT INTO devalloc.instances (id, name, seen_at, silent_after) OVERRIDING SYSTEM VALUE
+VALUES (@id, @name, clock_timestamp(), make_interval(secs => @silent_seconds::float8))
+ON CONFLICT (id) DO UPDATE SET seen_at = clock_timestamp(), silent_after = excluded.silent_after
+RETURNING (xmax = 0) AS recreated;
+
+-- name: InstanceAlive :one
+-- Whether the line counts the instance as alive (its lock is held and its
+-- heartbeat is within its bound).
+SELECT devalloc.instance_alive(@id::bigint) AS alive;
 
 -- name: DeregisterInstance :exec
 -- A clean stop: the instance's waiters have been answered; their rows (if
@@ -22,13 +36,21 @@ ON CONFLICT (id) DO UPDATE SET seen_at = now();
 DELETE FROM devalloc.instances WHERE id = @id;
 
 -- name: ForgetGoneInstances :execrows
--- Instances that stopped without deregistering (killed, crashed): no
--- heartbeat for a while and nobody holds their liveness lock. Their waiters
--- go with them (ON DELETE CASCADE); they were never served meanwhile, the
--- line skipping them from the moment their listener session ended.
+-- Instances that stopped without deregistering (killed, crashed, cut off):
+-- silent for silent_seconds (3 x the caller's heartbeat interval), not alive
+-- (devalloc.instance_alive), and either nobody holds their liveness lock or
+-- they have been silent for 10 x their own bound. The line has been skipping
+-- their waiters since; the waiters go with them (ON DELETE CASCADE). An
+-- instance whose session lingers (a crashed host the server has not given up
+-- on; keepalives end it within ~30 s) keeps its rows a while: one that was
+-- only cut off, e.g. by a database restart, then finds them in place. One
+-- whose row went anyway puts it back at its next heartbeat or join, and its
+-- waiters rejoin at their old places.
 DELETE FROM devalloc.instances i
 WHERE i.seen_at < now() - make_interval(secs => @silent_seconds::float8)
-  AND NOT devalloc.instance_alive(i.id);
+  AND NOT devalloc.instance_alive(i.id)
+  AND (i.seen_at < now() - 10 * i.silent_after
+       OR pg_try_advisory_xact_lock_shared(1685482609, i.id::int4));
 
 -- name: EnqueueWaiter :one
 -- Puts a request in its pool's line. ranked_at is the arrival time moved

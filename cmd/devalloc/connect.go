@@ -14,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/devalloc/devalloc/db/keepalive"
 )
 
 // connectTimeout bounds each connection attempt at start-up when the URL
@@ -28,17 +30,31 @@ const (
 	sqlstateObjectInUse        = "55006" // the template is busy
 )
 
-// parseConnConfig parses a database URL with a clear error and a bounded
-// connect timeout.
+// parseConnConfig parses a database URL with a clear error, a bounded
+// connect timeout and TCP keepalives (see tuneConn).
 func parseConnConfig(databaseURL string) (*pgx.ConnConfig, error) {
 	cfg, err := pgx.ParseConfig(databaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("invalid database URL (--database-url / DATABASE_URL): %s", oneLine(err))
 	}
+	if err := tuneConn(&cfg.Config); err != nil {
+		return nil, fmt.Errorf("invalid database URL (--database-url / DATABASE_URL): %w", err)
+	}
+	return cfg, nil
+}
+
+// tuneConn bounds the connect time (unless the URL sets connect_timeout)
+// and makes the connection notice a vanished peer within seconds on both
+// ends: TCP keepalives and tcp_user_timeout on the client's socket, and
+// the server's tcp_keepalives_* for the session (db/keepalive; libpq's
+// keepalives* and tcp_user_timeout in the URL override the defaults).
+// Without them the server keeps the session of a crashed host, and its
+// instance's liveness lock, for 15 minutes to hours.
+func tuneConn(cfg *pgconn.Config) error {
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = connectTimeout
 	}
-	return cfg, nil
+	return keepalive.Apply(cfg)
 }
 
 // checkDatabase connects once to the database that databaseURL names and
@@ -138,8 +154,8 @@ func openPool(ctx context.Context, databaseURL string, maxConns int, sessionPara
 			cfg.ConnConfig.RuntimeParams[k] = v
 		}
 	}
-	if cfg.ConnConfig.ConnectTimeout == 0 {
-		cfg.ConnConfig.ConnectTimeout = connectTimeout
+	if err := tuneConn(&cfg.ConnConfig.Config); err != nil {
+		return nil, fmt.Errorf("invalid database URL (--database-url / DATABASE_URL): %w", err)
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
@@ -162,8 +178,10 @@ func listenConfig(url string) (*pgx.ConnConfig, error) {
 	if err != nil {
 		return nil, usageError{error: fmt.Errorf("invalid --listen-database-url: %s", oneLine(err))}
 	}
-	if cfg.ConnectTimeout == 0 {
-		cfg.ConnectTimeout = connectTimeout
+	// The listener's session holds the instance's liveness lock: of all
+	// connections it most needs to end with its host.
+	if err := tuneConn(&cfg.Config); err != nil {
+		return nil, usageError{error: fmt.Errorf("invalid --listen-database-url: %w", err)}
 	}
 	return cfg, nil
 }

@@ -112,7 +112,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.durationVar(&c.lockTO, "lock-timeout", "DEVALLOC_LOCK_TIMEOUT", 5*time.Second, "PostgreSQL lock_timeout on this instance's connections")
 	fs.intVar(&c.maxWaitingKey, "max-waiting-per-key", "DEVALLOC_MAX_WAITING_PER_KEY", httpapi.DefaultMaxWaitingPerKey, "acquires one API key may have waiting on this instance at once; past it, 429 with Retry-After")
 	fs.durationVar(&c.priorityAging, "priority-aging", "DEVALLOC_PRIORITY_AGING", time.Minute, "waiting this long in a pool's line ranks an acquire like one a priority level higher, so low priorities are served in the end")
-	fs.durationVar(&c.heartbeat, "heartbeat-interval", "DEVALLOC_HEARTBEAT_INTERVAL", 10*time.Second, "how often this instance marks itself alive in devalloc.instances; the waiters of an instance silent for three intervals (and whose listener session is gone) are removed from the line")
+	fs.durationVar(&c.heartbeat, "heartbeat-interval", "DEVALLOC_HEARTBEAT_INTERVAL", 10*time.Second, "how often this instance marks itself alive in devalloc.instances; an instance silent for three intervals is dead for the line even if the server keeps its session, and its waiters are removed from the line")
 	fs.stringVar(&c.handoffProbe, "handoff-probe", "DEVALLOC_HANDOFF_PROBE", handoffProbe, "a device freed and handed straight to a waiting acquire: \"probe\" it first (one that fails goes offline and the waiter keeps its place) or \"trust\" it as its last holder left it")
 	fs.intVar(&c.clientMaxPriority, "client-max-priority", "DEVALLOC_CLIENT_MAX_PRIORITY", httpapi.DefaultMaxClientPriority, "highest acquire priority a client key may ask for (0-100; admin keys may use up to 100); above it, 403")
 	c.logs.register(fs)

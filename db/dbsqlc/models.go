@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // Leases in force now, with their device and owner; expires_in is negative for a lapsed lease the reaper has not ended yet.
@@ -116,8 +117,10 @@ type DevallocInstance struct {
 	Name string
 	// When the instance registered.
 	StartedAt time.Time
-	// Last heartbeat (every ~10 s).
+	// Last heartbeat (every --heartbeat-interval, 10 s by default); older than silent_after, the instance counts as dead for the line even if its lock is held.
 	SeenAt time.Time
+	// How long the instance may go without a heartbeat and still count as alive: 3 x its heartbeat interval (30 s by default), written by the instance at registration and every heartbeat.
+	SilentAfter pgtype.Interval
 }
 
 // Leases, active (released_at IS NULL) and ended: the ended rows are the audit history.
@@ -184,7 +187,7 @@ type DevallocPoolSummary struct {
 	OldestWait  int32
 }
 
-// The line of every pool in serving order: position 1 is served first when a device it fits is free. Waiters of instances whose listener is gone are left out (the line skips them; they are removed after ~3 heartbeats).
+// The line of every pool in serving order: position 1 is served first when a device it fits is free. Waiters of instances that are not alive (listener session gone, or no heartbeat for 3 intervals) are left out: the line skips them, and their rows are removed with their instance.
 type DevallocQueue struct {
 	Pool       string
 	Position   int64

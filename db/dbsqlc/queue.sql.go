@@ -223,12 +223,20 @@ const forgetGoneInstances = `-- name: ForgetGoneInstances :execrows
 DELETE FROM devalloc.instances i
 WHERE i.seen_at < now() - make_interval(secs => $1::float8)
   AND NOT devalloc.instance_alive(i.id)
+  AND (i.seen_at < now() - 10 * i.silent_after
+       OR pg_try_advisory_xact_lock_shared(1685482609, i.id::int4))
 `
 
-// Instances that stopped without deregistering (killed, crashed): no
-// heartbeat for a while and nobody holds their liveness lock. Their waiters
-// go with them (ON DELETE CASCADE); they were never served meanwhile, the
-// line skipping them from the moment their listener session ended.
+// Instances that stopped without deregistering (killed, crashed, cut off):
+// silent for silent_seconds (3 x the caller's heartbeat interval), not alive
+// (devalloc.instance_alive), and either nobody holds their liveness lock or
+// they have been silent for 10 x their own bound. The line has been skipping
+// their waiters since; the waiters go with them (ON DELETE CASCADE). An
+// instance whose session lingers (a crashed host the server has not given up
+// on; keepalives end it within ~30 s) keeps its rows a while: one that was
+// only cut off, e.g. by a database restart, then finds them in place. One
+// whose row went anyway puts it back at its next heartbeat or join, and its
+// waiters rejoin at their old places.
 func (q *Queries) ForgetGoneInstances(ctx context.Context, silentSeconds float64) (int64, error) {
 	result, err := q.db.Exec(ctx, forgetGoneInstances, silentSeconds)
 	if err != nil {
@@ -327,22 +335,42 @@ func (q *Queries) GroupLeases(ctx context.Context, groupID *uuid.UUID) ([]GroupL
 	return items, nil
 }
 
-const instanceHeartbeat = `-- name: InstanceHeartbeat :exec
-INSERT INTO devalloc.instances (id, name, seen_at) OVERRIDING SYSTEM VALUE
-VALUES ($1, $2, now())
-ON CONFLICT (id) DO UPDATE SET seen_at = now()
+const instanceAlive = `-- name: InstanceAlive :one
+SELECT devalloc.instance_alive($1::bigint) AS alive
+`
+
+// Whether the line counts the instance as alive (its lock is held and its
+// heartbeat is within its bound).
+func (q *Queries) InstanceAlive(ctx context.Context, id int64) (bool, error) {
+	row := q.db.QueryRow(ctx, instanceAlive, id)
+	var alive bool
+	err := row.Scan(&alive)
+	return alive, err
+}
+
+const instanceHeartbeat = `-- name: InstanceHeartbeat :one
+INSERT INTO devalloc.instances (id, name, seen_at, silent_after) OVERRIDING SYSTEM VALUE
+VALUES ($1, $2, clock_timestamp(), make_interval(secs => $3::float8))
+ON CONFLICT (id) DO UPDATE SET seen_at = clock_timestamp(), silent_after = excluded.silent_after
+RETURNING (xmax = 0) AS recreated
 `
 
 type InstanceHeartbeatParams struct {
-	ID   int64
-	Name string
+	ID            int64
+	Name          string
+	SilentSeconds float64
 }
 
-// Marks the instance alive; recreates its row (same id) if another
-// instance removed it while this one was cut off.
-func (q *Queries) InstanceHeartbeat(ctx context.Context, arg InstanceHeartbeatParams) error {
-	_, err := q.db.Exec(ctx, instanceHeartbeat, arg.ID, arg.Name)
-	return err
+// Marks the instance alive (and restates its bound); recreates its row
+// (same id) if another instance removed it while this one was cut off.
+// recreated: the row was gone, and with it this instance's waiters' rows.
+// clock_timestamp(): a heartbeat that waited (on a DBA's lock, say) marks
+// the instance alive from when it got through, not from when it was sent.
+func (q *Queries) InstanceHeartbeat(ctx context.Context, arg InstanceHeartbeatParams) (bool, error) {
+	row := q.db.QueryRow(ctx, instanceHeartbeat, arg.ID, arg.Name, arg.SilentSeconds)
+	var recreated bool
+	err := row.Scan(&recreated)
+	return recreated, err
 }
 
 const listQueue = `-- name: ListQueue :many
@@ -424,12 +452,22 @@ func (q *Queries) QueueBusy(ctx context.Context, pool string) (bool, error) {
 
 const registerInstance = `-- name: RegisterInstance :one
 
-INSERT INTO devalloc.instances (name) VALUES ($1) RETURNING id
+INSERT INTO devalloc.instances (name, silent_after)
+VALUES ($1, make_interval(secs => $2::float8))
+RETURNING id
 `
 
+type RegisterInstanceParams struct {
+	Name          string
+	SilentSeconds float64
+}
+
 // The queue: waiting acquires across all instances (migrations/00014).
-func (q *Queries) RegisterInstance(ctx context.Context, name string) (int64, error) {
-	row := q.db.QueryRow(ctx, registerInstance, name)
+// silent_seconds: how long the instance may go without a heartbeat and
+// still count as alive (3 x its heartbeat interval; see
+// devalloc.instance_alive).
+func (q *Queries) RegisterInstance(ctx context.Context, arg RegisterInstanceParams) (int64, error) {
+	row := q.db.QueryRow(ctx, registerInstance, arg.Name, arg.SilentSeconds)
 	var id int64
 	err := row.Scan(&id)
 	return id, err

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/devalloc/devalloc/db/keepalive"
 	"github.com/devalloc/devalloc/migrations"
 )
 
@@ -32,6 +33,11 @@ type Migrator struct {
 func Open(ctx context.Context, databaseURL string, logger *slog.Logger) (*Migrator, error) {
 	cfg, err := pgx.ParseConfig(databaseURL)
 	if err != nil {
+		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	// libpq's keepalive settings in the URL are devalloc's to apply, not
+	// parameters for the server; a migration's connection wants them too.
+	if err := keepalive.Apply(&cfg.Config); err != nil {
 		return nil, fmt.Errorf("parse database url: %w", err)
 	}
 	db := stdlib.OpenDB(*cfg)
