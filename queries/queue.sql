@@ -137,7 +137,7 @@ ORDER BY l.device_name;
 -- lease's own, or, in a group, the first lease's (whose device answered and
 -- is given back after). Otherwise the waiter would be dropped as "the key
 -- already has a lease" and its retry answered with this dead one. The key
--- is kept in given_up_idempotency_key, for audit only (see migrations/00016).
+-- is kept in given_up_idempotency_key, for audit only (see migrations/00015).
 WITH failed AS (
     SELECT l.id, l.group_id FROM devalloc.leases l WHERE l.id = @id
 ), ended AS (

@@ -211,7 +211,7 @@ type FailHandedLeaseParams struct {
 // lease's own, or, in a group, the first lease's (whose device answered and
 // is given back after). Otherwise the waiter would be dropped as "the key
 // already has a lease" and its retry answered with this dead one. The key
-// is kept in given_up_idempotency_key, for audit only (see migrations/00016).
+// is kept in given_up_idempotency_key, for audit only (see migrations/00015).
 func (q *Queries) FailHandedLease(ctx context.Context, arg FailHandedLeaseParams) (int64, error) {
 	row := q.db.QueryRow(ctx, failHandedLease, arg.Reason, arg.RetryInSeconds, arg.ID)
 	var id int64
