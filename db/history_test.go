@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,7 +20,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/devalloc/devalloc/db/dbtest/pgcluster"
 	"github.com/devalloc/devalloc/db/history"
+	"github.com/devalloc/devalloc/db/migrate"
+	"github.com/devalloc/devalloc/db/probe"
 )
 
 // TestHistoryLinearizable is the checker: three allocator instances (own
@@ -26,11 +31,12 @@ import (
 // without waits, keys (retried, also at another instance, also twice at
 // once), groups and priorities, renewing (also right at expiry), releasing,
 // vanishing; faults meanwhile (every connection of the database
-// terminated, a DBA's table lock, devices failing their probes, one
-// instance killed and replaced). Every call and answer is recorded with its
-// times and the history is checked, device by device, against the
-// sequential model in db/history with porcupine; the database's own
-// invariants are checked after the run.
+// terminated, a connection cut just after a statement went out, a DBA's
+// table lock, devices failing their probes, one instance killed and
+// replaced, PostgreSQL restarted fast or as a crash, on a private cluster).
+// Every call and answer is recorded with its times and the history is
+// checked, device by device, against the sequential model in db/history
+// with porcupine; the database's own invariants are checked after the run.
 //
 // Seeds: DEVALLOC_HISTORY_SEED=n reruns one seed (the same schedule of
 // choices; timing differs). Short mode (make test): 2 random seeds of
@@ -57,16 +63,50 @@ func TestHistoryLinearizable(t *testing.T) {
 			list = append(list, base+uint64(i))
 		}
 	}
+	// A private cluster where PostgreSQL's programs are installed (CI, a
+	// developer's machine with PostgreSQL), so the run can restart it;
+	// otherwise the shared server, never restarted.
+	var cluster *pgcluster.Cluster
+	if pgcluster.Available() {
+		cluster = pgcluster.Start(t)
+	} else {
+		t.Logf("no PostgreSQL programs in %s: histories run on the shared server, without restarts", pgcluster.BinDir())
+	}
 	for _, seed := range list {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			runHistory(t, seed, duration)
+			runHistory(t, cluster, seed, duration)
 		})
 	}
 }
 
+// histDatabase is a freshly migrated database for one run: on the private
+// cluster when there is one, else on the shared server.
+func histDatabase(t *testing.T, cluster *pgcluster.Cluster) string {
+	t.Helper()
+	if cluster == nil {
+		return newDB(t)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	name := "hist_" + strings.ReplaceAll(uuid.NewString()[:8], "-", "")
+	conn, err := pgx.Connect(ctx, cluster.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("create database %s: %v", name, err)
+	}
+	url := strings.Replace(cluster.URL, "/postgres?", "/"+name+"?", 1)
+	if err := migrate.Up(ctx, url, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatalf("migrate %s: %v", name, err)
+	}
+	return url
+}
+
 // histConfig: a short TTL, and reaper, re-checker and health checker
 // running often, so expiries, handoffs and probes happen all the time.
-func histConfig(p *fakeProber) Config {
+func histConfig(p probe.Prober) Config {
 	cfg := testConfig(p)
 	cfg.ReapInterval = 50 * time.Millisecond
 	cfg.RecheckInterval = 250 * time.Millisecond
@@ -87,12 +127,15 @@ func histConfig(p *fakeProber) Config {
 // terminated (so its liveness lock goes), and the calls of its clients are
 // cut off; it never deregisters.
 type histInstance struct {
-	name   string
-	a      *Allocator
-	pool   *pgxpool.Pool
-	dead   atomic.Bool
-	alive  context.Context
-	cutOff context.CancelFunc
+	name string
+	a    *Allocator
+	pool *pgxpool.Pool
+	dead atomic.Bool
+	// cutWrites: that many of its next writes lose their connection just
+	// after going out (see cutMidStatement).
+	cutWrites atomic.Int32
+	alive     context.Context
+	cutOff    context.CancelFunc
 }
 
 func startHistInstance(t *testing.T, url, name string, cfg Config) *histInstance {
@@ -108,7 +151,11 @@ func startHistInstance(t *testing.T, url, name string, cfg Config) *histInstance
 		if h.dead.Load() {
 			return nil, fmt.Errorf("%s was killed", name)
 		}
-		return dialer.DialContext(ctx, network, addr)
+		conn, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &cutConn{Conn: conn, cuts: &h.cutWrites}, nil
 	}
 	h.pool, err = pgxpool.NewWithConfig(t.Context(), pc)
 	if err != nil {
@@ -136,6 +183,9 @@ type histRun struct {
 	end    time.Time
 	prober *fakeProber
 	rec    history.Recorder
+	// cluster is the private PostgreSQL the run restarts; nil on the
+	// shared server, where the run does not restart it.
+	cluster *pgcluster.Cluster
 
 	mu        sync.Mutex
 	instances []*histInstance
@@ -161,10 +211,10 @@ const (
 	histPool    = "farm"
 )
 
-func runHistory(t *testing.T, seed uint64, duration time.Duration) {
-	url := newDB(t)
-	r := &histRun{t: t, url: url, seed: seed, prober: &fakeProber{}, told: map[string]told{}}
-	cfg := histConfig(r.prober)
+func runHistory(t *testing.T, cluster *pgcluster.Cluster, seed uint64, duration time.Duration) {
+	url := histDatabase(t, cluster)
+	r := &histRun{t: t, url: url, seed: seed, prober: &fakeProber{}, told: map[string]told{}, cluster: cluster}
+	cfg := histConfig(slowProber{r.prober})
 	for i := range 3 {
 		r.instances = append(r.instances, startHistInstance(t, url, fmt.Sprintf("hist-%d", i), cfg))
 	}
@@ -506,130 +556,6 @@ func sleepFor(d time.Duration) {
 	if d > 0 {
 		time.Sleep(d)
 	}
-}
-
-// ---- faults ----
-
-func (r *histRun) fault(kind string) {
-	v, _ := r.faults.LoadOrStore(kind, new(atomic.Int64))
-	v.(*atomic.Int64).Add(1)
-}
-
-func (r *histRun) faultSummary() string {
-	s := ""
-	r.faults.Range(func(k, v any) bool {
-		s += fmt.Sprintf("%s %d, ", k, v.(*atomic.Int64).Load())
-		return true
-	})
-	return s
-}
-
-// injectFaults runs the seeded fault schedule until the run ends: a DBA's
-// table lock for a few hundred ms (mostly on leases, where renews, releases
-// and the reaper meet), every connection of the database terminated, a
-// probed device dying for a while, and once, mid-run, an instance killed
-// and a fresh one started in its place.
-func (r *histRun) injectFaults(rng *rand.Rand, duration time.Duration, cfg Config) {
-	killAt := time.Now().Add(duration * 2 / 5)
-	killed := false
-	var flaps sync.WaitGroup
-	defer flaps.Wait()
-	for time.Now().Before(r.end) {
-		sleepFor(time.Duration(400+rng.IntN(800)) * time.Millisecond)
-		if !killed && time.Now().After(killAt) {
-			killed = true
-			r.killInstance(rng, cfg)
-			continue
-		}
-		switch p := rng.IntN(100); {
-		case p < 45:
-			r.dbaLock("devalloc.leases", time.Duration(150+rng.IntN(450))*time.Millisecond)
-		case p < 52:
-			r.dbaLock([]string{"devalloc.devices", "devalloc.waiters"}[rng.IntN(2)], time.Duration(100+rng.IntN(300))*time.Millisecond)
-		case p < 70:
-			r.terminateAll("")
-			r.fault("terminate every connection")
-		default:
-			addr := fmt.Sprintf("h:%d", histDevices-1-rng.IntN(4))
-			down := time.Duration(300+rng.IntN(700)) * time.Millisecond
-			r.prober.setDead(addr, true)
-			r.fault("device fails its probes")
-			flaps.Add(1)
-			go func() {
-				defer flaps.Done()
-				time.Sleep(down)
-				r.prober.setDead(addr, false)
-			}()
-		}
-	}
-}
-
-// adminConn is a connection of the test's own, outside every instance.
-func (r *histRun) adminConn() (*pgx.Conn, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return pgx.Connect(ctx, r.url)
-}
-
-// dbaLock holds LOCK TABLE table IN EXCLUSIVE MODE for d: reads go on,
-// every write to the table waits.
-func (r *histRun) dbaLock(table string, d time.Duration) {
-	conn, err := r.adminConn()
-	if err != nil {
-		r.t.Logf("dba lock: %v", err)
-		return
-	}
-	defer conn.Close(context.Background())
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return
-	}
-	defer tx.Rollback(context.Background()) //nolint:errcheck // ends the lock
-	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '1s'; LOCK TABLE "+table+" IN EXCLUSIVE MODE"); err != nil {
-		return
-	}
-	r.fault("DBA lock on " + table)
-	time.Sleep(d)
-}
-
-// terminateAll ends every session of the test database (of one
-// application_name when app is set) but its own.
-func (r *histRun) terminateAll(app string) {
-	conn, err := r.adminConn()
-	if err != nil {
-		r.t.Logf("terminate: %v", err)
-		return
-	}
-	defer conn.Close(context.Background())
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := conn.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-		WHERE datname = current_database() AND pid <> pg_backend_pid() AND ($1 = '' OR application_name = $1)`, app); err != nil {
-		r.t.Logf("terminate: %v", err)
-	}
-}
-
-// killInstance kills one instance as kill -9 would (see histInstance) and
-// starts a fresh one in its place.
-func (r *histRun) killInstance(rng *rand.Rand, cfg Config) {
-	r.mu.Lock()
-	i := rng.IntN(len(r.instances))
-	victim := r.instances[i]
-	r.mu.Unlock()
-	victim.dead.Store(true)
-	r.terminateAll(victim.name)
-	victim.cutOff()
-	// A connection that was being dialled at that moment.
-	time.Sleep(50 * time.Millisecond)
-	r.terminateAll(victim.name)
-	r.fault("instance killed")
-	fresh := startHistInstance(r.t, r.url, victim.name+"'", cfg)
-	r.mu.Lock()
-	r.instances[i] = fresh
-	r.killed = append(r.killed, victim)
-	r.mu.Unlock()
 }
 
 // ---- the database's own invariants ----

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/devalloc/devalloc/db/dbtest/pgcluster"
 	"github.com/devalloc/devalloc/httpapi/client"
 )
 
@@ -221,8 +222,8 @@ func (w *readyWatch) firstAfter(i int, t time.Time, code int) (readySample, bool
 // 500, never a hang); afterwards every instance is ready again and grants
 // devices, without being restarted.
 func TestChaosPostgresRestart(t *testing.T) {
-	pc := startPrivateCluster(t)
-	h := newHarness(t, scenario{serverURL: pc.url})
+	pc := pgcluster.Start(t)
+	h := newHarness(t, scenario{serverURL: pc.URL})
 	h.addTCPDevices("dev", "farm", 5)
 	h.addSlowDevices("slow", "farm", 1, 100*time.Millisecond)
 	pids := make([]int, len(h.insts))
@@ -236,7 +237,7 @@ func TestChaosPostgresRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(h.ctx, 2*time.Minute)
 	defer cancel()
 	stoppedAt := time.Now()
-	if err := pc.stop(ctx, "immediate"); err != nil {
+	if err := pc.Stop(ctx, "immediate"); err != nil {
 		t.Fatal(err)
 	}
 	h.fault("PostgreSQL stopped (pg_ctl stop -m immediate)")
@@ -244,7 +245,7 @@ func TestChaosPostgresRestart(t *testing.T) {
 	time.Sleep(5 * time.Second)
 	grantsDown := h.stats.get("acquire", "201") - grantsBefore
 	startedAt := time.Now()
-	if err := pc.start(ctx); err != nil {
+	if err := pc.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	h.fault("PostgreSQL started again (down %v)", startedAt.Sub(stoppedAt).Round(100*time.Millisecond))

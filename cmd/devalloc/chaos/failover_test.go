@@ -102,7 +102,7 @@ func runFailover(t *testing.T, spec failoverSpec) {
 	if spec.sync {
 		mode = "synchronous"
 	}
-	h.note("replication: %s (primary :%d, standby :%d); instances' DATABASE_URL %s", mode, pair.primary.port, pair.standby.port, withDatabase(pair.url, h.db.name))
+	h.note("replication: %s (primary :%d, standby :%d); instances' DATABASE_URL %s", mode, pair.primary.Port, pair.standby.Port, withDatabase(pair.url, h.db.name))
 
 	// A TTL longer than the outage (kill to promotion, ~3 s): the holder of
 	// a grant the promoted server lost still holds it when the device is

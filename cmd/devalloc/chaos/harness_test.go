@@ -21,6 +21,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/devalloc/devalloc/db/dbtest/pgcluster"
 	"github.com/devalloc/devalloc/httpapi/client"
 )
 
@@ -210,7 +211,7 @@ func newHarness(t *testing.T, sc scenario) *harness {
 	instURL := withParams(h.db.url, sc.urlParams)
 	for i := range sc.instances {
 		ip := fmt.Sprintf("127.0.0.%d", 11+i)
-		port, err := freePort(ip)
+		port, err := pgcluster.FreePort(ip)
 		if err != nil {
 			t.Fatal(err)
 		}

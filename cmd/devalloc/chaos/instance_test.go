@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/devalloc/devalloc/db/dbtest/pgcluster"
 	"github.com/devalloc/devalloc/httpapi/client"
 )
 
@@ -268,7 +269,7 @@ func (in *instance) logTail(n int) string {
 	if err != nil {
 		return err.Error()
 	}
-	return tail(string(b), n)
+	return pgcluster.Tail(string(b), n)
 }
 
 // logCount counts log lines that contain every one of subs.

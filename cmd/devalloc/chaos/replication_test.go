@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/devalloc/devalloc/db/dbtest/pgcluster"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -26,7 +27,7 @@ const standbyName = "standby1"
 // proxy of the harness's (the network between the two), which can stall
 // the stream and cut it.
 type replicatedPair struct {
-	primary, standby *privateCluster
+	primary, standby *pgcluster.Cluster
 	proxy            *walProxy
 	sync             bool
 	// url is the multi-host URL of the pair's maintenance database with
@@ -38,37 +39,37 @@ type replicatedPair struct {
 // until the standby streams (as a synchronous standby when sync).
 func startReplicatedPair(t *testing.T, sync bool) *replicatedPair {
 	t.Helper()
-	skipWithoutPostgres(t, "initdb", "pg_ctl", "pg_basebackup")
-	sweepPrivateClusters(t)
+	pgcluster.SkipWithout(t, "initdb", "pg_ctl", "pg_basebackup")
+	pgcluster.Sweep(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	p := &replicatedPair{sync: sync, primary: newClusterDir(t)}
-	p.primary.settings = []string{"wal_level=replica", "max_wal_senders=4", "synchronous_commit=on"}
+	p := &replicatedPair{sync: sync, primary: pgcluster.NewDir(t)}
+	p.primary.Settings = []string{"wal_level=replica", "max_wal_senders=4", "synchronous_commit=on"}
 	if sync {
 		// Asynchronous is the default (an empty list).
-		p.primary.settings = append(p.primary.settings, "synchronous_standby_names="+standbyName)
+		p.primary.Settings = append(p.primary.Settings, "synchronous_standby_names="+standbyName)
 	}
-	if out, err := p.primary.pgCommand(ctx, "initdb", "-D", p.primary.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync").CombinedOutput(); err != nil {
+	if out, err := p.primary.Command(ctx, "initdb", "-D", p.primary.Data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync").CombinedOutput(); err != nil {
 		t.Fatalf("initdb: %v\n%s", err, out)
 	}
-	if err := p.primary.start(ctx); err != nil {
+	if err := p.primary.Start(ctx); err != nil {
 		t.Fatalf("primary: %v", err)
 	}
 	var err error
-	if p.proxy, err = startWALProxy(fmt.Sprintf("127.0.0.1:%d", p.primary.port)); err != nil {
+	if p.proxy, err = startWALProxy(fmt.Sprintf("127.0.0.1:%d", p.primary.Port)); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.proxy.close)
 
-	p.standby = newClusterDir(t)
-	if out, err := p.standby.pgCommand(ctx, "pg_basebackup", "-h", "127.0.0.1", "-p", strconv.Itoa(p.primary.port), "-U", "postgres",
-		"-D", p.standby.data, "-R", "-X", "stream", "-c", "fast", "--no-sync").CombinedOutput(); err != nil {
+	p.standby = pgcluster.NewDir(t)
+	if out, err := p.standby.Command(ctx, "pg_basebackup", "-h", "127.0.0.1", "-p", strconv.Itoa(p.primary.Port), "-U", "postgres",
+		"-D", p.standby.Data, "-R", "-X", "stream", "-c", "fast", "--no-sync").CombinedOutput(); err != nil {
 		t.Fatalf("pg_basebackup: %v\n%s", err, out)
 	}
 	// -R wrote a primary_conninfo to the primary itself; this later line
 	// wins: through the proxy, under the name the primary waits for.
-	auto, err := os.OpenFile(filepath.Join(p.standby.data, "postgresql.auto.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	auto, err := os.OpenFile(filepath.Join(p.standby.Data, "postgresql.auto.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +80,7 @@ func startReplicatedPair(t *testing.T, sync bool) *replicatedPair {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.standby.start(ctx); err != nil {
+	if err := p.standby.Start(ctx); err != nil {
 		t.Fatalf("standby: %v", err)
 	}
 	want := "async"
@@ -90,7 +91,7 @@ func startReplicatedPair(t *testing.T, sync bool) *replicatedPair {
 		t.Fatal(err)
 	}
 	p.url = fmt.Sprintf("postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/postgres?sslmode=disable&target_session_attrs=read-write&connect_timeout=3",
-		p.primary.port, p.standby.port)
+		p.primary.Port, p.standby.Port)
 	return p
 }
 
@@ -100,7 +101,7 @@ func (p *replicatedPair) waitStreaming(ctx context.Context, want string) error {
 	deadline := time.Now().Add(30 * time.Second)
 	var last string
 	for time.Now().Before(deadline) {
-		state, err := queryString(ctx, p.primary.url,
+		state, err := queryString(ctx, p.primary.URL,
 			`SELECT coalesce((SELECT state || '/' || sync_state FROM pg_stat_replication WHERE application_name = $1), 'not connected')`, standbyName)
 		if err == nil && state == "streaming/"+want {
 			return nil
@@ -117,13 +118,13 @@ func (p *replicatedPair) waitStreaming(ctx context.Context, want string) error {
 // killPrimary is pg_ctl stop -m immediate: every server process of the
 // primary quits at once, with no checkpoint and no last WAL sent.
 func (p *replicatedPair) killPrimary(ctx context.Context) error {
-	return p.primary.stop(ctx, "immediate")
+	return p.primary.Stop(ctx, "immediate")
 }
 
 // promote is pg_ctl promote -w: the standby ends recovery and accepts
 // writes when it returns.
 func (p *replicatedPair) promote(ctx context.Context) error {
-	out, err := p.standby.pgCommand(ctx, "pg_ctl", "-D", p.standby.data, "-w", "-t", "60", "promote").CombinedOutput()
+	out, err := p.standby.Command(ctx, "pg_ctl", "-D", p.standby.Data, "-w", "-t", "60", "promote").CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("pg_ctl promote: %v: %s", err, out)
 	}
