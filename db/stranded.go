@@ -19,6 +19,27 @@ type strandedWaiters struct {
 	// keyed tells, per waiter, whether its request had an idempotency key:
 	// such a lease is kept for the retry that replays it.
 	keyed map[uuid.UUID]bool
+	// passRead, when set (tests only), runs in each re-check pass right
+	// after it read the marks: a test signal to interleave a waiter's
+	// own steps with the pass deterministically.
+	passRead func(ctx context.Context)
+}
+
+// setPassRead installs the test signal run after a pass read the marks.
+func (s *strandedWaiters) setPassRead(f func(ctx context.Context)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.passRead = f
+}
+
+// afterRead runs the test signal, if any.
+func (s *strandedWaiters) afterRead(ctx context.Context) {
+	s.mu.Lock()
+	f := s.passRead
+	s.mu.Unlock()
+	if f != nil {
+		f(ctx)
+	}
 }
 
 // add records a waiter whose row may still be in line.
@@ -59,7 +80,9 @@ func (a *Allocator) strand(id uuid.UUID, req AcquireRequest, err error) {
 // them meanwhile (unless keyed). A row that still cannot be removed stays
 // stranded for the next pass.
 func (a *Allocator) clearStranded(ctx context.Context) {
-	for id, keyed := range a.stranded.take() {
+	marks := a.stranded.take()
+	a.stranded.afterRead(ctx)
+	for id, keyed := range marks {
 		if a.hub.has(id) {
 			// Still waiting here (retrying a failed join): its own
 			// request takes care of its row. Looked at again next pass.
