@@ -319,6 +319,9 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) 
 		}
 		return Lease{}, nil, ctx.Err()
 	}
+	// The answer: these leases are the client's, and no re-check may give
+	// them back, whatever marked this waiter (see strandedWaiters).
+	a.stranded.answeredWith(w.ID)
 	return answerOf(leases), nil, nil
 }
 

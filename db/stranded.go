@@ -2,9 +2,14 @@ package db
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/devalloc/devalloc/db/dbsqlc"
 )
 
 // strandedWaiters are rows in line whose request has already been answered:
@@ -16,19 +21,39 @@ import (
 // its devices are given back the same way.
 type strandedWaiters struct {
 	mu sync.Mutex
-	// keyed tells, per waiter, whether its request had an idempotency key:
+	// marks holds the stranded waiters. A pass reads them without taking
+	// them out: a mark goes only by forget (its waiter's retried join
+	// succeeded, or it was answered with its leases) or by settle (a pass
+	// cleared it). Taken out and put back, a mark forgotten meanwhile
+	// would come back stale, and the pass after the waiter's answer would
+	// end the lease its client had been told it has.
+	marks map[uuid.UUID]strandedMark
+	// made numbers the marks, so a pass settles only the one it read.
+	made uint64
+	// passRead, when set (tests only), runs in each re-check pass right
+	// after it read the marks: a test signal to interleave a waiter's
+	// own steps with the pass deterministically.
+	passRead func(ctx context.Context)
+}
+
+// strandedMark is one waiter's mark.
+type strandedMark struct {
+	// keyed tells whether the waiter's request had an idempotency key:
 	// such a lease is kept for the retry that replays it.
-	keyed map[uuid.UUID]bool
+	keyed bool
+	// n is the mark's number (strandedWaiters.made when it was added).
+	n uint64
 }
 
 // add records a waiter whose row may still be in line.
 func (s *strandedWaiters) add(id uuid.UUID, keyed bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.keyed == nil {
-		s.keyed = map[uuid.UUID]bool{}
+	if s.marks == nil {
+		s.marks = map[uuid.UUID]strandedMark{}
 	}
-	s.keyed[id] = keyed
+	s.made++
+	s.marks[id] = strandedMark{keyed: keyed, n: s.made}
 }
 
 // forget drops a waiter: its row was written again since (a retried join
@@ -36,16 +61,73 @@ func (s *strandedWaiters) add(id uuid.UUID, keyed bool) {
 func (s *strandedWaiters) forget(id uuid.UUID) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.keyed, id)
+	delete(s.marks, id)
 }
 
-// take empties the set and returns what it held.
-func (s *strandedWaiters) take() map[uuid.UUID]bool {
+// answeredWith drops a waiter whose request is answered with the leases
+// handed to it: they are its client's now, whatever marked it. A pass
+// that read its mark before finds it gone (claim).
+func (s *strandedWaiters) answeredWith(id uuid.UUID) {
+	s.forget(id)
+}
+
+// beginPass returns a copy of the marks for a re-check pass.
+func (s *strandedWaiters) beginPass() map[uuid.UUID]strandedMark {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := s.keyed
-	s.keyed = nil
+	out := make(map[uuid.UUID]strandedMark, len(s.marks))
+	for id, m := range s.marks {
+		out[id] = m
+	}
 	return out
+}
+
+// claim reports whether a pass may act on the mark it read: it is still
+// there, neither forgotten (a join succeeded, or the waiter was answered
+// with its leases) nor made again. Ask only once the waiter has left the
+// hub: its request is answered then, for good (answeredWith runs before
+// it leaves), so what claim saw cannot change after.
+func (s *strandedWaiters) claim(id uuid.UUID, m strandedMark) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.marks[id] == m
+}
+
+// settle drops the mark a pass cleared, unless it was made again since.
+func (s *strandedWaiters) settle(id uuid.UUID, m strandedMark) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.marks[id] == m {
+		delete(s.marks, id)
+	}
+}
+
+// snapshot lists the marks and whether each is keyed (tests look).
+func (s *strandedWaiters) snapshot() map[uuid.UUID]bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[uuid.UUID]bool, len(s.marks))
+	for id, m := range s.marks {
+		out[id] = m.keyed
+	}
+	return out
+}
+
+// setPassRead installs the test signal run after a pass read the marks.
+func (s *strandedWaiters) setPassRead(f func(ctx context.Context)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.passRead = f
+}
+
+// afterRead runs the test signal, if any.
+func (s *strandedWaiters) afterRead(ctx context.Context) {
+	s.mu.Lock()
+	f := s.passRead
+	s.mu.Unlock()
+	if f != nil {
+		f(ctx)
+	}
 }
 
 // strand hands a waiter whose row could not be taken out of line to the
@@ -56,22 +138,26 @@ func (a *Allocator) strand(id uuid.UUID, req AcquireRequest, err error) {
 }
 
 // clearStranded removes the stranded rows and ends the leases handed to
-// them meanwhile (unless keyed). A row that still cannot be removed stays
-// stranded for the next pass.
+// them meanwhile (unless keyed). A mark whose row or leases could not be
+// dealt with stays for the next pass.
 func (a *Allocator) clearStranded(ctx context.Context) {
-	for id, keyed := range a.stranded.take() {
-		if a.hub.has(id) {
-			// Still waiting here (retrying a failed join): its own
-			// request takes care of its row. Looked at again next pass.
-			a.stranded.add(id, keyed)
+	marks := a.stranded.beginPass()
+	a.stranded.afterRead(ctx)
+	for id, m := range marks {
+		// Still waiting here (retrying a failed join): its own request
+		// takes care of its row, and may yet be answered with a lease.
+		// Looked at again next pass, if still marked. Asked before claim:
+		// gone from the hub, the waiter's answer is final.
+		if a.hub.has(id) || !a.stranded.claim(id, m) {
 			continue
 		}
-		if err := a.clearStrandedOne(ctx, id, keyed); err != nil {
+		if err := a.clearStrandedOne(ctx, id, m.keyed); err != nil {
 			if ctx.Err() == nil {
-				a.log.Warn("a stranded row in line could not be removed yet", "waiter", id, "err", err)
+				a.log.Warn("a stranded row in line could not be removed yet, or its leases not given back", "waiter", id, "err", err)
 			}
-			a.stranded.add(id, keyed)
+			continue
 		}
+		a.stranded.settle(id, m)
 	}
 }
 
@@ -80,7 +166,7 @@ func (a *Allocator) clearStrandedOne(ctx context.Context, id uuid.UUID, keyed bo
 	defer cancel()
 	n, err := a.q.CancelWaiter(stmtCtx, id)
 	if err != nil {
-		return err
+		return fmt.Errorf("remove the row: %w", err)
 	}
 	if n == 1 || keyed {
 		return nil
@@ -89,10 +175,32 @@ func (a *Allocator) clearStrandedOne(ctx context.Context, id uuid.UUID, keyed bo
 	// handed has nobody to go to.
 	rows, err := a.q.WaiterLeases(stmtCtx, &id)
 	if err != nil {
-		return err
+		return fmt.Errorf("read the leases handed to it: %w", err)
 	}
+	var failed error
 	for _, r := range rows {
-		a.abandon(leaseFromRow(r.DevallocLease, nil))
+		if err := a.giveBackStranded(ctx, r.DevallocLease.ID); err != nil {
+			failed = errors.Join(failed, err)
+		}
 	}
+	// The leases that did end are no longer read (WaiterLeases lists active
+	// ones); the next pass gives back the rest.
+	return failed
+}
+
+// giveBackStranded ends a lease handed to a stranded row and hands its
+// device on. One that ended already (reaped at expiry meanwhile) is
+// nothing to give back.
+func (a *Allocator) giveBackStranded(ctx context.Context, lease uuid.UUID) error {
+	stmtCtx, cancel := context.WithTimeout(ctx, queueBound)
+	defer cancel()
+	r, err := endLease(stmtCtx, a.q, dbsqlc.EndLeaseParams{ID: lease, EndReason: EndReleased})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("give back lease %s: %w", lease, err)
+	}
+	a.endedLease(r)
 	return nil
 }

@@ -54,7 +54,7 @@ func TestStrandedWaiterIsClearedByTheRecheck(t *testing.T) {
 	if d := mustDevice(t, a, "d1"); d.State != StateIdle {
 		t.Fatalf("d1 is %s after the re-check, want idle (given back)", d.State)
 	}
-	if left := a.stranded.take(); len(left) != 0 {
+	if left := a.stranded.snapshot(); len(left) != 0 {
 		t.Fatalf("still stranded after a clean pass: %v", left)
 	}
 }
@@ -73,14 +73,13 @@ func TestStrandedMarkYieldsToALiveWaiter(t *testing.T) {
 	defer w.Leave()
 	a.stranded.add(w.ID, false)
 	a.recheck(t.Context())
-	if _, ok := a.stranded.take()[w.ID]; !ok {
+	if _, ok := a.stranded.snapshot()[w.ID]; !ok {
 		t.Fatal("the mark of a waiter still here was dropped by the re-check")
 	}
-	a.stranded.add(w.ID, false)
 	if _, _, err := a.enqueue(t.Context(), req, w.ID, nil, time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if left := a.stranded.take(); len(left) != 0 {
+	if left := a.stranded.snapshot(); len(left) != 0 {
 		t.Fatalf("still marked stranded after its join succeeded: %v", left)
 	}
 	a.recheck(t.Context())
