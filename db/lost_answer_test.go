@@ -171,3 +171,32 @@ func TestAServedWaiterWhoseJoinAnswerWasLostIsNotServedTwice(t *testing.T) {
 	}
 	checkOneHolder(t, a)
 }
+
+// A join whose statement committed, whose row was served at once, whose
+// answer was lost, and whose client left meanwhile: the request gives up
+// (no retry), so nobody will collect the lease handed to it. Unkeyed, it
+// must be given back by the next re-check, not held until its TTL.
+func TestAServedJoinWhoseAnswerWasLostIsGivenBackWhenTheClientLeft(t *testing.T) {
+	a, lossy := newLossyAllocator(t, newDB(t))
+	mustCreate(t, a, "d1", "lab", "h:1", nil)
+	h1 := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
+	ctx, leave := context.WithCancel(t.Context())
+	defer leave()
+	lossy.loseNextJoin = true
+	lossy.afterJoin = func() {
+		if _, err := a.Release(context.WithoutCancel(t.Context()), h1.ID); err != nil {
+			t.Errorf("release of d1: %v", err)
+		}
+		leave()
+	}
+
+	r := <-goAcquire(ctx, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second, TTL: time.Hour})
+	if r.err == nil {
+		t.Fatalf("the acquire whose client left was answered with %+v", r.lease)
+	}
+	a.recheck(t.Context())
+	if d := mustDevice(t, a, "d1"); d.State != StateIdle {
+		t.Fatalf("d1 after the re-check is %s (lease %v), want idle: the request it was handed to had given up", d.State, d.LeaseID)
+	}
+	checkOneHolder(t, a)
+}

@@ -439,11 +439,19 @@ func (a *Allocator) groupOf(ctx context.Context, lease Lease) (Lease, error) {
 // forgetWaiter removes a waiter's row that may have been written although
 // its statement failed. It tries once, briefly (the join's failure already
 // took the request's time); failing that, the row is stranded for the
-// re-checker to remove.
+// re-checker to remove. No row: either the join never committed, or it did
+// and the row was served at once. The id is marked stranded then too, so
+// that if the request gives up now, the re-checker gives back what was
+// handed to it; a retried join that succeeds drops the mark (enqueue).
 func (a *Allocator) forgetWaiter(ctx context.Context, req AcquireRequest, id uuid.UUID) {
 	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), minStepBound)
 	defer cancel()
-	if _, err := a.q.CancelWaiter(stmtCtx, id); err != nil {
+	n, err := a.q.CancelWaiter(stmtCtx, id)
+	if err != nil {
 		a.strand(id, req, fmt.Errorf("make sure a failed join left no row in line: %w", err))
+		return
+	}
+	if n == 0 {
+		a.stranded.add(id, req.IdempotencyKey != "")
 	}
 }
