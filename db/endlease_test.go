@@ -2,6 +2,7 @@ package db
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -159,15 +160,34 @@ func blockedBy(t *testing.T, a *Allocator, pid uint32) bool {
 // Two keyed waiters in line, each with a retry being granted directly at
 // the same time: the release's hand-off meets the first key in the unique
 // index, and once more the second key on its retry. Each conflict rolled
-// the whole statement back, so retrying is safe: the release must succeed
-// on the third try, not answer 500 after the second conflict.
+// the whole statement (or, for a group, transaction) back, so retrying is
+// safe: the release must succeed on the third try, not answer 500 after
+// the second conflict.
 func TestReleaseSucceedsAfterTwoIdempotencyConflictsInARow(t *testing.T) {
+	t.Run("lease", func(t *testing.T) {
+		releaseAfterTwoConflicts(t, 1, func(a *Allocator, l Lease) error {
+			_, err := a.Release(t.Context(), l.ID)
+			return err
+		})
+	})
+	t.Run("group", func(t *testing.T) {
+		releaseAfterTwoConflicts(t, 2, func(a *Allocator, l Lease) error {
+			_, err := a.EndGroup(t.Context(), *l.GroupID, EndReleased)
+			return err
+		})
+	})
+}
+
+// releaseAfterTwoConflicts holds count devices in one acquire, ends it with
+// release while two keyed waiters' retries are being granted, and checks
+// that the release went through and each waiter got its retry's lease.
+func releaseAfterTwoConflicts(t *testing.T, count int, release func(*Allocator, Lease) error) {
 	url := newDB(t)
 	a := newAllocator(t, url, testConfig(&fakeProber{}))
-	for _, d := range []string{"d1", "d2", "d3"} {
-		mustCreate(t, a, d, "lab", "h:"+d, nil)
+	for i := range count + 2 {
+		mustCreate(t, a, fmt.Sprintf("d%d", i+1), "lab", fmt.Sprintf("h:%d", i+1), nil)
 	}
-	h1 := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
+	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other", Count: count})
 	h2 := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
 	h3 := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
 	first := goAcquire(t.Context(), a, keyed("alice", "k1", "lab", 8*time.Second))
@@ -179,23 +199,22 @@ func TestReleaseSucceedsAfterTwoIdempotencyConflictsInARow(t *testing.T) {
 	g2 := openRetryGrant(t, url, h3, "alice", "k2")
 
 	released := make(chan error, 1)
-	go func() {
-		_, err := a.Release(t.Context(), h1.ID)
-		released <- err
-	}()
-	waitFor(t, "the release to hand d1 to the first waiter and wait on its key's grant", func() bool { return blockedBy(t, a, g1.pid) })
+	go func() { released <- release(a, held) }()
+	waitFor(t, "the release to hand a device to the first waiter and wait on its key's grant", func() bool { return blockedBy(t, a, g1.pid) })
 	if err := g1.tx.Commit(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the release's retry to hand d1 to the second waiter and wait on its key's grant", func() bool { return blockedBy(t, a, g2.pid) })
+	waitFor(t, "the release's retry to hand a device to the second waiter and wait on its key's grant", func() bool { return blockedBy(t, a, g2.pid) })
 	if err := g2.tx.Commit(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-released; err != nil {
 		t.Fatalf("the release failed after two conflicts in a row: %v", err)
 	}
-	if l, err := a.GetLease(t.Context(), h1.ID); err != nil || l.Active() {
-		t.Fatalf("the released lease: %+v (%v), want ended", l, err)
+	for _, l := range append([]Lease{held}, held.Group...) {
+		if got, err := a.GetLease(t.Context(), l.ID); err != nil || got.Active() {
+			t.Fatalf("a released lease: %+v (%v), want ended", got, err)
+		}
 	}
 	for _, w := range []struct {
 		r    <-chan result
@@ -206,8 +225,8 @@ func TestReleaseSucceedsAfterTwoIdempotencyConflictsInARow(t *testing.T) {
 			t.Fatalf("a waiter: %+v %v, want its retry's lease %s", r.lease, r.err, w.want)
 		}
 	}
-	if d := mustDevice(t, a, "d1"); d.State != StateIdle {
-		t.Fatalf("d1 is %s, want idle", d.State)
+	if d := mustDevice(t, a, held.Device.Name); d.State != StateIdle {
+		t.Fatalf("%s is %s, want idle", held.Device.Name, d.State)
 	}
 	checkOneHolder(t, a)
 	waitFlights(t, a)
