@@ -3,6 +3,7 @@ package db
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -194,7 +195,7 @@ func TestReaperRetriesALeaseWhoseEndTimedOutOnALock(t *testing.T) {
 	cfg.Observer = obs
 	// Every statement of this instance waits at most 200 ms for a lock
 	// (serve sets lock_timeout the same way, as a connection parameter).
-	a := newAllocator(t, url+"&lock_timeout=200", cfg)
+	a := newAllocator(t, withRuntimeParam(t, url, "lock_timeout", "200"), cfg)
 	mustCreate(t, a, "board-1", "lab", "h:1", nil)
 	lease := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, TTL: 100 * time.Millisecond})
 	waitFor(t, "the lease to be due", func() bool {
@@ -243,4 +244,18 @@ func TestReaperRetriesALeaseWhoseEndTimedOutOnALock(t *testing.T) {
 	if f := obs.failed.Load(); f != 0 {
 		t.Fatalf("%d refusals reported for a lock timeout, want 0 (it is no refusal)", f)
 	}
+}
+
+// withRuntimeParam adds a server setting to a connection URL (pgx sends
+// unknown URL parameters as run-time parameters at connect).
+func withRuntimeParam(t *testing.T, dbURL, name, value string) string {
+	t.Helper()
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set(name, value)
+	u.RawQuery = q.Encode()
+	return u.String()
 }
