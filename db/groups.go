@@ -40,10 +40,11 @@ func (a *Allocator) Group(ctx context.Context, id uuid.UUID) ([]Lease, error) {
 // all ended already changes nothing.
 func (a *Allocator) EndGroup(ctx context.Context, id uuid.UUID, reason string) ([]Lease, error) {
 	ended, err := a.endGroup(ctx, id, reason)
-	if isIdempotencyConflict(err) {
+	for attempt := 1; attempt < endLeaseAttempts && isIdempotencyConflict(err) && ctx.Err() == nil; attempt++ {
 		// A freed device was handed to a keyed waiter whose retry a direct
 		// acquire granted meanwhile (see endLease); the statement failed,
-		// and with it the transaction. Once more: it now sees that lease.
+		// and with it the transaction. Again: it now sees that lease (the
+		// next keyed waiter may race the same way).
 		ended, err = a.endGroup(ctx, id, reason)
 	}
 	if err != nil {

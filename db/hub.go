@@ -51,7 +51,9 @@ type selectorQueue struct {
 // guarded by the hub's mutex.
 type Waiter struct {
 	hub *Hub
-	// ID names the waiter's row in devalloc.waiters.
+	// ID names the waiter's row in devalloc.waiters. Written only by the
+	// waiter's own goroutine (renameWaiter, under the mutex); others read
+	// it under the mutex.
 	ID    uuid.UUID
 	sel   Selector
 	seq   uint64
@@ -118,6 +120,17 @@ func (h *Hub) Served(id uuid.UUID, handed []dbsqlc.WaiterLeasesRow) {
 	case w.wake <- struct{}{}:
 	default:
 	}
+}
+
+// renameWaiter gives w a new id, for a row that goes back in line: the old
+// one was served (or dropped) and is not used again. News for the old id is
+// no longer w's.
+func (h *Hub) renameWaiter(w *Waiter) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.byID, w.ID)
+	w.ID = uuid.Must(uuid.NewV7())
+	h.byID[w.ID] = w
 }
 
 // has reports whether a waiter with this id is waiting here.

@@ -17,6 +17,11 @@ import (
 // to the client when the wait cannot go on.
 var errDropped = fmt.Errorf("left the line without a lease: %w", ErrNoDevice)
 
+// errJoinUndecided: a retried join found neither its row nor a lease
+// handed to it, yet could not write the row: its earlier try, whose answer
+// was lost, was still committing. Transient: the next try sees its outcome.
+var errJoinUndecided = errors.New("an earlier try of this join was still committing")
+
 // place is a waiter's place in line, kept so that a waiter whose handed-over
 // device failed its probe goes back exactly where it was.
 type place struct {
@@ -49,7 +54,9 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 	for {
 		p, fittingIdle, err := a.enqueue(ctx, req, w.ID, at, a.attemptBound(window.remaining()))
 		if err == nil {
-			at = &p
+			// nil when an earlier try, whose answer was lost, joined and
+			// was served already: the wait below collects that.
+			at = p
 			w.markEnqueued()
 			// A line with nothing idle for its newest member is busy; one
 			// with an idle device it fits may have emptied.
@@ -111,8 +118,11 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 const registrationGrace = 2 * time.Second
 
 // rejoin puts a served waiter back in line at its old place (at): its
-// devices were taken back, or its row was dropped.
+// devices were taken back, or its row was dropped. It goes back under a new
+// id: a waiter id is served at most once (see EnqueueWaiter), which is what
+// lets a retried join tell that it was served already.
 func (a *Allocator) rejoin(ctx context.Context, req AcquireRequest, w *Waiter, at *place, window waitWindow) error {
+	a.hub.renameWaiter(w) // first: late news for the old id is no longer w's
 	w.resetServed()
 	if _, _, err := a.enqueue(ctx, req, w.ID, at, a.attemptBound(window.remaining())); err != nil {
 		return err
@@ -141,11 +151,14 @@ func (a *Allocator) retryQueueStep(ctx context.Context, window waitWindow, err e
 }
 
 // enqueue writes the waiter's row; at, when set, is its old place. bound
-// caps the statement.
-func (a *Allocator) enqueue(ctx context.Context, req AcquireRequest, id uuid.UUID, at *place, bound time.Duration) (place, bool, error) {
+// caps the statement. Retrying it after a failure is safe (see
+// EnqueueWaiter): a row an earlier try wrote is taken as this join's, and
+// when a lease was handed to id already, it reports no place (nil) and no
+// error; the waiter's news of being served says the rest.
+func (a *Allocator) enqueue(ctx context.Context, req AcquireRequest, id uuid.UUID, at *place, bound time.Duration) (*place, bool, error) {
 	instance := a.instanceID.Load()
 	if instance == 0 {
-		return place{}, false, errNotRegistered
+		return nil, false, errNotRegistered
 	}
 	params := dbsqlc.EnqueueWaiterParams{
 		ID:                 id,
@@ -182,19 +195,26 @@ func (a *Allocator) enqueue(ctx context.Context, req AcquireRequest, id uuid.UUI
 			row, err = a.q.EnqueueWaiter(stmtCtx, params)
 		}
 	}
+	if err == nil && row.Seq == nil && !row.Served {
+		err = errJoinUndecided
+	}
 	if err != nil {
 		// Cut off by the bound just as it committed, the row may be there:
 		// take it out again, as far as one more try goes.
 		a.forgetWaiter(ctx, req, id)
-		return place{}, false, fmt.Errorf("join the line of pool %q: %w", req.Selector.Pool, err)
-	}
-	if row.Seq == nil {
-		return place{}, false, fmt.Errorf("join the line of pool %q: no seq came back", req.Selector.Pool)
+		return nil, false, fmt.Errorf("join the line of pool %q: %w", req.Selector.Pool, err)
 	}
 	// An earlier failed try of this join may have stranded the id; the row
-	// is this waiter's now.
+	// (or the lease handed to it) is this waiter's now.
 	a.stranded.forget(id)
-	return place{seq: *row.Seq, enqueuedAt: row.EnqueuedAt, rankedAt: row.RankedAt}, row.FittingIdle, nil
+	if row.Served {
+		a.log.Info("a retried join found its waiter served already", "pool", req.Selector.Pool, "waiter", id)
+		return nil, false, nil
+	}
+	if row.EnqueuedAt == nil || row.RankedAt == nil {
+		return nil, false, fmt.Errorf("join the line of pool %q: no place came back", req.Selector.Pool)
+	}
+	return &place{seq: *row.Seq, enqueuedAt: *row.EnqueuedAt, rankedAt: *row.RankedAt}, row.FittingIdle, nil
 }
 
 // dispatch serves the pool's line from its idle devices and tells the
@@ -422,11 +442,19 @@ func (a *Allocator) groupOf(ctx context.Context, lease Lease) (Lease, error) {
 // forgetWaiter removes a waiter's row that may have been written although
 // its statement failed. It tries once, briefly (the join's failure already
 // took the request's time); failing that, the row is stranded for the
-// re-checker to remove.
+// re-checker to remove. No row: either the join never committed, or it did
+// and the row was served at once. The id is marked stranded then too, so
+// that if the request gives up now, the re-checker gives back what was
+// handed to it; a retried join that succeeds drops the mark (enqueue).
 func (a *Allocator) forgetWaiter(ctx context.Context, req AcquireRequest, id uuid.UUID) {
 	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), minStepBound)
 	defer cancel()
-	if _, err := a.q.CancelWaiter(stmtCtx, id); err != nil {
+	n, err := a.q.CancelWaiter(stmtCtx, id)
+	if err != nil {
 		a.strand(id, req, fmt.Errorf("make sure a failed join left no row in line: %w", err))
+		return
+	}
+	if n == 0 {
+		a.stranded.add(id, req.IdempotencyKey != "")
 	}
 }

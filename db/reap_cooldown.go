@@ -7,8 +7,9 @@ import (
 	"github.com/google/uuid"
 )
 
-// reapRetryAfter is how long the reaper passes by a lease it could not end
-// before it tries again: long enough that a lease that fails every time
+// reapRetryAfter is how long the reaper passes by a lease the database
+// refused to end (a constraint, a trigger; not a timeout or a deadlock,
+// which the next pass retries) before it tries again: long enough that a lease that fails every time
 // costs one statement and one log line a minute per instance, not one per
 // pass; short enough that a fixed row expires soon after.
 const reapRetryAfter = time.Minute

@@ -65,7 +65,9 @@ func (a *Allocator) reap(ctx context.Context) int {
 // it ended: the second step of a reaper pass, apart so that tests can
 // interleave other statements between reading and ending. A lease the
 // database refuses to end is skipped (logged, Observer.ReapFailed) and left
-// alone for reapRetryAfter; err is set only when the database itself
+// alone for reapRetryAfter; one whose statement failed only for now (a lock
+// or statement timeout, see failedForNow) is skipped for this pass only and
+// tried again on the next. err is set only when the database itself
 // failed (out of reach, shutting down), which would fail every lease alike.
 func (a *Allocator) expire(ctx context.Context, due []dbsqlc.DueLeasesRow) (int, error) {
 	ended := 0
@@ -87,6 +89,15 @@ func (a *Allocator) expire(ctx context.Context, due []dbsqlc.DueLeasesRow) (int,
 				a.log.Warn("reaper failed", "lease", d.ID, "err", err)
 				return ended, err
 			}
+			if failedForNow(err) {
+				// A lock or statement timeout, a deadlock, a serialization
+				// failure: this statement lost, the row is fine. The next
+				// pass tries again; a cool-down would leave the device to a
+				// dead holder for a minute past its expiry.
+				a.log.Warn("reaper could not end an expired lease this pass; the next pass tries again",
+					"lease", d.ID, "expired_at", d.ExpiresAt, "err", err)
+				continue
+			}
 			a.log.Error("reaper could not end an expired lease; skipping it", "lease", d.ID,
 				"expired_at", d.ExpiresAt, "retry_in", reapRetryAfter, "err", err)
 			a.cfg.Observer.ReapFailed()
@@ -100,9 +111,28 @@ func (a *Allocator) expire(ctx context.Context, due []dbsqlc.DueLeasesRow) (int,
 	return ended, nil
 }
 
+// failedForNow reports whether err failed one statement for a reason that
+// passes (see IsTransient): a lock or statement timeout, a deadlock, a
+// serialization failure. Unlike a constraint or a trigger refusing the row,
+// the same statement may well succeed on the next pass.
+func failedForNow(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	switch pgErr.Code {
+	case "55P03", // lock_not_available (lock_timeout)
+		"57014", // query_canceled (statement_timeout)
+		"40P01", // deadlock_detected
+		"40001": // serialization_failure
+		return true
+	}
+	return false
+}
+
 // refusedStatement reports whether err is the server refusing this one
-// statement (a trigger, a constraint, a lock or statement timeout on the
-// row), as opposed to the database being out of reach, shutting down or
+// statement (a trigger, a constraint; or a lock or statement timeout on the
+// row, which failedForNow tells apart), as opposed to the database being out of reach, shutting down or
 // out of connections, when every lease would fail alike.
 func refusedStatement(err error) bool {
 	var pgErr *pgconn.PgError

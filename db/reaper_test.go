@@ -3,6 +3,7 @@ package db
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -181,4 +182,80 @@ func TestReaperSkipsLeasesItCannotEnd(t *testing.T) {
 	if f := obs.failed.Load(); f != bad {
 		t.Fatalf("%d failures after a second pass, want still %d (the bad ones wait their cool-down)", f, bad)
 	}
+}
+
+// A lock timeout is the server failing one statement for now, not refusing
+// the row: an expired lease whose end timed out once on a DBA's row lock
+// must be ended on the next pass after the lock goes, not left to its dead
+// holder for the minute-long cool-down of a lease the database refuses.
+func TestReaperRetriesALeaseWhoseEndTimedOutOnALock(t *testing.T) {
+	url := newDB(t)
+	obs := &reapObserver{}
+	cfg := testConfig(&fakeProber{})
+	cfg.Observer = obs
+	// Every statement of this instance waits at most 200 ms for a lock
+	// (serve sets lock_timeout the same way, as a connection parameter).
+	a := newAllocator(t, withRuntimeParam(t, url, "lock_timeout", "200"), cfg)
+	mustCreate(t, a, "board-1", "lab", "h:1", nil)
+	lease := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, TTL: 100 * time.Millisecond})
+	waitFor(t, "the lease to be due", func() bool {
+		due, err := a.q.DueLeases(t.Context(), dbsqlc.DueLeasesParams{Batch: reapBatch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.ContainsFunc(due, func(d dbsqlc.DueLeasesRow) bool { return d.ID == lease.ID })
+	})
+
+	dba, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dba.Close(context.Background())
+	blocker, err := dba.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback(context.Background()) //nolint:errcheck // no-op once rolled back
+	if _, err := blocker.Exec(t.Context(), `SELECT 1 FROM devalloc.leases WHERE id = $1 FOR UPDATE`, lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.reap(t.Context()); n != 0 {
+		t.Fatalf("a pass under the DBA's lock ended %d leases", n)
+	}
+	if err := blocker.Rollback(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	ended := 0
+	for range 2 {
+		ended += a.reap(t.Context())
+	}
+	got, err := a.GetLease(t.Context(), lease.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ended != 1 || got.EndReason != EndExpired {
+		t.Fatalf("two passes after the lock went ended %d leases; the lease: active=%v end_reason=%q (its end timed out once on a lock)",
+			ended, got.Active(), got.EndReason)
+	}
+	if dev := mustDevice(t, a, "board-1"); dev.State != StateIdle {
+		t.Fatalf("device after the lease expired = %s, want idle", dev.State)
+	}
+	if f := obs.failed.Load(); f != 0 {
+		t.Fatalf("%d refusals reported for a lock timeout, want 0 (it is no refusal)", f)
+	}
+}
+
+// withRuntimeParam adds a server setting to a connection URL (pgx sends
+// unknown URL parameters as run-time parameters at connect).
+func withRuntimeParam(t *testing.T, dbURL, name, value string) string {
+	t.Helper()
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set(name, value)
+	u.RawQuery = q.Encode()
+	return u.String()
 }

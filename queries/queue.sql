@@ -60,8 +60,23 @@ WHERE i.seen_at < now() - make_interval(secs => @silent_seconds::float8)
 -- idle device fits it right now (then the caller dispatches at once: the
 -- device may have been freed while this row was not yet visible to the
 -- freeing transaction).
+--
+-- A retry of a join whose answer was lost (the connection cut after
+-- commit) must not fail on its own row nor put a served waiter in line a
+-- second time: each waiter id is served at most once (a rejoin takes a new
+-- id). So the row is written only when neither it nor a lease handed to
+-- this id exists: an existing row comes back as the join's place, and
+-- served says a lease already carries the id (seq NULL). Serving deletes
+-- the row and inserts the lease in one transaction, so the statement's
+-- snapshot sees one or the other once the earlier try committed. Both
+-- absent and no row written (seq NULL, served false): the earlier try was
+-- still committing; the caller tries again.
 WITH arrival AS (
     SELECT coalesce(sqlc.narg('enqueued_at')::timestamptz, clock_timestamp()) AS at
+), handed AS (
+    SELECT EXISTS (SELECT 1 FROM devalloc.leases l WHERE l.waiter_id = @id::uuid) AS served
+), mine AS (
+    SELECT q.seq, q.enqueued_at, q.ranked_at FROM devalloc.waiters q WHERE q.id = @id::uuid
 ), w AS (
     INSERT INTO devalloc.waiters (id, seq, instance_id, pool, labels, count, priority, enqueued_at, ranked_at,
                                   owner, holder, ttl_seconds, idempotency_key, request_fingerprint)
@@ -70,13 +85,19 @@ WITH arrival AS (
            coalesce(sqlc.narg('ranked_at')::timestamptz, arrival.at - make_interval(secs => @head_start_seconds::float8)),
            @owner::text, @holder::text, @ttl_seconds::float8, sqlc.narg('idempotency_key')::text,
            sqlc.narg('request_fingerprint')::bytea
-    FROM arrival
+    FROM arrival, handed
+    WHERE NOT handed.served AND NOT EXISTS (SELECT 1 FROM mine)
+    ON CONFLICT (id) DO NOTHING
     RETURNING seq, enqueued_at, ranked_at
+), placed AS (
+    SELECT w.seq, w.enqueued_at, w.ranked_at FROM w
+    UNION ALL
+    SELECT mine.seq, mine.enqueued_at, mine.ranked_at FROM mine
 )
-SELECT w.seq, w.enqueued_at, w.ranked_at,
+SELECT placed.seq, placed.enqueued_at, placed.ranked_at, handed.served,
        EXISTS (SELECT 1 FROM devalloc.devices d
                WHERE d.pool = @pool::text AND d.state = 'idle' AND d.labels @> @labels::jsonb) AS fitting_idle
-FROM w;
+FROM handed LEFT JOIN placed ON true;
 
 -- name: Dispatch :many
 -- Serves the pool's line from its idle devices (devalloc.dispatch).

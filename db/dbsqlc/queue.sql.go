@@ -85,6 +85,10 @@ func (q *Queries) Dispatch(ctx context.Context, pool string) ([]DevallocLease, e
 const enqueueWaiter = `-- name: EnqueueWaiter :one
 WITH arrival AS (
     SELECT coalesce($3::timestamptz, clock_timestamp()) AS at
+), handed AS (
+    SELECT EXISTS (SELECT 1 FROM devalloc.leases l WHERE l.waiter_id = $4::uuid) AS served
+), mine AS (
+    SELECT q.seq, q.enqueued_at, q.ranked_at FROM devalloc.waiters q WHERE q.id = $4::uuid
 ), w AS (
     INSERT INTO devalloc.waiters (id, seq, instance_id, pool, labels, count, priority, enqueued_at, ranked_at,
                                   owner, holder, ttl_seconds, idempotency_key, request_fingerprint)
@@ -93,13 +97,19 @@ WITH arrival AS (
            coalesce($9::timestamptz, arrival.at - make_interval(secs => $10::float8)),
            $11::text, $12::text, $13::float8, $14::text,
            $15::bytea
-    FROM arrival
+    FROM arrival, handed
+    WHERE NOT handed.served AND NOT EXISTS (SELECT 1 FROM mine)
+    ON CONFLICT (id) DO NOTHING
     RETURNING seq, enqueued_at, ranked_at
+), placed AS (
+    SELECT w.seq, w.enqueued_at, w.ranked_at FROM w
+    UNION ALL
+    SELECT mine.seq, mine.enqueued_at, mine.ranked_at FROM mine
 )
-SELECT w.seq, w.enqueued_at, w.ranked_at,
+SELECT placed.seq, placed.enqueued_at, placed.ranked_at, handed.served,
        EXISTS (SELECT 1 FROM devalloc.devices d
                WHERE d.pool = $1::text AND d.state = 'idle' AND d.labels @> $2::jsonb) AS fitting_idle
-FROM w
+FROM handed LEFT JOIN placed ON true
 `
 
 type EnqueueWaiterParams struct {
@@ -122,8 +132,9 @@ type EnqueueWaiterParams struct {
 
 type EnqueueWaiterRow struct {
 	Seq         *int64
-	EnqueuedAt  time.Time
-	RankedAt    time.Time
+	EnqueuedAt  *time.Time
+	RankedAt    *time.Time
+	Served      bool
 	FittingIdle bool
 }
 
@@ -134,6 +145,17 @@ type EnqueueWaiterRow struct {
 // idle device fits it right now (then the caller dispatches at once: the
 // device may have been freed while this row was not yet visible to the
 // freeing transaction).
+//
+// A retry of a join whose answer was lost (the connection cut after
+// commit) must not fail on its own row nor put a served waiter in line a
+// second time: each waiter id is served at most once (a rejoin takes a new
+// id). So the row is written only when neither it nor a lease handed to
+// this id exists: an existing row comes back as the join's place, and
+// served says a lease already carries the id (seq NULL). Serving deletes
+// the row and inserts the lease in one transaction, so the statement's
+// snapshot sees one or the other once the earlier try committed. Both
+// absent and no row written (seq NULL, served false): the earlier try was
+// still committing; the caller tries again.
 func (q *Queries) EnqueueWaiter(ctx context.Context, arg EnqueueWaiterParams) (EnqueueWaiterRow, error) {
 	row := q.db.QueryRow(ctx, enqueueWaiter,
 		arg.Pool,
@@ -157,6 +179,7 @@ func (q *Queries) EnqueueWaiter(ctx context.Context, arg EnqueueWaiterParams) (E
 		&i.Seq,
 		&i.EnqueuedAt,
 		&i.RankedAt,
+		&i.Served,
 		&i.FittingIdle,
 	)
 	return i, err
