@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/devalloc/devalloc/db/dbsqlc"
 	"github.com/devalloc/devalloc/db/probe"
@@ -261,22 +262,11 @@ func (a *Allocator) checkSatisfiable(ctx context.Context, sel Selector, count in
 func (a *Allocator) attempt(ctx context.Context, req AcquireRequest, bound time.Duration) (lease Lease, probed bool, err error) {
 	sel := req.Selector
 	deadline := time.Now().Add(bound)
-	// Waiting for a pool connection counts: when the database is slow
-	// every connection may be busy.
-	connCtx, cancel := context.WithDeadline(ctx, deadline)
-	conn, err := a.pool.Acquire(connCtx)
-	cancel()
+	conn, tx, err := a.beginBounded(ctx, deadline)
 	if err != nil {
-		return Lease{}, false, fmt.Errorf("acquire in pool %q: connection: %w", sel.Pool, err)
+		return Lease{}, false, fmt.Errorf("acquire in pool %q: %w", sel.Pool, err)
 	}
 	defer conn.Release()
-	// What is left of the bound rides along with BEGIN: one round trip.
-	ms := leftOf(deadline).Milliseconds()
-	tx, err := conn.BeginTx(ctx, pgx.TxOptions{BeginQuery: fmt.Sprintf(
-		"BEGIN; SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = %d", ms, ms)})
-	if err != nil {
-		return Lease{}, false, fmt.Errorf("acquire in pool %q: begin: %w", sel.Pool, err)
-	}
 	// Rollback must run even when ctx is what ended the attempt.
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
 	q := a.q.WithTx(tx)
@@ -322,6 +312,34 @@ func (a *Allocator) attempt(ctx context.Context, req AcquireRequest, bound time.
 		}
 	}
 	return Lease{}, false, noneIdle{probesFailed: failed > 0}
+}
+
+// beginBounded takes a pool connection and begins a transaction on it
+// whose lock and statement timeouts end at deadline. A BEGIN that failed
+// before reaching the server (a cut connection) is tried once more on
+// another connection. The caller releases conn.
+func (a *Allocator) beginBounded(ctx context.Context, deadline time.Time) (*pgxpool.Conn, pgx.Tx, error) {
+	for try := 1; ; try++ {
+		// Waiting for a pool connection counts: when the database is slow
+		// every connection may be busy.
+		connCtx, cancel := context.WithDeadline(ctx, deadline)
+		conn, err := a.pool.Acquire(connCtx)
+		cancel()
+		if err != nil {
+			return nil, nil, fmt.Errorf("connection: %w", err)
+		}
+		// What is left of the bound rides along with BEGIN: one round trip.
+		ms := leftOf(deadline).Milliseconds()
+		tx, err := conn.BeginTx(ctx, pgx.TxOptions{BeginQuery: fmt.Sprintf(
+			"BEGIN; SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = %d", ms, ms)})
+		if err == nil {
+			return conn, tx, nil
+		}
+		conn.Release()
+		if try > 1 || !retryable(ctx, err) {
+			return nil, nil, fmt.Errorf("begin: %w", err)
+		}
+	}
 }
 
 // leftOf is the time left until deadline, at least minStepBound: a

@@ -69,7 +69,7 @@ func New(pool *pgxpool.Pool, cfg Config) *Allocator {
 	cfg = cfg.withDefaults()
 	a := &Allocator{
 		pool:       pool,
-		q:          dbsqlc.New(pool),
+		q:          dbsqlc.New(retrying(pool)),
 		cfg:        cfg,
 		log:        cfg.Logger,
 		hub:        NewHub(),

@@ -127,7 +127,7 @@ type DevicePatch struct {
 // first, so a device is never pulled from under its holder silently.
 func (a *Allocator) UpdateDevice(ctx context.Context, name string, patch DevicePatch) (Device, error) {
 	var out Device
-	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+	err := inTx(ctx, a.pool, func(tx pgx.Tx) error {
 		q := a.q.WithTx(tx)
 		row, err := q.LockDevice(ctx, name)
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -235,7 +235,7 @@ func (a *Allocator) deleteDeviceOnce(ctx context.Context, name string, force boo
 	if dev.LeaseID != nil && !force {
 		return ErrDeviceLeased
 	}
-	return pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+	return inTx(ctx, a.pool, func(tx pgx.Tx) error {
 		q := a.q.WithTx(tx)
 		var ended *uuid.UUID
 		if dev.LeaseID != nil {

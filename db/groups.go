@@ -60,7 +60,7 @@ func (a *Allocator) EndGroup(ctx context.Context, id uuid.UUID, reason string) (
 // endGroup ends the group's active leases in one transaction.
 func (a *Allocator) endGroup(ctx context.Context, id uuid.UUID, reason string) ([]dbsqlc.EndLeaseRow, error) {
 	var ended []dbsqlc.EndLeaseRow
-	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+	err := inTx(ctx, a.pool, func(tx pgx.Tx) error {
 		q := a.q.WithTx(tx)
 		active, err := q.GroupLeaseIDs(ctx, &id)
 		if err != nil {

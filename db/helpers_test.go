@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/devalloc/devalloc/db/dbtest"
 	"github.com/devalloc/devalloc/db/probe"
@@ -60,7 +59,7 @@ func testConfig(p probe.Prober) Config {
 // separate instance would have.
 func newAllocator(t testing.TB, url string, cfg Config) *Allocator {
 	t.Helper()
-	pool, err := pgxpool.New(t.Context(), url)
+	pool, err := dbtest.OpenPool(t.Context(), url)
 	if err != nil {
 		t.Fatalf("pool: %v", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/devalloc/devalloc/db/dbsqlc"
 )
@@ -54,7 +55,12 @@ type KeyStore struct {
 }
 
 // NewKeyStore returns a key store on conn (a pool or a connection).
+// On a pool, a lookup that failed before reaching the server (a cut
+// connection) is retried once on another connection.
 func NewKeyStore(conn dbsqlc.DBTX) *KeyStore {
+	if pool, ok := conn.(*pgxpool.Pool); ok {
+		conn = retrying(pool)
+	}
 	return &KeyStore{q: dbsqlc.New(conn)}
 }
 

@@ -113,7 +113,7 @@ func (n *notifier) send(ctx context.Context) {
 		return
 	}
 	payloads := n.payloads(batch)
-	if _, err := n.pool.Exec(ctx, `SELECT pg_notify('`+idleChannel+`', p) FROM unnest($1::text[]) AS p`, payloads); err != nil && ctx.Err() == nil {
+	if _, err := retrying(n.pool).Exec(ctx, `SELECT pg_notify('`+idleChannel+`', p) FROM unnest($1::text[]) AS p`, payloads); err != nil && ctx.Err() == nil {
 		n.log.Warn("notify freed devices failed; waiters elsewhere find them at their next re-check", "devices", len(batch), "err", err)
 	}
 }

@@ -87,6 +87,12 @@ func (c *keyCache) authenticate(r *http.Request) (Principal, error) {
 	if errors.Is(err, db.ErrUnknownKey) {
 		return Principal{}, unauthorized("unknown or revoked API key")
 	}
+	if err != nil && r.Context().Err() != nil {
+		// The client went away during the lookup: not a server fault, and
+		// nobody reads the answer. Quiet, or anyone could flood the logs
+		// by hanging up, no key needed.
+		return Principal{}, problem(statusClientClosedRequest, kindClientGone, "client closed the request")
+	}
 	if db.IsTransient(err) && found && now.Sub(hit.expires) < keyCacheGrace {
 		// The database is slow or away: a key verified a moment ago is
 		// still trusted, so auth adds no failures of its own to an outage.

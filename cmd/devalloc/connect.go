@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/devalloc/devalloc/db/keepalive"
+	"github.com/devalloc/devalloc/db/poolping"
 )
 
 // connectTimeout bounds each connection attempt at start-up when the URL
@@ -157,6 +158,9 @@ func openPool(ctx context.Context, databaseURL string, maxConns int, sessionPara
 	if err := tuneConn(&cfg.ConnConfig.Config); err != nil {
 		return nil, fmt.Errorf("invalid database URL (--database-url / DATABASE_URL): %w", err)
 	}
+	// A connection the server closed (failover, restart, terminated
+	// backend) is replaced before use rather than failing a request.
+	poolping.Apply(cfg)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, connError(cfg.ConnConfig, err)

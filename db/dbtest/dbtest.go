@@ -33,6 +33,7 @@ import (
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 
 	"github.com/devalloc/devalloc/db/migrate"
+	"github.com/devalloc/devalloc/db/poolping"
 	"github.com/devalloc/devalloc/migrations"
 )
 
@@ -107,7 +108,7 @@ func NewPool(t testing.TB) (*pgxpool.Pool, string) {
 	dbURL := NewDB(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	pool, err := pgxpool.New(ctx, dbURL)
+	pool, err := OpenPool(ctx, dbURL)
 	if err != nil {
 		t.Fatalf("dbtest: open pool: %v", oneLine(err))
 	}
@@ -118,6 +119,38 @@ func NewPool(t testing.TB) (*pgxpool.Pool, string) {
 		t.Fatalf("dbtest: ping test database: %v", oneLine(err))
 	}
 	return pool, dbURL
+}
+
+// OpenPool opens a pool on url set up as devalloc serve sets up its own:
+// idle connections the server closed are found before use (db/poolping).
+func OpenPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	poolping.Apply(cfg)
+	return pgxpool.NewWithConfig(ctx, cfg)
+}
+
+// CutConnections terminates every other session on the database that url
+// names, as a failover or a restart would, and waits until they are gone.
+// It returns how many it terminated.
+func CutConnections(t testing.TB, url string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatalf("dbtest: cut connections: connect: %v", oneLine(err))
+	}
+	defer conn.Close(ctx)
+	var n int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM (
+		SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t`).Scan(&n); err != nil {
+		t.Fatalf("dbtest: cut connections: %v", oneLine(err))
+	}
+	return n
 }
 
 // setup finds a server and makes sure the template exists on it. Its
