@@ -23,25 +23,27 @@ import (
 type heldProber struct {
 	fakeProber
 	mu      sync.Mutex
-	held    map[string]chan error
+	held    map[string]chan error // probes to hold, taken by the probe
+	gates   map[string]chan error // how let reaches a held probe
 	entered chan string
 }
 
 func newHeldProber() *heldProber {
-	return &heldProber{held: map[string]chan error{}, entered: make(chan string, 16)}
+	return &heldProber{held: map[string]chan error{}, gates: map[string]chan error{}, entered: make(chan string, 16)}
 }
 
 // hold makes the next probe of address block until let is called.
 func (p *heldProber) hold(address string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.held[address] = make(chan error, 1)
+	ch := make(chan error, 1)
+	p.held[address], p.gates[address] = ch, ch
 }
 
 // let ends the held probe of address with err (nil: it answers).
 func (p *heldProber) let(address string, err error) {
 	p.mu.Lock()
-	ch := p.held[address]
+	ch := p.gates[address]
 	p.mu.Unlock()
 	ch <- err
 }
