@@ -2,10 +2,13 @@ package db
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/devalloc/devalloc/db/probe"
 )
@@ -293,4 +296,80 @@ func TestPendingLeaseThatEndsUnsettledIsNeverReplayed(t *testing.T) {
 	checkOneHolder(t, a)
 	waitFlights(t, a)
 	waitFlights(t, b)
+}
+
+// A pending handoff whose waiter never settles it (its instance died
+// mid-probe: only the lease's TTL ends it) is not an answer either: a
+// retry is told to come back later (transient: 503 with Retry-After),
+// after a bounded wait, and once the lease ended it gets one of its own.
+func TestRetryOfAHandoffThatNeverSettlesIsUnavailableNotTheLease(t *testing.T) {
+	url := newDB(t)
+	cfg := testConfig(&fakeProber{})
+	cfg.ProbeTimeout = 200 * time.Millisecond
+	a := newAllocator(t, url, cfg)
+	mustCreate(t, a, "dev", "lab", "h:dev", nil)
+	first, _, err := a.AcquireOrReplay(t.Context(), keyed("w", "k", "lab", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As a handoff to a waiter whose instance died before its probe ended.
+	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.leases SET handoff_pending = true WHERE id = $1`, first.ID); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r, replayed, err := a.AcquireOrReplay(t.Context(), keyed("w", "k", "lab", 0))
+	if !errors.Is(err, errHandoffUnsettled) || !IsTransient(err) {
+		t.Fatalf("retry: lease %s replayed=%v err=%v; want errHandoffUnsettled (transient), never the pending lease", r.ID, replayed, err)
+	}
+	if took := time.Since(start); took > a.handoffSettleBound()+time.Second {
+		t.Fatalf("retry took %v, want about the settle bound %v", took, a.handoffSettleBound())
+	}
+	// Its TTL (here a revoke) ends it: the key went with it.
+	if _, err := a.Revoke(t.Context(), first.ID); err != nil {
+		t.Fatal(err)
+	}
+	r, replayed, err = a.AcquireOrReplay(t.Context(), keyed("w", "k", "lab", 0))
+	if err != nil || r.ID == first.ID || !r.Active() || replayed {
+		t.Fatalf("retry after the pending lease ended: lease %s (active %v) replayed=%v err=%v; want a new live lease", r.ID, r.Active(), replayed, err)
+	}
+	checkOneHolder(t, a)
+	waitFlights(t, a)
+}
+
+// A keyed row left in line by a request that was already answered (it
+// could not leave the line) is handed a device pending a probe that nobody
+// will run: the re-check gives it back (its key with it), so a retry is not
+// left waiting on it, and acquires afresh.
+func TestStrandedKeyedWaitersPendingHandoffIsGivenBack(t *testing.T) {
+	url := newDB(t)
+	a := newAllocator(t, url, probedConfig(&fakeProber{}))
+	mustCreate(t, a, "d1", "lab", "h:1", nil)
+	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
+	req := keyed("w", "k", "lab", 0)
+	req.TTL = time.Minute
+	req.fingerprint = req.fingerprintOf()
+	id := uuid.Must(uuid.NewV7())
+	if _, _, err := a.enqueue(t.Context(), req, id, nil, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	a.stranded.add(id, true)
+	if _, err := a.Release(t.Context(), held.ID); err != nil {
+		t.Fatal(err)
+	}
+	var handed uuid.UUID
+	var pending bool
+	if err := a.pool.QueryRow(t.Context(), `SELECT id, handoff_pending FROM devalloc.leases WHERE waiter_id = $1 AND released_at IS NULL`,
+		id).Scan(&handed, &pending); err != nil || !pending {
+		t.Fatalf("the lease handed to the stranded row: pending %v (%v), want pending", pending, err)
+	}
+	a.recheck(t.Context())
+	if l, err := a.GetLease(t.Context(), handed); err != nil || l.Active() {
+		t.Fatalf("the stranded row's pending lease: active %v (%v), want given back", l.Active(), err)
+	}
+	r, replayed, err := a.AcquireOrReplay(t.Context(), req)
+	if err != nil || r.ID == handed || !r.Active() || replayed {
+		t.Fatalf("retry: lease %s (active %v) replayed=%v err=%v; want a new live lease", r.ID, r.Active(), replayed, err)
+	}
+	checkOneHolder(t, a)
+	waitFlights(t, a)
 }
