@@ -446,6 +446,11 @@ func (a *Allocator) abandon(lease Lease) {
 	if err == nil {
 		a.endedLease(r)
 	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Ended already: a pending handoff revoked or reaped during its
+		// probe, or given back by the re-checker. Nothing to give back.
+		return
+	}
 	if err != nil {
 		// The reaper reclaims it at expiry.
 		a.log.Error("could not end an abandoned lease", "lease", lease.ID, "device", lease.Device.Name, "err", err)

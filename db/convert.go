@@ -55,6 +55,8 @@ func leaseFromRow(r dbsqlc.DevallocLease, dev *Device) Lease {
 		ExpiresAt:    r.ExpiresAt,
 		ReleasedAt:   r.ReleasedAt,
 		GroupID:      r.GroupID,
+		// A waiter's answer and a replay carry it false (confirmed).
+		HandoffPending: r.HandoffPending,
 	}
 	if r.EndReason != nil {
 		l.EndReason = *r.EndReason

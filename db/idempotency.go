@@ -92,15 +92,19 @@ func (a *Allocator) replayWithin(ctx context.Context, req AcquireRequest, bound 
 // replay returns the lease the owner already got with req's key, if any
 // (ok true), or ErrIdempotencyKeyReused if that lease was for a different
 // request.
+//
+// A lease handed from the line whose waiter is still probing it
+// (handoff_pending) is no answer yet: the probe may fail, and the lease end
+// or be given back. replay waits for it to settle: confirmed, it is the
+// answer; ended, its key was given up with it and there is none (ok false:
+// the request goes on as if no lease had the key). Still pending after
+// handoffSettleBound (its waiter's instance died, or is stuck), replay
+// fails with errHandoffUnsettled (transient: 503, retry later). Every
+// replay goes through here, so none answers with a pending lease.
 func (a *Allocator) replay(ctx context.Context, req AcquireRequest) (lease Lease, ok bool, err error) {
-	r, err := a.q.GetLeaseByIdempotencyKey(ctx, dbsqlc.GetLeaseByIdempotencyKeyParams{
-		Owner: req.Owner, IdempotencyKey: req.IdempotencyKey,
-	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Lease{}, false, nil
-	}
-	if err != nil {
-		return Lease{}, false, fmt.Errorf("look up idempotency key of %q: %w", req.Owner, err)
+	r, found, err := a.settledKeyLease(ctx, req)
+	if err != nil || !found {
+		return Lease{}, false, err
 	}
 	// NULL: recorded before fingerprints existed; the key alone decides.
 	if r.RequestFingerprint != nil && !bytes.Equal(r.RequestFingerprint, req.fingerprint) {
@@ -114,6 +118,56 @@ func (a *Allocator) replay(ctx context.Context, req AcquireRequest) (lease Lease
 		return Lease{}, false, err
 	}
 	return lease, true, nil
+}
+
+// errHandoffUnsettled: the key's lease is a handoff whose probe did not
+// settle in time; the retry is answered "unavailable, retry later", never
+// with that lease.
+var errHandoffUnsettled = errors.New("the lease of this idempotency key is a handoff still under probe")
+
+// handoffPoll is how often a replay looks again at a pending handoff.
+const handoffPoll = 20 * time.Millisecond
+
+// handoffSettleBound is how long a replay waits for a pending handoff: its
+// waiter probes each device within ProbeTimeout (a group: one after the
+// other), then confirms in one statement.
+func (a *Allocator) handoffSettleBound() time.Duration {
+	return 2*a.cfg.ProbeTimeout + time.Second
+}
+
+// settledKeyLease reads the lease with req's key, waiting while it is a
+// pending handoff (see replay).
+func (a *Allocator) settledKeyLease(ctx context.Context, req AcquireRequest) (dbsqlc.DevallocLease, bool, error) {
+	var deadline time.Time
+	for {
+		r, err := a.q.GetLeaseByIdempotencyKey(ctx, dbsqlc.GetLeaseByIdempotencyKeyParams{
+			Owner: req.Owner, IdempotencyKey: req.IdempotencyKey,
+		})
+		if errors.Is(err, pgx.ErrNoRows) {
+			return r, false, nil
+		}
+		if err != nil {
+			return r, false, fmt.Errorf("look up idempotency key of %q: %w", req.Owner, err)
+		}
+		if !r.HandoffPending {
+			return r, true, nil
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(a.handoffSettleBound())
+		}
+		if !time.Now().Before(deadline) {
+			return r, false, fmt.Errorf("replay lease %s of %q: %w", r.ID, req.Owner, errHandoffUnsettled)
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				// The caller's bound, not the client: the same answer.
+				return r, false, fmt.Errorf("replay lease %s of %q: %w", r.ID, req.Owner, errHandoffUnsettled)
+			}
+			return r, false, ctx.Err()
+		case <-time.After(handoffPoll):
+		}
+	}
 }
 
 func isIdempotencyConflict(err error) bool {

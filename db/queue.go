@@ -85,9 +85,21 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 			if giveBack == nil {
 				return lease, false, err
 			}
-			// A handed-over device failed its probe: back to the same place
-			// first, then the devices that answered go back to the line,
-			// whose head this waiter may well be.
+			// A handed-over device failed its probe (or its lease ended
+			// during the probe). Its key was given up with the handoff, so
+			// a retry may have got a lease with it meanwhile (elsewhere):
+			// that is the answer, rather than a place in line its key
+			// keeps from being served.
+			if req.IdempotencyKey != "" {
+				if lease, ok, rerr := a.replayWithin(ctx, req, attemptBoundSlack); rerr == nil && ok {
+					for _, l := range giveBack {
+						a.abandon(l)
+					}
+					return lease, true, nil
+				}
+			}
+			// Back to the same place first, then the devices that answered
+			// go back to the line, whose head this waiter may well be.
 			err = a.rejoin(ctx, req, w, at, window)
 			for _, l := range giveBack {
 				a.abandon(l)
@@ -172,6 +184,9 @@ func (a *Allocator) enqueue(ctx context.Context, req AcquireRequest, id uuid.UUI
 		Holder:             req.Holder,
 		TtlSeconds:         req.TTL.Seconds(),
 		RequestFingerprint: req.fingerprint,
+		// Its leases start pending: a retry must not replay them before the
+		// probe passed (collect confirms them).
+		ProbesHandoff: a.cfg.ProbeOnHandoff,
 	}
 	if req.IdempotencyKey != "" {
 		params.IdempotencyKey = &req.IdempotencyKey
@@ -339,10 +354,54 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) 
 		}
 		return Lease{}, nil, ctx.Err()
 	}
+	if a.cfg.ProbeOnHandoff {
+		// Confirmed before the answer: until then a retry of this request
+		// waits rather than replay a lease the probe may yet take back.
+		if err := a.confirmHandoff(ctx, req, w, leases); err != nil {
+			if errors.Is(err, errHandoffEnded) {
+				// Revoked or reaped during the probe: no answer; back in
+				// line, the rest given back.
+				return Lease{}, leases, nil
+			}
+			return Lease{}, nil, err
+		}
+		for i := range leases {
+			leases[i].HandoffPending = false
+		}
+	}
 	// The answer: these leases are the client's, and no re-check may give
 	// them back, whatever marked this waiter (see strandedWaiters).
 	a.stranded.answeredWith(w.ID)
 	return answerOf(leases), nil, nil
+}
+
+// errHandoffEnded: a lease handed to the waiter ended before its handoff
+// was confirmed; the handoff is no answer.
+var errHandoffEnded = errors.New("a handed lease ended before its handoff was confirmed")
+
+// confirmHandoff clears handoff_pending on the leases handed to w (all or
+// none), making them replayable. When the statement fails, whether it
+// committed is unknown: the leases go to the re-checker, which gives back
+// those still pending (a retry then acquires afresh) and keeps confirmed
+// ones for the retry's replay, and the client gets the (transient) error.
+func (a *Allocator) confirmHandoff(ctx context.Context, req AcquireRequest, w *Waiter, leases []Lease) error {
+	ids := make([]uuid.UUID, len(leases))
+	for i, l := range leases {
+		ids[i] = l.ID
+	}
+	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queueBound)
+	defer cancel()
+	ok, err := a.q.ConfirmHandoff(stmtCtx, ids)
+	if err != nil {
+		err = fmt.Errorf("confirm the handoff to waiter %s: %w", w.ID, err)
+		a.giveBackUnread(req, w, err)
+		return err
+	}
+	if !ok {
+		a.log.Info("a lease handed over from the line ended during its probe; the waiter goes back in line", "waiter", w.ID, "pool", req.Selector.Pool)
+		return errHandoffEnded
+	}
+	return nil
 }
 
 // giveBackUnread hands the leases a served waiter could not collect (err)

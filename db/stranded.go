@@ -168,17 +168,22 @@ func (a *Allocator) clearStrandedOne(ctx context.Context, id uuid.UUID, keyed bo
 	if err != nil {
 		return fmt.Errorf("remove the row: %w", err)
 	}
-	if n == 1 || keyed {
+	if n == 1 {
 		return nil
 	}
 	// Served before it could go (or it never was in line): whatever it was
-	// handed has nobody to go to.
+	// handed has nobody to go to. A keyed request's confirmed leases stay
+	// for its retry; pending ones (their probe never settled: nobody will
+	// confirm them now) go back, or the retry would wait for them in vain.
 	rows, err := a.q.WaiterLeases(stmtCtx, &id)
 	if err != nil {
 		return fmt.Errorf("read the leases handed to it: %w", err)
 	}
 	var failed error
 	for _, r := range rows {
+		if keyed && !r.DevallocLease.HandoffPending {
+			continue
+		}
 		if err := a.giveBackStranded(ctx, r.DevallocLease.ID); err != nil {
 			failed = errors.Join(failed, err)
 		}

@@ -22,7 +22,7 @@ func IsTransient(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) {
 		return false
 	}
-	if errors.Is(err, errNotRegistered) || errors.Is(err, errJoinUndecided) {
+	if errors.Is(err, errNotRegistered) || errors.Is(err, errJoinUndecided) || errors.Is(err, errHandoffUnsettled) {
 		return true
 	}
 	var pgErr *pgconn.PgError

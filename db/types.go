@@ -125,6 +125,9 @@ type Lease struct {
 	// Group lists every lease of the group (this one included), in device
 	// name order, when the lease came from a group acquire's answer.
 	Group []Lease
+	// HandoffPending: handed from the line to a waiter whose instance is
+	// still probing the device; nobody's answer yet (see migrations/00018).
+	HandoffPending bool
 }
 
 // Active reports whether the lease has not ended.

@@ -102,16 +102,17 @@ type LeaseDevice struct {
 
 // Lease is one grant of a device to a holder, active or ended.
 type Lease struct {
-	ID           uuid.UUID   `json:"id" format:"uuid" doc:"Lease id." example:"01936b2e-7f3a-7c1d-9b8e-2f4a5c6d7e8f"`
-	Device       LeaseDevice `json:"device"`
-	Owner        string      `json:"owner" doc:"The API key that acquired the lease; only it (or an admin) may renew or release it." example:"ci-runner"`
-	Holder       string      `json:"holder" doc:"The client's own description of who holds the device." example:"https://ci.example.com/jobs/1234"`
-	FencingToken int64       `json:"fencing_token" doc:"The device's fencing token for this lease; a larger token means a newer lease." example:"42"`
-	AcquiredAt   time.Time   `json:"acquired_at" doc:"When the lease was granted (RFC 3339, UTC)." example:"2026-11-26T01:41:43.036272Z"`
-	ExpiresAt    time.Time   `json:"expires_at" doc:"The lease ends here unless renewed (RFC 3339, UTC)." example:"2026-11-26T01:51:43.036272Z"`
-	ReleasedAt   *time.Time  `json:"released_at" doc:"When the lease ended, null while active (RFC 3339, UTC)." example:"2026-11-26T01:45:02.118Z"`
-	EndReason    *string     `json:"end_reason" enum:"released,expired,revoked,device_removed,probe_failed" nullable:"true" doc:"Why the lease ended: released, expired, revoked, device_removed, or probe_failed (handed over from the line, the device failed the waiter's probe; the waiter kept its place in line); null while active." example:"released"`
-	GroupID      *uuid.UUID  `json:"group_id,omitempty" format:"uuid" doc:"Shared by the leases of one group acquire (count > 1), see /v1/lease-groups/{id}; absent for a single lease." example:"01936b2f-0a1b-7c2d-8e3f-4a5b6c7d8e9f"`
+	ID             uuid.UUID   `json:"id" format:"uuid" doc:"Lease id." example:"01936b2e-7f3a-7c1d-9b8e-2f4a5c6d7e8f"`
+	Device         LeaseDevice `json:"device"`
+	Owner          string      `json:"owner" doc:"The API key that acquired the lease; only it (or an admin) may renew or release it." example:"ci-runner"`
+	Holder         string      `json:"holder" doc:"The client's own description of who holds the device." example:"https://ci.example.com/jobs/1234"`
+	FencingToken   int64       `json:"fencing_token" doc:"The device's fencing token for this lease; a larger token means a newer lease." example:"42"`
+	AcquiredAt     time.Time   `json:"acquired_at" doc:"When the lease was granted (RFC 3339, UTC)." example:"2026-11-26T01:41:43.036272Z"`
+	ExpiresAt      time.Time   `json:"expires_at" doc:"The lease ends here unless renewed (RFC 3339, UTC)." example:"2026-11-26T01:51:43.036272Z"`
+	ReleasedAt     *time.Time  `json:"released_at" doc:"When the lease ended, null while active (RFC 3339, UTC)." example:"2026-11-26T01:45:02.118Z"`
+	EndReason      *string     `json:"end_reason" enum:"released,expired,revoked,device_removed,probe_failed" nullable:"true" doc:"Why the lease ended: released, expired, revoked, device_removed, or probe_failed (handed over from the line, the device failed the waiter's probe; the waiter kept its place in line); null while active." example:"released"`
+	GroupID        *uuid.UUID  `json:"group_id,omitempty" format:"uuid" doc:"Shared by the leases of one group acquire (count > 1), see /v1/lease-groups/{id}; absent for a single lease." example:"01936b2f-0a1b-7c2d-8e3f-4a5b6c7d8e9f"`
+	HandoffPending bool        `json:"handoff_pending,omitempty" doc:"True while the lease, handed over from the line, waits for its waiter's probe of the device: nobody's answer yet (the probe may fail and the lease end as probe_failed, or be given back); an acquire or its replay never answers with such a lease. Absent otherwise." example:"false"`
 	// Group is on the Lease itself, not a separate acquire response type,
 	// so the acquire still answers a Lease (and the Go SDK's JSON201 stays
 	// a *Lease); only the acquire (and its idempotent replay) fills it.
@@ -223,6 +224,8 @@ func leaseFromDB(l db.Lease) Lease {
 		ExpiresAt:    l.ExpiresAt.UTC(),
 		ReleasedAt:   utcPtr(l.ReleasedAt),
 		GroupID:      l.GroupID,
+		// Listing (a DBA, an SDK) shows it; an acquire's answer never has it.
+		HandoffPending: l.HandoffPending,
 	}
 	for _, g := range l.Group {
 		out.Group = append(out.Group, leaseFromDB(g))

@@ -94,7 +94,7 @@ WITH caller_notifies AS (
 ), served AS (
     DELETE FROM devalloc.waiters w USING head WHERE w.id = head.id
     RETURNING w.id, w.instance_id, w.owner, w.holder, w.ttl_seconds, w.idempotency_key, w.request_fingerprint,
-              gen_random_uuid() AS lease_id
+              w.probes_handoff, gen_random_uuid() AS lease_id
 ), freed AS (
     UPDATE devalloc.devices d SET
         state         = CASE WHEN served.id IS NOT NULL THEN 'leased' WHEN d.drain THEN 'maintenance' ELSE 'idle' END,
@@ -112,10 +112,12 @@ WITH caller_notifies AS (
     RETURNING d.id, d.name, d.pool, d.labels, d.address, d.probe, d.state, d.fencing_token, d.lease_id, clock_timestamp() AS at
 ), granted AS (
     INSERT INTO devalloc.leases (id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at,
-                                 idempotency_key, request_fingerprint, waiter_id)
+                                 idempotency_key, request_fingerprint, waiter_id, handoff_pending)
+    -- Pending while the waiter's instance probes the device (see
+    -- migrations/00018, as in devalloc.grant_to_waiter).
     SELECT freed.lease_id, freed.id, freed.name, freed.pool, served.owner, served.holder, freed.fencing_token,
            freed.at, freed.at + make_interval(secs => served.ttl_seconds),
-           served.idempotency_key, served.request_fingerprint, served.id
+           served.idempotency_key, served.request_fingerprint, served.id, served.probes_handoff
     FROM freed JOIN served ON freed.lease_id = served.lease_id
     RETURNING *
 ), told AS (

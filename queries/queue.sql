@@ -79,12 +79,12 @@ WITH arrival AS (
     SELECT q.seq, q.enqueued_at, q.ranked_at FROM devalloc.waiters q WHERE q.id = @id::uuid
 ), w AS (
     INSERT INTO devalloc.waiters (id, seq, instance_id, pool, labels, count, priority, enqueued_at, ranked_at,
-                                  owner, holder, ttl_seconds, idempotency_key, request_fingerprint)
+                                  owner, holder, ttl_seconds, idempotency_key, request_fingerprint, probes_handoff)
     SELECT @id::uuid, coalesce(sqlc.narg('seq')::bigint, nextval('devalloc.waiters_seq_seq')),
            @instance_id::bigint, @pool::text, @labels::jsonb, @count::int, @priority::int, arrival.at,
            coalesce(sqlc.narg('ranked_at')::timestamptz, arrival.at - make_interval(secs => @head_start_seconds::float8)),
            @owner::text, @holder::text, @ttl_seconds::float8, sqlc.narg('idempotency_key')::text,
-           sqlc.narg('request_fingerprint')::bytea
+           sqlc.narg('request_fingerprint')::bytea, @probes_handoff::boolean
     FROM arrival, handed
     WHERE NOT handed.served AND NOT EXISTS (SELECT 1 FROM mine)
     ON CONFLICT (id) DO NOTHING
@@ -141,6 +141,13 @@ WHERE (sqlc.narg('pool')::text IS NULL OR q.pool = sqlc.narg('pool'))
   AND (sqlc.narg('owner')::text IS NULL OR q.owner = sqlc.narg('owner'))
 ORDER BY q.pool, q.position
 LIMIT @max_rows;
+
+-- name: ConfirmHandoff :one
+-- The waiter's probe of the devices handed to it passed: they are its
+-- answer now, and a retry may replay them (devalloc.confirm_handoff).
+-- False: one of them ended before (revoked, reaped), so none is
+-- confirmed and they are no answer.
+SELECT devalloc.confirm_handoff(@ids::uuid[])::boolean AS confirmed;
 
 -- name: GroupLeases :many
 -- Every lease of a group acquire, with the device details.

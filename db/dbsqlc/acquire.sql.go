@@ -33,7 +33,7 @@ SELECT $1, dev.id, dev.name, dev.pool, $2, $3, dev.fencing_token,
        dev.granted_at, dev.granted_at + make_interval(secs => $4::float8),
        $5, $6
 FROM dev
-RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key
+RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key, handoff_pending
 `
 
 type GrantLeaseParams struct {
@@ -84,6 +84,7 @@ func (q *Queries) GrantLease(ctx context.Context, arg GrantLeaseParams) (Devallo
 		&i.GroupID,
 		&i.WaiterID,
 		&i.GivenUpIdempotencyKey,
+		&i.HandoffPending,
 	)
 	return i, err
 }

@@ -70,7 +70,7 @@ WITH caller_notifies AS (
     WHERE l.id = $2 AND l.active_device_id IS NOT NULL
       AND ($3::text IS NULL OR l.owner = $3)
       AND (NOT $4::boolean OR l.expires_at <= now())
-    RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, l.given_up_idempotency_key
+    RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, l.given_up_idempotency_key, l.handoff_pending
 ), dev AS (
     -- The device as the ending lease holds it.
     SELECT d.id, d.pool, d.labels, d.drain
@@ -79,12 +79,12 @@ WITH caller_notifies AS (
 ), head AS (
     -- Only looked for when the pool has a line: a plain release pays one
     -- index probe, not a function call.
-    SELECT h.id, h.seq, h.instance_id, h.pool, h.labels, h.count, h.priority, h.enqueued_at, h.ranked_at, h.owner, h.holder, h.ttl_seconds, h.idempotency_key, h.request_fingerprint FROM dev CROSS JOIN LATERAL devalloc.first_in_line(dev.pool, dev.labels) h
+    SELECT h.id, h.seq, h.instance_id, h.pool, h.labels, h.count, h.priority, h.enqueued_at, h.ranked_at, h.owner, h.holder, h.ttl_seconds, h.idempotency_key, h.request_fingerprint, h.probes_handoff FROM dev CROSS JOIN LATERAL devalloc.first_in_line(dev.pool, dev.labels) h
     WHERE NOT dev.drain AND EXISTS (SELECT 1 FROM devalloc.waiters q WHERE q.pool = dev.pool)
 ), served AS (
     DELETE FROM devalloc.waiters w USING head WHERE w.id = head.id
     RETURNING w.id, w.instance_id, w.owner, w.holder, w.ttl_seconds, w.idempotency_key, w.request_fingerprint,
-              gen_random_uuid() AS lease_id
+              w.probes_handoff, gen_random_uuid() AS lease_id
 ), freed AS (
     UPDATE devalloc.devices d SET
         state         = CASE WHEN served.id IS NOT NULL THEN 'leased' WHEN d.drain THEN 'maintenance' ELSE 'idle' END,
@@ -102,12 +102,14 @@ WITH caller_notifies AS (
     RETURNING d.id, d.name, d.pool, d.labels, d.address, d.probe, d.state, d.fencing_token, d.lease_id, clock_timestamp() AS at
 ), granted AS (
     INSERT INTO devalloc.leases (id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at,
-                                 idempotency_key, request_fingerprint, waiter_id)
+                                 idempotency_key, request_fingerprint, waiter_id, handoff_pending)
+    -- Pending while the waiter's instance probes the device (see
+    -- migrations/00018, as in devalloc.grant_to_waiter).
     SELECT freed.lease_id, freed.id, freed.name, freed.pool, served.owner, served.holder, freed.fencing_token,
            freed.at, freed.at + make_interval(secs => served.ttl_seconds),
-           served.idempotency_key, served.request_fingerprint, served.id
+           served.idempotency_key, served.request_fingerprint, served.id, served.probes_handoff
     FROM freed JOIN served ON freed.lease_id = served.lease_id
-    RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key
+    RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key, handoff_pending
 ), told AS (
     SELECT pg_notify('devalloc_served_' || n.instance_id,
                      CASE WHEN octet_length(n.payload) > 7900
@@ -122,7 +124,7 @@ WITH caller_notifies AS (
                      'labels', freed.labels, 'address', freed.address, 'probe', freed.probe)))::text AS payload
           FROM granted JOIN freed ON freed.id = granted.device_id JOIN served ON served.id = granted.waiter_id) n
 )
-SELECT ended.id, ended.device_id, ended.device_name, ended.pool, ended.owner, ended.holder, ended.fencing_token, ended.acquired_at, ended.expires_at, ended.released_at, ended.end_reason, ended.idempotency_key, ended.active_device_id, ended.request_fingerprint, ended.group_id, ended.waiter_id, ended.given_up_idempotency_key, freed.id AS freed_device_id, freed.labels AS freed_labels,
+SELECT ended.id, ended.device_id, ended.device_name, ended.pool, ended.owner, ended.holder, ended.fencing_token, ended.acquired_at, ended.expires_at, ended.released_at, ended.end_reason, ended.idempotency_key, ended.active_device_id, ended.request_fingerprint, ended.group_id, ended.waiter_id, ended.given_up_idempotency_key, ended.handoff_pending, freed.id AS freed_device_id, freed.labels AS freed_labels,
        freed.state AS freed_state,
        granted.waiter_id AS handed_to,
        (SELECT count(*) FROM told) AS told,
@@ -157,6 +159,7 @@ type EndLeaseRow struct {
 	GroupID               *uuid.UUID
 	WaiterID              *uuid.UUID
 	GivenUpIdempotencyKey *string
+	HandoffPending        bool
 	FreedDeviceID         *int64
 	FreedLabels           []byte
 	FreedState            *string
@@ -221,6 +224,7 @@ func (q *Queries) EndLease(ctx context.Context, arg EndLeaseParams) (EndLeaseRow
 		&i.GroupID,
 		&i.WaiterID,
 		&i.GivenUpIdempotencyKey,
+		&i.HandoffPending,
 		&i.FreedDeviceID,
 		&i.FreedLabels,
 		&i.FreedState,
@@ -233,7 +237,7 @@ func (q *Queries) EndLease(ctx context.Context, arg EndLeaseParams) (EndLeaseRow
 
 const getLease = `-- name: GetLease :one
 
-SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key FROM devalloc.leases WHERE id = $1
+SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key, handoff_pending FROM devalloc.leases WHERE id = $1
 `
 
 // Leases: reads, renew, release, expiry.
@@ -258,12 +262,13 @@ func (q *Queries) GetLease(ctx context.Context, id uuid.UUID) (DevallocLease, er
 		&i.GroupID,
 		&i.WaiterID,
 		&i.GivenUpIdempotencyKey,
+		&i.HandoffPending,
 	)
 	return i, err
 }
 
 const getLeaseByIdempotencyKey = `-- name: GetLeaseByIdempotencyKey :one
-SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key FROM devalloc.leases
+SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key, handoff_pending FROM devalloc.leases
 WHERE owner = $1 AND idempotency_key = $2::text
 `
 
@@ -294,12 +299,13 @@ func (q *Queries) GetLeaseByIdempotencyKey(ctx context.Context, arg GetLeaseById
 		&i.GroupID,
 		&i.WaiterID,
 		&i.GivenUpIdempotencyKey,
+		&i.HandoffPending,
 	)
 	return i, err
 }
 
 const listLeases = `-- name: ListLeases :many
-SELECT l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, l.given_up_idempotency_key, d.labels AS device_labels, d.address AS device_address
+SELECT l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, l.given_up_idempotency_key, l.handoff_pending, d.labels AS device_labels, d.address AS device_address
 FROM devalloc.leases l
 LEFT JOIN devalloc.devices d ON d.id = l.device_id
 WHERE (NOT $1::boolean OR l.released_at IS NULL)
@@ -368,6 +374,7 @@ func (q *Queries) ListLeases(ctx context.Context, arg ListLeasesParams) ([]ListL
 			&i.DevallocLease.GroupID,
 			&i.DevallocLease.WaiterID,
 			&i.DevallocLease.GivenUpIdempotencyKey,
+			&i.DevallocLease.HandoffPending,
 			&i.DeviceLabels,
 			&i.DeviceAddress,
 		); err != nil {
@@ -384,7 +391,7 @@ func (q *Queries) ListLeases(ctx context.Context, arg ListLeasesParams) ([]ListL
 const renewLease = `-- name: RenewLease :one
 UPDATE devalloc.leases SET expires_at = clock_timestamp() + make_interval(secs => $1::float8)
 WHERE id = $2 AND active_device_id IS NOT NULL AND expires_at > now()
-RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key
+RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key, handoff_pending
 `
 
 type RenewLeaseParams struct {
@@ -419,6 +426,7 @@ func (q *Queries) RenewLease(ctx context.Context, arg RenewLeaseParams) (Devallo
 		&i.GroupID,
 		&i.WaiterID,
 		&i.GivenUpIdempotencyKey,
+		&i.HandoffPending,
 	)
 	return i, err
 }

@@ -11,18 +11,19 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-// Leases in force now, with their device and owner; expires_in is negative for a lapsed lease the reaper has not ended yet.
+// Leases in force now, with their device and owner; expires_in is negative for a lapsed lease the reaper has not ended yet; handoff_pending: handed from the line, its waiter is still probing the device (not yet anybody's answer).
 type DevallocActiveLease struct {
-	LeaseID      uuid.UUID
-	Device       string
-	Pool         string
-	Address      string
-	Owner        string
-	Holder       string
-	FencingToken int64
-	AcquiredAt   time.Time
-	ExpiresAt    time.Time
-	ExpiresIn    int32
+	LeaseID        uuid.UUID
+	Device         string
+	Pool           string
+	Address        string
+	Owner          string
+	Holder         string
+	FencingToken   int64
+	AcquiredAt     time.Time
+	ExpiresAt      time.Time
+	ExpiresIn      int32
+	HandoffPending bool
 }
 
 // API keys. Only a SHA-256 of each secret is stored; the secret is shown once, when the key is created.
@@ -159,6 +160,8 @@ type DevallocLease struct {
 	WaiterID *uuid.UUID
 	// The Idempotency-Key this lease carried until its handoff was given back (a device handed over from the line failed its probe; the waiter went back to its place with the key). Kept for audit only: a retry never replays this lease.
 	GivenUpIdempotencyKey *string
+	// Handed from the line to a waiter whose instance is probing the device before answering: not an answer to a retry yet. Cleared by devalloc.confirm_handoff (the waiter answers with it) or when the lease ends (then its key is given up).
+	HandoffPending bool
 }
 
 // Ended leases, most recent first: who held which device, for how long, and why it ended.
@@ -233,4 +236,6 @@ type DevallocWaiter struct {
 	IdempotencyKey *string
 	// Fingerprint stored with the idempotency key.
 	RequestFingerprint []byte
+	// The waiter's instance probes devices handed to it before answering (Config.ProbeOnHandoff): its leases start handoff_pending.
+	ProbesHandoff bool
 }

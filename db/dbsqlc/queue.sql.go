@@ -28,6 +28,21 @@ func (q *Queries) CancelWaiter(ctx context.Context, id uuid.UUID) (int64, error)
 	return result.RowsAffected(), nil
 }
 
+const confirmHandoff = `-- name: ConfirmHandoff :one
+SELECT devalloc.confirm_handoff($1::uuid[])::boolean AS confirmed
+`
+
+// The waiter's probe of the devices handed to it passed: they are its
+// answer now, and a retry may replay them (devalloc.confirm_handoff).
+// False: one of them ended before (revoked, reaped), so none is
+// confirmed and they are no answer.
+func (q *Queries) ConfirmHandoff(ctx context.Context, ids []uuid.UUID) (bool, error) {
+	row := q.db.QueryRow(ctx, confirmHandoff, ids)
+	var confirmed bool
+	err := row.Scan(&confirmed)
+	return confirmed, err
+}
+
 const deregisterInstance = `-- name: DeregisterInstance :exec
 DELETE FROM devalloc.instances WHERE id = $1
 `
@@ -40,7 +55,7 @@ func (q *Queries) DeregisterInstance(ctx context.Context, id int64) error {
 }
 
 const dispatch = `-- name: Dispatch :many
-SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key FROM devalloc.dispatch($1::text)
+SELECT id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key, handoff_pending FROM devalloc.dispatch($1::text)
 `
 
 // Serves the pool's line from its idle devices (devalloc.dispatch).
@@ -71,6 +86,7 @@ func (q *Queries) Dispatch(ctx context.Context, pool string) ([]DevallocLease, e
 			&i.GroupID,
 			&i.WaiterID,
 			&i.GivenUpIdempotencyKey,
+			&i.HandoffPending,
 		); err != nil {
 			return nil, err
 		}
@@ -91,12 +107,12 @@ WITH arrival AS (
     SELECT q.seq, q.enqueued_at, q.ranked_at FROM devalloc.waiters q WHERE q.id = $4::uuid
 ), w AS (
     INSERT INTO devalloc.waiters (id, seq, instance_id, pool, labels, count, priority, enqueued_at, ranked_at,
-                                  owner, holder, ttl_seconds, idempotency_key, request_fingerprint)
+                                  owner, holder, ttl_seconds, idempotency_key, request_fingerprint, probes_handoff)
     SELECT $4::uuid, coalesce($5::bigint, nextval('devalloc.waiters_seq_seq')),
            $6::bigint, $1::text, $2::jsonb, $7::int, $8::int, arrival.at,
            coalesce($9::timestamptz, arrival.at - make_interval(secs => $10::float8)),
            $11::text, $12::text, $13::float8, $14::text,
-           $15::bytea
+           $15::bytea, $16::boolean
     FROM arrival, handed
     WHERE NOT handed.served AND NOT EXISTS (SELECT 1 FROM mine)
     ON CONFLICT (id) DO NOTHING
@@ -128,6 +144,7 @@ type EnqueueWaiterParams struct {
 	TtlSeconds         float64
 	IdempotencyKey     *string
 	RequestFingerprint []byte
+	ProbesHandoff      bool
 }
 
 type EnqueueWaiterRow struct {
@@ -173,6 +190,7 @@ func (q *Queries) EnqueueWaiter(ctx context.Context, arg EnqueueWaiterParams) (E
 		arg.TtlSeconds,
 		arg.IdempotencyKey,
 		arg.RequestFingerprint,
+		arg.ProbesHandoff,
 	)
 	var i EnqueueWaiterRow
 	err := row.Scan(
@@ -302,7 +320,7 @@ func (q *Queries) GroupLeaseIDs(ctx context.Context, groupID *uuid.UUID) ([]Grou
 }
 
 const groupLeases = `-- name: GroupLeases :many
-SELECT l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, l.given_up_idempotency_key, d.labels AS device_labels, d.address AS device_address, d.probe AS device_probe
+SELECT l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, l.given_up_idempotency_key, l.handoff_pending, d.labels AS device_labels, d.address AS device_address, d.probe AS device_probe
 FROM devalloc.leases l
 LEFT JOIN devalloc.devices d ON d.id = l.device_id
 WHERE l.group_id = $1
@@ -344,6 +362,7 @@ func (q *Queries) GroupLeases(ctx context.Context, groupID *uuid.UUID) ([]GroupL
 			&i.DevallocLease.GroupID,
 			&i.DevallocLease.WaiterID,
 			&i.DevallocLease.GivenUpIdempotencyKey,
+			&i.DevallocLease.HandoffPending,
 			&i.DeviceLabels,
 			&i.DeviceAddress,
 			&i.DeviceProbe,
@@ -499,7 +518,7 @@ func (q *Queries) RegisterInstance(ctx context.Context, arg RegisterInstancePara
 const renewGroup = `-- name: RenewGroup :many
 UPDATE devalloc.leases SET expires_at = clock_timestamp() + make_interval(secs => $1::float8)
 WHERE group_id = $2 AND owner = $3 AND released_at IS NULL AND expires_at > now()
-RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key
+RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key, handoff_pending
 `
 
 type RenewGroupParams struct {
@@ -537,6 +556,7 @@ func (q *Queries) RenewGroup(ctx context.Context, arg RenewGroupParams) ([]Deval
 			&i.GroupID,
 			&i.WaiterID,
 			&i.GivenUpIdempotencyKey,
+			&i.HandoffPending,
 		); err != nil {
 			return nil, err
 		}
@@ -563,7 +583,7 @@ func (q *Queries) TakeLivenessLock(ctx context.Context, id int64) (bool, error) 
 }
 
 const waiterLeases = `-- name: WaiterLeases :many
-SELECT l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, l.given_up_idempotency_key, d.labels AS device_labels, d.address AS device_address, d.probe AS device_probe
+SELECT l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, l.given_up_idempotency_key, l.handoff_pending, d.labels AS device_labels, d.address AS device_address, d.probe AS device_probe
 FROM devalloc.leases l
 LEFT JOIN devalloc.devices d ON d.id = l.device_id
 WHERE l.waiter_id = $1 AND l.released_at IS NULL
@@ -606,6 +626,7 @@ func (q *Queries) WaiterLeases(ctx context.Context, waiterID *uuid.UUID) ([]Wait
 			&i.DevallocLease.GroupID,
 			&i.DevallocLease.WaiterID,
 			&i.DevallocLease.GivenUpIdempotencyKey,
+			&i.DevallocLease.HandoffPending,
 			&i.DeviceLabels,
 			&i.DeviceAddress,
 			&i.DeviceProbe,

@@ -416,6 +416,11 @@ type Lease struct {
 	// Example: 01936b2f-0a1b-7c2d-8e3f-4a5b6c7d8e9f
 	GroupID *openapi_types.UUID `json:"group_id,omitempty"`
 
+	// HandoffPending True while the lease, handed over from the line, waits for its waiter's probe of the device: nobody's answer yet (the probe may fail and the lease end as probe_failed, or be given back); an acquire or its replay never answers with such a lease. Absent otherwise.
+	//
+	// Example: false
+	HandoffPending *bool `json:"handoff_pending,omitempty"`
+
 	// Holder The client's own description of who holds the device.
 	//
 	// Example: https://ci.example.com/jobs/1234
