@@ -83,11 +83,15 @@ COMMENT ON FUNCTION devalloc.tell_twins() IS
     'A keyed lease was granted: the key''s other waiters leave the line and their instances are told '
     '({served: waiter id, key_has_lease: lease id}, no leases) to answer with a replay at once.';
 
+-- The twins of a key, found by the trigger without reading the whole line.
+CREATE INDEX waiters_idempotency_key ON devalloc.waiters (owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
+
 CREATE TRIGGER leases_tell_twins AFTER INSERT ON devalloc.leases
     FOR EACH ROW WHEN (NEW.idempotency_key IS NOT NULL) EXECUTE FUNCTION devalloc.tell_twins();
 
 -- +goose Down
 DROP TRIGGER leases_tell_twins ON devalloc.leases;
+DROP INDEX devalloc.waiters_idempotency_key;
 DROP FUNCTION devalloc.tell_twins();
 DROP FUNCTION devalloc.idempotency_key_taken(text, text);
 DROP FUNCTION devalloc.lock_idempotency_key(text, text);
