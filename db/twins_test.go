@@ -219,10 +219,18 @@ func TestEnqueueRefusesAKeyThatHasALease(t *testing.T) {
 // advisory lock, held by a grant from the line to its commit): otherwise
 // the line, seeing the key free, grants it too and its statement fails on
 // the unique index when the direct grant commits first.
+// Both direct grants: the acquire transaction's (GrantLease, a device to
+// probe) and the one-statement grant's (GrantUnprobed).
 func TestDirectGrantWaitsForTheLinesClaimOnTheKey(t *testing.T) {
+	for _, kind := range []string{"tcp", "none"} {
+		t.Run("probe="+kind, func(t *testing.T) { directGrantWaitsForTheClaim(t, kind) })
+	}
+}
+
+func directGrantWaitsForTheClaim(t *testing.T, probeKind string) {
 	url := newDB(t)
 	a := newAllocator(t, url, testConfig(&fakeProber{}))
-	mustCreate(t, a, "d1", "lab", "h:1", nil)
+	mustCreateProbed(t, a, "d1", "lab", "h:1", probeKind, nil)
 	conn, err := pgx.Connect(t.Context(), url)
 	if err != nil {
 		t.Fatal(err)
