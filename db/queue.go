@@ -78,7 +78,10 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 				return lease, ok, err
 			}
 			// The key gave its lease up meanwhile (a handoff given back):
-			// join again.
+			// join again, while the request may still wait.
+			if ctx.Err() != nil || window.remaining() <= 0 || a.isDraining() {
+				return Lease{}, false, fmt.Errorf("join the line of pool %q: %w", req.Selector.Pool, errDropped)
+			}
 			continue
 		}
 		if !a.retryQueueStep(ctx, window, err, start) {

@@ -54,11 +54,13 @@ func newTwins(t *testing.T, n, count int) *twins {
 // other replayed, and one lease row carrying the key.
 func (tw *twins) answers(t *testing.T, within time.Duration) Lease {
 	t.Helper()
+	start := time.Now()
 	deadline := time.After(within)
 	var got [2]result
 	for i, ch := range []<-chan result{tw.ra, tw.rb} {
 		select {
 		case got[i] = <-ch:
+			t.Logf("twin %d answered %v after its key's grant (replayed %v)", i, time.Since(start).Round(time.Millisecond), got[i].replayed)
 		case <-deadline:
 			t.Fatalf("twin %d not answered within %v of its key's grant (it waits out its window)", i, within)
 		}
