@@ -390,42 +390,6 @@ func TestJoinedAcquireWaitsForTheLongestWait(t *testing.T) {
 	waitFlights(t, a)
 }
 
-// A retry at another instance while the first waits: whichever instance
-// gets the freed device grants the key's one lease; a caller that answers
-// at all answers with it.
-func TestRetriesWaitingAtTwoInstancesGetOneLease(t *testing.T) {
-	url := newDB(t)
-	a := newAllocator(t, url, testConfig(&fakeProber{}))
-	b := newAllocator(t, url, testConfig(&fakeProber{}))
-	mustCreate(t, a, "d1", "lab", "h:1", nil)
-	mustCreate(t, a, "d2", "lab", "h:2", nil)
-	h1 := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-	h2 := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-
-	ra := goAcquire(t.Context(), a, keyed("alice", "k", "lab", 5*time.Second))
-	rb := goAcquire(t.Context(), b, keyed("alice", "k", "lab", 5*time.Second))
-	waitFor(t, "both to wait", func() bool { return a.Hub().Waiting("lab") == 1 && b.Hub().Waiting("lab") == 1 })
-	// Two devices freed at once: each instance may win one of them, and
-	// the key lets only one grant stand.
-	for _, h := range []Lease{h1, h2} {
-		if _, err := a.Release(t.Context(), h.ID); err != nil {
-			t.Fatal(err)
-		}
-	}
-	r1, r2 := <-ra, <-rb
-	if r1.err != nil || r2.err != nil {
-		t.Fatalf("instance a: %v, instance b: %v", r1.err, r2.err)
-	}
-	if r1.lease.ID != r2.lease.ID {
-		t.Fatalf("two leases for one key: %s and %s", r1.lease.ID, r2.lease.ID)
-	}
-	if n, leased := leaseRows(t, a, "alice", "k"); n != 1 || leased != 1 {
-		t.Fatalf("%d leases for the key, %d devices leased; want 1 and 1", n, leased)
-	}
-	waitFlights(t, a)
-	waitFlights(t, b)
-}
-
 func TestFingerprintIgnoresWaitAndLabelOrder(t *testing.T) {
 	r1 := AcquireRequest{Selector: Selector{Pool: "p", Labels: Labels{"a": "1", "b": "2"}}, TTL: time.Minute, Holder: "h", Wait: time.Second}
 	r2 := AcquireRequest{Selector: Selector{Pool: "p", Labels: Labels{"b": "2", "a": "1"}}, TTL: time.Minute, Holder: "h", Wait: time.Hour}

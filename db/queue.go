@@ -17,6 +17,13 @@ import (
 // to the client when the wait cannot go on.
 var errDropped = fmt.Errorf("left the line without a lease: %w", ErrNoDevice)
 
+// errKeyHasLease: the request's idempotency key already has a lease (a
+// twin, a retry of it waiting or granted elsewhere, got it), so it was not
+// put in line, or its row was removed when the key was granted. It is
+// answered with a replay of that lease, at once, never with a grant of its
+// own (see migrations/00019).
+var errKeyHasLease = errors.New("its idempotency key already has a lease")
+
 // errJoinUndecided: a retried join found neither its row nor a lease
 // handed to it, yet could not write the row: its earlier try, whose answer
 // was lost, was still committing. Transient: the next try sees its outcome.
@@ -66,24 +73,35 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 			}
 			break
 		}
+		if errors.Is(err, errKeyHasLease) {
+			if lease, ok, err := a.replayTwin(ctx, req, window); err != nil || ok {
+				return lease, ok, err
+			}
+			// The key gave its lease up meanwhile (a handoff given back):
+			// join again, while the request may still wait.
+			if ctx.Err() != nil || window.remaining() <= 0 || a.isDraining() {
+				return Lease{}, false, fmt.Errorf("join the line of pool %q: %w", req.Selector.Pool, errDropped)
+			}
+			continue
+		}
 		if !a.retryQueueStep(ctx, window, err, start) {
 			return Lease{}, false, err
 		}
 	}
 	for {
 		if w.IsServed() {
-			lease, giveBack, err := a.collect(ctx, req, w)
+			lease, replayed, giveBack, err := a.collect(ctx, req, w)
 			if errors.Is(err, errDropped) && window.remaining() > 0 && ctx.Err() == nil && !a.isDraining() {
 				// Its row went without a lease (its instance was taken for
 				// dead while cut off): back to its old place.
 				a.log.Warn("a waiting request lost its place in line; putting it back", "pool", req.Selector.Pool, "waiter", w.ID)
 				if err := a.rejoin(ctx, req, w, at, window); err != nil {
-					return Lease{}, false, err
+					return a.rejoinFailed(ctx, req, window, err)
 				}
 				continue
 			}
 			if giveBack == nil {
-				return lease, false, err
+				return lease, replayed, err
 			}
 			// A handed-over device failed its probe (or its lease ended
 			// during the probe). Its key was given up with the handoff, so
@@ -105,7 +123,7 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 				a.abandon(l)
 			}
 			if err != nil {
-				return Lease{}, false, err
+				return a.rejoinFailed(ctx, req, window, err)
 			}
 			a.dispatch(ctx, req.Selector.Pool, a.attemptBound(window.remaining()))
 			continue
@@ -122,6 +140,32 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 			w.EndAttempt()
 		}
 	}
+}
+
+// replayTwin answers a request whose key has a lease already
+// (errKeyHasLease) with that lease, through replay (which knows what may
+// be replayed); ok false when the key has none any more.
+func (a *Allocator) replayTwin(ctx context.Context, req AcquireRequest, window waitWindow) (Lease, bool, error) {
+	lease, ok, err := a.replayWithin(ctx, req, a.attemptBound(window.remaining()))
+	if err != nil {
+		return Lease{}, false, fmt.Errorf("replay the lease its key already has: %w", err)
+	}
+	if ok {
+		a.log.Info("a twin in line is answered with its key's lease", "pool", req.Selector.Pool, "lease", lease.ID)
+	}
+	return lease, ok, nil
+}
+
+// rejoinFailed answers a request that could not go back in line: with its
+// key's lease when that is why (errKeyHasLease), else with err.
+func (a *Allocator) rejoinFailed(ctx context.Context, req AcquireRequest, window waitWindow, err error) (Lease, bool, error) {
+	if errors.Is(err, errKeyHasLease) {
+		if lease, ok, rerr := a.replayTwin(ctx, req, window); rerr != nil || ok {
+			return lease, ok, rerr
+		}
+		return Lease{}, false, fmt.Errorf("rejoin the line of pool %q: %w", req.Selector.Pool, errDropped)
+	}
+	return Lease{}, false, err
 }
 
 // registrationGrace is how long a request that may not wait still waits
@@ -210,6 +254,10 @@ func (a *Allocator) enqueue(ctx context.Context, req AcquireRequest, id uuid.UUI
 			row, err = a.q.EnqueueWaiter(stmtCtx, params)
 		}
 	}
+	if err == nil && row.KeyTaken {
+		// Refused, nothing written: a twin got the key's lease.
+		return nil, false, fmt.Errorf("join the line of pool %q: %w", req.Selector.Pool, errKeyHasLease)
+	}
 	if err == nil && row.Seq == nil && !row.Served {
 		err = errJoinUndecided
 	}
@@ -291,8 +339,9 @@ func (a *Allocator) leaveLine(ctx context.Context, req AcquireRequest, w *Waiter
 		}
 		return Lease{}, false, cause
 	}
-	// Served just before it could leave.
-	lease, giveBack, err := a.collect(ctx, req, w)
+	// Served just before it could leave (or its row removed because a
+	// twin got the key's lease).
+	lease, replayed, giveBack, err := a.collect(ctx, req, w)
 	for _, l := range giveBack {
 		a.abandon(l)
 	}
@@ -301,7 +350,7 @@ func (a *Allocator) leaveLine(ctx context.Context, req AcquireRequest, w *Waiter
 		// another.
 		return Lease{}, false, cause
 	}
-	return lease, false, err
+	return lease, replayed, err
 }
 
 // collect reads the leases handed to w and answers with them: probed first
@@ -309,8 +358,9 @@ func (a *Allocator) leaveLine(ctx context.Context, req AcquireRequest, w *Waiter
 // (unless it has an idempotency key, whose retry needs them). When a device
 // failed its probe, giveBack is non-nil (maybe empty): the leases of the
 // devices that answered, for the caller to release once the waiter is back
-// in line.
-func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) (lease Lease, giveBack []Lease, err error) {
+// in line. replayed: the waiter was handed nothing, its row having gone
+// because its key has a lease (a twin's), and the answer is that lease.
+func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) (lease Lease, replayed bool, giveBack []Lease, err error) {
 	rows := w.handedLeases()
 	if rows == nil {
 		// The news came without them (from this instance's own release, a
@@ -321,38 +371,39 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) 
 		if rows, err = a.q.WaiterLeases(readCtx, &w.ID); err != nil {
 			err = fmt.Errorf("read the leases handed to waiter %s: %w", w.ID, err)
 			a.giveBackUnread(req, w, err)
-			return Lease{}, nil, err
+			return Lease{}, false, nil, err
 		}
 	}
 	if len(rows) == 0 {
 		// Dropped without a lease: its idempotency key already had one (a
-		// retry got it), or its instance was taken for dead.
+		// twin got it; see devalloc.tell_twins), or its instance was taken
+		// for dead.
 		if req.IdempotencyKey != "" {
 			if lease, ok, err := a.replayWithin(ctx, req, attemptBoundSlack); err != nil || ok {
-				return lease, nil, err
+				return lease, ok, nil, err
 			}
 		}
-		return Lease{}, nil, fmt.Errorf("waiter %s in pool %q: %w", w.ID, req.Selector.Pool, errDropped)
+		return Lease{}, false, nil, fmt.Errorf("waiter %s in pool %q: %w", w.ID, req.Selector.Pool, errDropped)
 	}
 	leases := make([]Lease, 0, len(rows))
 	for _, r := range rows {
 		l, err := leaseFromHanded(r)
 		if err != nil {
 			a.giveBackUnread(req, w, err)
-			return Lease{}, nil, err
+			return Lease{}, false, nil, err
 		}
 		leases = append(leases, l)
 	}
 	if a.cfg.ProbeOnHandoff && ctx.Err() == nil {
 		if good, failed := a.probeHanded(ctx, rows); failed {
-			return Lease{}, append([]Lease{}, good...), nil
+			return Lease{}, false, append([]Lease{}, good...), nil
 		}
 	}
 	if ctx.Err() != nil && req.IdempotencyKey == "" {
 		for _, l := range leases {
 			a.abandon(l)
 		}
-		return Lease{}, nil, ctx.Err()
+		return Lease{}, false, nil, ctx.Err()
 	}
 	if a.cfg.ProbeOnHandoff {
 		// Confirmed before the answer: until then a retry of this request
@@ -361,9 +412,9 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) 
 			if errors.Is(err, errHandoffEnded) {
 				// Revoked or reaped during the probe: no answer; back in
 				// line, the rest given back.
-				return Lease{}, leases, nil
+				return Lease{}, false, leases, nil
 			}
-			return Lease{}, nil, err
+			return Lease{}, false, nil, err
 		}
 		for i := range leases {
 			leases[i].HandoffPending = false
@@ -372,7 +423,7 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) 
 	// The answer: these leases are the client's, and no re-check may give
 	// them back, whatever marked this waiter (see strandedWaiters).
 	a.stranded.answeredWith(w.ID)
-	return answerOf(leases), nil, nil
+	return answerOf(leases), false, nil, nil
 }
 
 // errHandoffEnded: a lease handed to the waiter ended before its handoff

@@ -76,7 +76,7 @@ func (m *markedWaiter) serveAndAnswer(t *testing.T) Lease {
 		return Lease{}
 	}
 	waitFor(t, "the waiter served", m.w.IsServed)
-	lease, giveBack, err := m.a.collect(context.Background(), m.req, m.w)
+	lease, _, giveBack, err := m.a.collect(context.Background(), m.req, m.w)
 	if err != nil || giveBack != nil {
 		t.Errorf("collect: %+v %v %v", lease, giveBack, err)
 	}

@@ -20,7 +20,11 @@ WHERE id = (SELECT pick.id FROM pick);
 -- leases_owner_idempotency_key) and the caller rolls back. Lease times use clock_timestamp(), not now():
 -- now() is when the transaction began, which may be before the previous
 -- holder's release committed. The deferred constraints check at commit that the
--- device and its lease point at each other.
+-- device and its lease point at each other. A keyed grant first takes the
+-- key's advisory lock (devalloc.lock_idempotency_key, migrations/00019),
+-- waiting for a grant of the key from the line: that one then never meets
+-- this lease in the unique index, and the twins' rows this lease removes
+-- (devalloc.tell_twins) are all there to see.
 WITH dev AS (
     UPDATE devalloc.devices d SET
         state         = 'leased',
@@ -41,6 +45,7 @@ SELECT @lease_id, dev.id, dev.name, dev.pool, @owner, @holder, dev.fencing_token
        dev.granted_at, dev.granted_at + make_interval(secs => @ttl_seconds::float8),
        sqlc.narg('idempotency_key'), sqlc.narg('request_fingerprint')
 FROM dev
+WHERE devalloc.lock_idempotency_key(@owner, sqlc.narg('idempotency_key'))
 RETURNING *;
 
 -- name: MarkDeviceOffline :exec
@@ -98,6 +103,8 @@ WITH queue AS (
            dev.granted_at, dev.granted_at + make_interval(secs => @ttl_seconds::float8),
            sqlc.narg('idempotency_key'), sqlc.narg('request_fingerprint')
     FROM dev
+    -- Keyed: waits for a grant of the key from the line (see GrantLease).
+    WHERE devalloc.lock_idempotency_key(@owner, sqlc.narg('idempotency_key'))
     RETURNING id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at
 )
 SELECT queue.busy AS queued, pick.id AS picked_id, lease.id, lease.device_name, lease.pool, lease.owner, lease.holder, lease.fencing_token,

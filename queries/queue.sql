@@ -71,12 +71,24 @@ WHERE i.seen_at < now() - make_interval(secs => @silent_seconds::float8)
 -- snapshot sees one or the other once the earlier try committed. Both
 -- absent and no row written (seq NULL, served false): the earlier try was
 -- still committing; the caller tries again.
+--
+-- A key that already has a lease (a twin of this request, waiting or not,
+-- got it) is not put in line: key_taken, nothing written, and the caller
+-- answers with a replay of that lease. It is looked for under the key's
+-- advisory lock (devalloc.idempotency_key_taken, migrations/00019), so a
+-- grant committing meanwhile either is seen here or sees this row and
+-- removes it (devalloc.tell_twins).
 WITH arrival AS (
     SELECT coalesce(sqlc.narg('enqueued_at')::timestamptz, clock_timestamp()) AS at
 ), handed AS (
     SELECT EXISTS (SELECT 1 FROM devalloc.leases l WHERE l.waiter_id = @id::uuid) AS served
 ), mine AS (
     SELECT q.seq, q.enqueued_at, q.ranked_at FROM devalloc.waiters q WHERE q.id = @id::uuid
+), taken AS (
+    -- Only for a join not yet written (a served id or a row of its own
+    -- answers first).
+    SELECT devalloc.idempotency_key_taken(@owner::text, sqlc.narg('idempotency_key')::text) AS key_taken
+    FROM handed WHERE NOT handed.served AND NOT EXISTS (SELECT 1 FROM mine)
 ), w AS (
     INSERT INTO devalloc.waiters (id, seq, instance_id, pool, labels, count, priority, enqueued_at, ranked_at,
                                   owner, holder, ttl_seconds, idempotency_key, request_fingerprint, probes_handoff)
@@ -85,8 +97,8 @@ WITH arrival AS (
            coalesce(sqlc.narg('ranked_at')::timestamptz, arrival.at - make_interval(secs => @head_start_seconds::float8)),
            @owner::text, @holder::text, @ttl_seconds::float8, sqlc.narg('idempotency_key')::text,
            sqlc.narg('request_fingerprint')::bytea, @probes_handoff::boolean
-    FROM arrival, handed
-    WHERE NOT handed.served AND NOT EXISTS (SELECT 1 FROM mine)
+    FROM arrival, handed, taken
+    WHERE NOT handed.served AND NOT EXISTS (SELECT 1 FROM mine) AND NOT taken.key_taken
     ON CONFLICT (id) DO NOTHING
     RETURNING seq, enqueued_at, ranked_at
 ), placed AS (
@@ -95,6 +107,7 @@ WITH arrival AS (
     SELECT mine.seq, mine.enqueued_at, mine.ranked_at FROM mine
 )
 SELECT placed.seq, placed.enqueued_at, placed.ranked_at, handed.served,
+       coalesce((SELECT taken.key_taken FROM taken), false)::boolean AS key_taken,
        EXISTS (SELECT 1 FROM devalloc.devices d
                WHERE d.pool = @pool::text AND d.state = 'idle' AND d.labels @> @labels::jsonb) AS fitting_idle
 FROM handed LEFT JOIN placed ON true;

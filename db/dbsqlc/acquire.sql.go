@@ -33,6 +33,7 @@ SELECT $1, dev.id, dev.name, dev.pool, $2, $3, dev.fencing_token,
        dev.granted_at, dev.granted_at + make_interval(secs => $4::float8),
        $5, $6
 FROM dev
+WHERE devalloc.lock_idempotency_key($2, $5)
 RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key, handoff_pending
 `
 
@@ -53,7 +54,11 @@ type GrantLeaseParams struct {
 // leases_owner_idempotency_key) and the caller rolls back. Lease times use clock_timestamp(), not now():
 // now() is when the transaction began, which may be before the previous
 // holder's release committed. The deferred constraints check at commit that the
-// device and its lease point at each other.
+// device and its lease point at each other. A keyed grant first takes the
+// key's advisory lock (devalloc.lock_idempotency_key, migrations/00019),
+// waiting for a grant of the key from the line: that one then never meets
+// this lease in the unique index, and the twins' rows this lease removes
+// (devalloc.tell_twins) are all there to see.
 func (q *Queries) GrantLease(ctx context.Context, arg GrantLeaseParams) (DevallocLease, error) {
 	row := q.db.QueryRow(ctx, grantLease,
 		arg.LeaseID,
@@ -118,6 +123,8 @@ WITH queue AS (
            dev.granted_at, dev.granted_at + make_interval(secs => $7::float8),
            $8, $9
     FROM dev
+    -- Keyed: waits for a grant of the key from the line (see GrantLease).
+    WHERE devalloc.lock_idempotency_key($5, $8)
     RETURNING id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at
 )
 SELECT queue.busy AS queued, pick.id AS picked_id, lease.id, lease.device_name, lease.pool, lease.owner, lease.holder, lease.fencing_token,

@@ -105,16 +105,21 @@ WITH arrival AS (
     SELECT EXISTS (SELECT 1 FROM devalloc.leases l WHERE l.waiter_id = $4::uuid) AS served
 ), mine AS (
     SELECT q.seq, q.enqueued_at, q.ranked_at FROM devalloc.waiters q WHERE q.id = $4::uuid
+), taken AS (
+    -- Only for a join not yet written (a served id or a row of its own
+    -- answers first).
+    SELECT devalloc.idempotency_key_taken($5::text, $6::text) AS key_taken
+    FROM handed WHERE NOT handed.served AND NOT EXISTS (SELECT 1 FROM mine)
 ), w AS (
     INSERT INTO devalloc.waiters (id, seq, instance_id, pool, labels, count, priority, enqueued_at, ranked_at,
                                   owner, holder, ttl_seconds, idempotency_key, request_fingerprint, probes_handoff)
-    SELECT $4::uuid, coalesce($5::bigint, nextval('devalloc.waiters_seq_seq')),
-           $6::bigint, $1::text, $2::jsonb, $7::int, $8::int, arrival.at,
-           coalesce($9::timestamptz, arrival.at - make_interval(secs => $10::float8)),
-           $11::text, $12::text, $13::float8, $14::text,
+    SELECT $4::uuid, coalesce($7::bigint, nextval('devalloc.waiters_seq_seq')),
+           $8::bigint, $1::text, $2::jsonb, $9::int, $10::int, arrival.at,
+           coalesce($11::timestamptz, arrival.at - make_interval(secs => $12::float8)),
+           $5::text, $13::text, $14::float8, $6::text,
            $15::bytea, $16::boolean
-    FROM arrival, handed
-    WHERE NOT handed.served AND NOT EXISTS (SELECT 1 FROM mine)
+    FROM arrival, handed, taken
+    WHERE NOT handed.served AND NOT EXISTS (SELECT 1 FROM mine) AND NOT taken.key_taken
     ON CONFLICT (id) DO NOTHING
     RETURNING seq, enqueued_at, ranked_at
 ), placed AS (
@@ -123,6 +128,7 @@ WITH arrival AS (
     SELECT mine.seq, mine.enqueued_at, mine.ranked_at FROM mine
 )
 SELECT placed.seq, placed.enqueued_at, placed.ranked_at, handed.served,
+       coalesce((SELECT taken.key_taken FROM taken), false)::boolean AS key_taken,
        EXISTS (SELECT 1 FROM devalloc.devices d
                WHERE d.pool = $1::text AND d.state = 'idle' AND d.labels @> $2::jsonb) AS fitting_idle
 FROM handed LEFT JOIN placed ON true
@@ -133,16 +139,16 @@ type EnqueueWaiterParams struct {
 	Labels             []byte
 	EnqueuedAt         *time.Time
 	ID                 uuid.UUID
+	Owner              string
+	IdempotencyKey     *string
 	Seq                *int64
 	InstanceID         int64
 	Count              int32
 	Priority           int32
 	RankedAt           *time.Time
 	HeadStartSeconds   float64
-	Owner              string
 	Holder             string
 	TtlSeconds         float64
-	IdempotencyKey     *string
 	RequestFingerprint []byte
 	ProbesHandoff      bool
 }
@@ -152,6 +158,7 @@ type EnqueueWaiterRow struct {
 	EnqueuedAt  *time.Time
 	RankedAt    *time.Time
 	Served      bool
+	KeyTaken    bool
 	FittingIdle bool
 }
 
@@ -173,22 +180,29 @@ type EnqueueWaiterRow struct {
 // snapshot sees one or the other once the earlier try committed. Both
 // absent and no row written (seq NULL, served false): the earlier try was
 // still committing; the caller tries again.
+//
+// A key that already has a lease (a twin of this request, waiting or not,
+// got it) is not put in line: key_taken, nothing written, and the caller
+// answers with a replay of that lease. It is looked for under the key's
+// advisory lock (devalloc.idempotency_key_taken, migrations/00019), so a
+// grant committing meanwhile either is seen here or sees this row and
+// removes it (devalloc.tell_twins).
 func (q *Queries) EnqueueWaiter(ctx context.Context, arg EnqueueWaiterParams) (EnqueueWaiterRow, error) {
 	row := q.db.QueryRow(ctx, enqueueWaiter,
 		arg.Pool,
 		arg.Labels,
 		arg.EnqueuedAt,
 		arg.ID,
+		arg.Owner,
+		arg.IdempotencyKey,
 		arg.Seq,
 		arg.InstanceID,
 		arg.Count,
 		arg.Priority,
 		arg.RankedAt,
 		arg.HeadStartSeconds,
-		arg.Owner,
 		arg.Holder,
 		arg.TtlSeconds,
-		arg.IdempotencyKey,
 		arg.RequestFingerprint,
 		arg.ProbesHandoff,
 	)
@@ -198,6 +212,7 @@ func (q *Queries) EnqueueWaiter(ctx context.Context, arg EnqueueWaiterParams) (E
 		&i.EnqueuedAt,
 		&i.RankedAt,
 		&i.Served,
+		&i.KeyTaken,
 		&i.FittingIdle,
 	)
 	return i, err
