@@ -103,6 +103,7 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 			if giveBack == nil {
 				return lease, replayed, err
 			}
+			handedTo := w.ID // before a rejoin renames w
 			// A handed-over device failed its probe (or its lease ended
 			// during the probe). Its key was given up with the handoff, so
 			// a retry may have got a lease with it meanwhile (elsewhere):
@@ -111,7 +112,7 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 			if req.IdempotencyKey != "" {
 				if lease, ok, rerr := a.replayWithin(ctx, req, attemptBoundSlack); rerr == nil && ok {
 					for _, l := range giveBack {
-						a.abandon(l)
+						a.abandonHanded(l, handedTo)
 					}
 					return lease, true, nil
 				}
@@ -120,7 +121,7 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 			// go back to the line, whose head this waiter may well be.
 			err = a.rejoin(ctx, req, w, at, window)
 			for _, l := range giveBack {
-				a.abandon(l)
+				a.abandonHanded(l, handedTo)
 			}
 			if err != nil {
 				return a.rejoinFailed(ctx, req, window, err)
@@ -343,7 +344,7 @@ func (a *Allocator) leaveLine(ctx context.Context, req AcquireRequest, w *Waiter
 	// twin got the key's lease).
 	lease, replayed, giveBack, err := a.collect(ctx, req, w)
 	for _, l := range giveBack {
-		a.abandon(l)
+		a.abandonHanded(l, w.ID)
 	}
 	if giveBack != nil {
 		// A device failed its probe and there is no time left to wait for
@@ -401,7 +402,7 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) 
 	}
 	if ctx.Err() != nil && req.IdempotencyKey == "" {
 		for _, l := range leases {
-			a.abandon(l)
+			a.abandonHanded(l, w.ID)
 		}
 		return Lease{}, false, nil, ctx.Err()
 	}
