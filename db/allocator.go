@@ -124,6 +124,12 @@ func (a *Allocator) Stop() {
 	// Idempotent acquires run on their own goroutines; draining ended
 	// their waits, so they finish within one attempt.
 	a.flights.running.Wait()
+	// The stranded marks live in this process only: one last pass gives
+	// back what was handed to rows whose requests are answered, or nobody
+	// would until the leases' TTL. Bounded: the database may be gone.
+	ctx, cancel := context.WithTimeout(context.Background(), queueBound)
+	defer cancel()
+	a.clearStranded(ctx)
 }
 
 // Drain makes this instance give up its waiting acquires at once, with
