@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -43,6 +44,11 @@ type strandedMark struct {
 	keyed bool
 	// n is the mark's number (strandedWaiters.made when it was added).
 	n uint64
+	// at is when it was added: a join whose answer was lost may still
+	// commit until the server's statement_timeout ends it (a statement
+	// waiting on a lock does not notice its client is gone), so a pass
+	// that finds neither row nor lease keeps the mark until then.
+	at time.Time
 }
 
 // add records a waiter whose row may still be in line.
@@ -53,7 +59,7 @@ func (s *strandedWaiters) add(id uuid.UUID, keyed bool) {
 		s.marks = map[uuid.UUID]strandedMark{}
 	}
 	s.made++
-	s.marks[id] = strandedMark{keyed: keyed, n: s.made}
+	s.marks[id] = strandedMark{keyed: keyed, n: s.made, at: time.Now()}
 }
 
 // forget drops a waiter: its row was written again since (a retried join
@@ -151,8 +157,8 @@ func (a *Allocator) clearStranded(ctx context.Context) {
 		if a.hub.has(id) || !a.stranded.claim(id, m) {
 			continue
 		}
-		if err := a.clearStrandedOne(ctx, id, m.keyed); err != nil {
-			if ctx.Err() == nil {
+		if err := a.clearStrandedOne(ctx, id, m); err != nil {
+			if ctx.Err() == nil && !errors.Is(err, errMayStillJoin) {
 				a.log.Warn("a stranded row in line could not be removed yet, or its leases not given back", "waiter", id, "err", err)
 			}
 			continue
@@ -161,7 +167,19 @@ func (a *Allocator) clearStranded(ctx context.Context) {
 	}
 }
 
-func (a *Allocator) clearStrandedOne(ctx context.Context, id uuid.UUID, keyed bool) error {
+// errMayStillJoin: a pass found neither the stranded row nor a lease
+// handed to it, but a join of it may still commit (see strandedMark.at).
+var errMayStillJoin = errors.New("a lost join of this waiter may still commit")
+
+// lateJoinBound is how long after a mark a join whose answer was lost may
+// still commit: the server's statement_timeout, plus a second for its
+// commit and clocks.
+func (a *Allocator) lateJoinBound() time.Duration {
+	return a.cfg.StatementTimeout + time.Second
+}
+
+func (a *Allocator) clearStrandedOne(ctx context.Context, id uuid.UUID, m strandedMark) error {
+	keyed := m.keyed
 	stmtCtx, cancel := context.WithTimeout(ctx, queueBound)
 	defer cancel()
 	n, err := a.q.CancelWaiter(stmtCtx, id)
@@ -178,6 +196,11 @@ func (a *Allocator) clearStrandedOne(ctx context.Context, id uuid.UUID, keyed bo
 	rows, err := a.q.WaiterLeases(stmtCtx, &id)
 	if err != nil {
 		return fmt.Errorf("read the leases handed to it: %w", err)
+	}
+	if len(rows) == 0 && time.Since(m.at) < a.lateJoinBound() {
+		// Nothing yet; the next passes look again until no lost join
+		// can commit any more.
+		return errMayStillJoin
 	}
 	var failed error
 	for _, r := range rows {
