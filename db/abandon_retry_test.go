@@ -61,21 +61,11 @@ func (failedRow) Scan(...any) error { return errAnswerLost }
 // nobody until its TTL (found by review; failed before the fix).
 func TestALeaseAbandonedByALeavingClientIsGivenBackEvenIfTheFirstTryFails(t *testing.T) {
 	url := newDB(t)
-	pool, err := pgxpool.New(t.Context(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := New(pool, testConfig(&fakeProber{}))
-	cut := &cutEndDB{DBTX: pool}
-	a.q = dbsqlc.New(cut)
-	if err := a.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		a.Stop()
-		pool.Close()
+	var cut *cutEndDB
+	a := newAllocatorThrough(t, url, func(pool *pgxpool.Pool) dbsqlc.DBTX {
+		cut = &cutEndDB{DBTX: pool}
+		return cut
 	})
-	waitFor(t, "listener up", func() bool { return a.Ready(t.Context()) == nil })
 
 	mustCreate(t, a, "d1", "lab", "h:1", nil)
 	h1 := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder", TTL: time.Hour})

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/devalloc/devalloc/db/dbsqlc"
 	"github.com/devalloc/devalloc/db/dbtest"
 	"github.com/devalloc/devalloc/db/probe"
 )
@@ -64,6 +66,29 @@ func newAllocator(t testing.TB, url string, cfg Config) *Allocator {
 		t.Fatalf("pool: %v", err)
 	}
 	a := New(pool, cfg)
+	if err := a.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.Stop()
+		pool.Close()
+	})
+	waitFor(t, "listener up", func() bool { return a.Ready(t.Context()) == nil })
+	return a
+}
+
+// newAllocatorThrough is newAllocator (default test config) whose queries
+// go through the DBTX wrap builds over the pool: a test's way to lose,
+// cut or delay chosen statements while every other one runs on
+// PostgreSQL.
+func newAllocatorThrough(t testing.TB, url string, wrap func(*pgxpool.Pool) dbsqlc.DBTX) *Allocator {
+	t.Helper()
+	pool, err := pgxpool.New(t.Context(), url)
+	if err != nil {
+		t.Fatalf("pool: %v", err)
+	}
+	a := New(pool, testConfig(&fakeProber{}))
+	a.q = dbsqlc.New(wrap(pool))
 	if err := a.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}

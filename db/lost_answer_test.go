@@ -77,21 +77,11 @@ func (r lostRow) Scan(dest ...any) error {
 // newLossyAllocator is newAllocator whose queries go through a lossyDB.
 func newLossyAllocator(t *testing.T, url string) (*Allocator, *lossyDB) {
 	t.Helper()
-	pool, err := pgxpool.New(t.Context(), url)
-	if err != nil {
-		t.Fatalf("pool: %v", err)
-	}
-	a := New(pool, testConfig(&fakeProber{}))
-	lossy := &lossyDB{DBTX: pool}
-	a.q = dbsqlc.New(lossy)
-	if err := a.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		a.Stop()
-		pool.Close()
+	var lossy *lossyDB
+	a := newAllocatorThrough(t, url, func(pool *pgxpool.Pool) dbsqlc.DBTX {
+		lossy = &lossyDB{DBTX: pool}
+		return lossy
 	})
-	waitFor(t, "listener up", func() bool { return a.Ready(t.Context()) == nil })
 	return a, lossy
 }
 

@@ -73,21 +73,11 @@ func (errRow) Scan(...any) error { return nil }
 // failed before the fix).
 func TestAJoinCommittingAfterTheRecheckLookedIsNotServedToNobody(t *testing.T) {
 	url := newDB(t)
-	pool, err := pgxpool.New(t.Context(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := New(pool, testConfig(&fakeProber{}))
-	late := &lateJoinDB{DBTX: pool, pool: pool}
-	a.q = dbsqlc.New(late)
-	if err := a.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		a.Stop()
-		pool.Close()
+	var late *lateJoinDB
+	a := newAllocatorThrough(t, url, func(pool *pgxpool.Pool) dbsqlc.DBTX {
+		late = &lateJoinDB{DBTX: pool, pool: pool}
+		return late
 	})
-	waitFor(t, "listener up", func() bool { return a.Ready(t.Context()) == nil })
 
 	mustCreate(t, a, "d1", "lab", "h:1", nil)
 	h1 := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder", TTL: time.Hour})
@@ -138,7 +128,7 @@ func TestAJoinCommittingAfterTheRecheckLookedIsNotServedToNobody(t *testing.T) {
 		a.recheck(t.Context())
 	}
 	var n int
-	if err := pool.QueryRow(t.Context(),
+	if err := a.pool.QueryRow(t.Context(),
 		`SELECT count(*) FROM devalloc.leases WHERE waiter_id = $1 AND released_at IS NULL`, late.id).Scan(&n); err != nil {
 		t.Fatal(err)
 	}

@@ -42,18 +42,11 @@ func (c *cancelCutDB) Exec(ctx context.Context, sql string, args ...any) (pgconn
 // TTL (found by review; failed before the fix).
 func TestALeaseHandedToAStrandedWaiterIsGivenBackWhenItsInstanceStops(t *testing.T) {
 	url := newDB(t)
-	pool, err := pgxpool.New(t.Context(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	a := New(pool, testConfig(&fakeProber{}))
-	cut := &cancelCutDB{DBTX: pool}
-	a.q = dbsqlc.New(cut)
-	if err := a.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "listener up", func() bool { return a.Ready(t.Context()) == nil })
+	var cut *cancelCutDB
+	a := newAllocatorThrough(t, url, func(pool *pgxpool.Pool) dbsqlc.DBTX {
+		cut = &cancelCutDB{DBTX: pool}
+		return cut
+	})
 	mustCreate(t, a, "d1", "lab", "h:1", nil)
 	h1 := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder", TTL: time.Hour})
 
