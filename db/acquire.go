@@ -150,8 +150,12 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 			lease, ok, err := a.replay(ctx, req)
 			if err == nil && !ok {
 				// The conflicting lease committed (the unique index waited
-				// for it), so it must be there; never spin on this.
-				err = fmt.Errorf("acquire for %q: idempotency key conflicts, but no lease has it", req.Owner)
+				// for it), but it was a handoff under probe that failed
+				// and gave the key up with its end (replay waited for
+				// that): the key is free, so try again. Each round needs
+				// another handoff of this key to fail its probe, so this
+				// never spins.
+				continue
 			}
 			return lease, ok, err
 		}

@@ -81,12 +81,12 @@ func (r AcquireRequest) fingerprintOf() []byte {
 	return sum[:]
 }
 
-// replayWithin is replay with its database call bounded, for the acquire
-// loop (see attemptBound).
+// replayWithin is replay with each of its database calls bounded by bound
+// (see attemptBound), for the acquire loop. The wait for a pending handoff
+// to settle is not: a probe takes longer than a statement, and the request
+// meeting the key's lease is answered with what the probe decides.
 func (a *Allocator) replayWithin(ctx context.Context, req AcquireRequest, bound time.Duration) (Lease, bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, bound)
-	defer cancel()
-	return a.replay(ctx, req)
+	return a.replayBounded(ctx, req, bound)
 }
 
 // replay returns the lease the owner already got with req's key, if any
@@ -102,7 +102,13 @@ func (a *Allocator) replayWithin(ctx context.Context, req AcquireRequest, bound 
 // fails with errHandoffUnsettled (transient: 503, retry later). Every
 // replay goes through here, so none answers with a pending lease.
 func (a *Allocator) replay(ctx context.Context, req AcquireRequest) (lease Lease, ok bool, err error) {
-	r, found, err := a.settledKeyLease(ctx, req)
+	return a.replayBounded(ctx, req, 0)
+}
+
+// replayBounded is replay with each database call bounded by stmtBound
+// (none when <= 0).
+func (a *Allocator) replayBounded(ctx context.Context, req AcquireRequest, stmtBound time.Duration) (lease Lease, ok bool, err error) {
+	r, found, err := a.settledKeyLease(ctx, req, stmtBound)
 	if err != nil || !found {
 		return Lease{}, false, err
 	}
@@ -110,14 +116,25 @@ func (a *Allocator) replay(ctx context.Context, req AcquireRequest) (lease Lease
 	if r.RequestFingerprint != nil && !bytes.Equal(r.RequestFingerprint, req.fingerprint) {
 		return Lease{}, false, ErrIdempotencyKeyReused
 	}
-	lease, err = a.withDevice(ctx, r)
+	stmtCtx, cancel := boundedBy(ctx, stmtBound)
+	defer cancel()
+	lease, err = a.withDevice(stmtCtx, r)
 	if err != nil {
 		return Lease{}, false, err
 	}
-	if lease, err = a.groupOf(ctx, lease); err != nil {
+	if lease, err = a.groupOf(stmtCtx, lease); err != nil {
 		return Lease{}, false, err
 	}
 	return lease, true, nil
+}
+
+// boundedBy is ctx with bound as its timeout, or ctx itself (cancellable)
+// when bound <= 0.
+func boundedBy(ctx context.Context, bound time.Duration) (context.Context, context.CancelFunc) {
+	if bound <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, bound)
 }
 
 // errHandoffUnsettled: the key's lease is a handoff whose probe did not
@@ -137,12 +154,14 @@ func (a *Allocator) handoffSettleBound() time.Duration {
 
 // settledKeyLease reads the lease with req's key, waiting while it is a
 // pending handoff (see replay).
-func (a *Allocator) settledKeyLease(ctx context.Context, req AcquireRequest) (dbsqlc.DevallocLease, bool, error) {
+func (a *Allocator) settledKeyLease(ctx context.Context, req AcquireRequest, stmtBound time.Duration) (dbsqlc.DevallocLease, bool, error) {
 	var deadline time.Time
 	for {
-		r, err := a.q.GetLeaseByIdempotencyKey(ctx, dbsqlc.GetLeaseByIdempotencyKeyParams{
+		stmtCtx, cancel := boundedBy(ctx, stmtBound)
+		r, err := a.q.GetLeaseByIdempotencyKey(stmtCtx, dbsqlc.GetLeaseByIdempotencyKeyParams{
 			Owner: req.Owner, IdempotencyKey: req.IdempotencyKey,
 		})
+		cancel()
 		if errors.Is(err, pgx.ErrNoRows) {
 			return r, false, nil
 		}

@@ -207,7 +207,7 @@ func (a *Allocator) clearStrandedOne(ctx context.Context, id uuid.UUID, m strand
 		if keyed && !r.DevallocLease.HandoffPending {
 			continue
 		}
-		if err := a.giveBackStranded(ctx, r.DevallocLease.ID); err != nil {
+		if err := a.giveBackStranded(ctx, r.DevallocLease.ID, keyed); err != nil {
 			failed = errors.Join(failed, err)
 		}
 	}
@@ -218,11 +218,13 @@ func (a *Allocator) clearStrandedOne(ctx context.Context, id uuid.UUID, m strand
 
 // giveBackStranded ends a lease handed to a stranded row and hands its
 // device on. One that ended already (reaped at expiry meanwhile) is
-// nothing to give back.
-func (a *Allocator) giveBackStranded(ctx context.Context, lease uuid.UUID) error {
+// nothing to give back. pendingOnly (a keyed request's): only while its
+// handoff is still under probe, checked on the locked row, since a confirm
+// committing after the pass read it made it the retry's answer.
+func (a *Allocator) giveBackStranded(ctx context.Context, lease uuid.UUID, pendingOnly bool) error {
 	stmtCtx, cancel := context.WithTimeout(ctx, queueBound)
 	defer cancel()
-	r, err := endLease(stmtCtx, a.q, dbsqlc.EndLeaseParams{ID: lease, EndReason: EndReleased})
+	r, err := endLease(stmtCtx, a.q, dbsqlc.EndLeaseParams{ID: lease, EndReason: EndReleased, PendingOnly: pendingOnly})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil
 	}

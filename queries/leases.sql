@@ -58,6 +58,13 @@ RETURNING *;
 -- the lease and this statement ends nothing (no row). Releases and revokes
 -- pass false: a lapsed lease they end is still recorded as expired.
 --
+-- With pending_only (the re-check giving back what a keyed request's
+-- stranded waiter was handed), only a handoff still under probe ends, for
+-- the same reason and in the same way: a confirm that committed after the
+-- re-check read the lease as pending made it the retry's answer, and
+-- ending it then would keep its key on a dead lease (the key is given up
+-- only by a pending lease that ends, see migrations/00018).
+--
 -- Direct handoff: when the first live waiter in the pool's line that the
 -- device fits wants one device, the device goes straight to it in this
 -- same statement (a new lease, fencing token bumped, the waiter's row
@@ -80,6 +87,7 @@ WITH caller_notifies AS (
     WHERE l.id = @id AND l.active_device_id IS NOT NULL
       AND (sqlc.narg('owner')::text IS NULL OR l.owner = sqlc.narg('owner'))
       AND (NOT @expired_only::boolean OR l.expires_at <= now())
+      AND (NOT @pending_only::boolean OR l.handoff_pending)
     RETURNING l.*
 ), dev AS (
     -- The device as the ending lease holds it.

@@ -70,6 +70,7 @@ WITH caller_notifies AS (
     WHERE l.id = $2 AND l.active_device_id IS NOT NULL
       AND ($3::text IS NULL OR l.owner = $3)
       AND (NOT $4::boolean OR l.expires_at <= now())
+      AND (NOT $5::boolean OR l.handoff_pending)
     RETURNING l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder, l.fencing_token, l.acquired_at, l.expires_at, l.released_at, l.end_reason, l.idempotency_key, l.active_device_id, l.request_fingerprint, l.group_id, l.waiter_id, l.given_up_idempotency_key, l.handoff_pending
 ), dev AS (
     -- The device as the ending lease holds it.
@@ -139,6 +140,7 @@ type EndLeaseParams struct {
 	ID          uuid.UUID
 	Owner       *string
 	ExpiredOnly bool
+	PendingOnly bool
 }
 
 type EndLeaseRow struct {
@@ -186,6 +188,13 @@ type EndLeaseRow struct {
 // the lease and this statement ends nothing (no row). Releases and revokes
 // pass false: a lapsed lease they end is still recorded as expired.
 //
+// With pending_only (the re-check giving back what a keyed request's
+// stranded waiter was handed), only a handoff still under probe ends, for
+// the same reason and in the same way: a confirm that committed after the
+// re-check read the lease as pending made it the retry's answer, and
+// ending it then would keep its key on a dead lease (the key is given up
+// only by a pending lease that ends, see migrations/00018).
+//
 // Direct handoff: when the first live waiter in the pool's line that the
 // device fits wants one device, the device goes straight to it in this
 // same statement (a new lease, fencing token bumped, the waiter's row
@@ -204,6 +213,7 @@ func (q *Queries) EndLease(ctx context.Context, arg EndLeaseParams) (EndLeaseRow
 		arg.ID,
 		arg.Owner,
 		arg.ExpiredOnly,
+		arg.PendingOnly,
 	)
 	var i EndLeaseRow
 	err := row.Scan(
