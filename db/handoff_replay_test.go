@@ -2,7 +2,6 @@ package db
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -298,17 +297,20 @@ func TestPendingLeaseThatEndsUnsettledIsNeverReplayed(t *testing.T) {
 	waitFlights(t, b)
 }
 
-// A pending handoff whose waiter never settles it (its instance died
-// mid-probe: only the lease's TTL ends it) is not an answer either: a
-// retry is told to come back later (transient: 503 with Retry-After),
-// after a bounded wait, and once the lease ended it gets one of its own.
-func TestRetryOfAHandoffThatNeverSettlesIsUnavailableNotTheLease(t *testing.T) {
+// A handoff whose waiter's instance died (or hangs) before its probe
+// settled would hold its key, and every retry would wait and be told 503,
+// until the lease's TTL. Past the settle bound the retry takes the handoff
+// back (only while it is still pending: a confirm that beats it makes it
+// the answer), the key goes with it, and the retry acquires afresh.
+func TestRetryTakesBackAHandoffThatNeverSettles(t *testing.T) {
 	url := newDB(t)
 	cfg := testConfig(&fakeProber{})
 	cfg.ProbeTimeout = 200 * time.Millisecond
 	a := newAllocator(t, url, cfg)
 	mustCreate(t, a, "dev", "lab", "h:dev", nil)
-	first, _, err := a.AcquireOrReplay(t.Context(), keyed("w", "k", "lab", 0))
+	req := keyed("w", "k", "lab", 0)
+	req.TTL = time.Hour
+	first, _, err := a.AcquireOrReplay(t.Context(), req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,20 +319,71 @@ func TestRetryOfAHandoffThatNeverSettlesIsUnavailableNotTheLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	r, replayed, err := a.AcquireOrReplay(t.Context(), keyed("w", "k", "lab", 0))
-	if !errors.Is(err, errHandoffUnsettled) || !IsTransient(err) {
-		t.Fatalf("retry: lease %s replayed=%v err=%v; want errHandoffUnsettled (transient), never the pending lease", r.ID, replayed, err)
+	r, replayed, err := a.AcquireOrReplay(t.Context(), req)
+	took := time.Since(start)
+	if err != nil || r.ID == first.ID || !r.Active() || replayed {
+		t.Fatalf("retry of a handoff that never settled: lease %s (active %v) replayed=%v err=%v; want a new live lease, not a 503 until its TTL",
+			r.ID, r.Active(), replayed, err)
 	}
-	if took := time.Since(start); took > a.handoffSettleBound()+time.Second {
-		t.Fatalf("retry took %v, want about the settle bound %v", took, a.handoffSettleBound())
+	if bound := a.handoffSettleBound(1); took < bound || took > bound+time.Second {
+		t.Fatalf("retry took %v, want about the settle bound %v", took, bound)
 	}
-	// Its TTL (here a revoke) ends it: the key went with it.
-	if _, err := a.Revoke(t.Context(), first.ID); err != nil {
+	var ended bool
+	var key *string
+	if err := a.pool.QueryRow(t.Context(), `SELECT released_at IS NOT NULL, idempotency_key FROM devalloc.leases WHERE id = $1`, first.ID).
+		Scan(&ended, &key); err != nil {
 		t.Fatal(err)
 	}
-	r, replayed, err = a.AcquireOrReplay(t.Context(), keyed("w", "k", "lab", 0))
-	if err != nil || r.ID == first.ID || !r.Active() || replayed {
-		t.Fatalf("retry after the pending lease ended: lease %s (active %v) replayed=%v err=%v; want a new live lease", r.ID, r.Active(), replayed, err)
+	if !ended || key != nil {
+		t.Fatalf("the unsettled handoff: ended %v, key %v; want it ended with its key given up", ended, key)
+	}
+	checkOneHolder(t, a)
+	waitFlights(t, a)
+}
+
+// A confirm that commits while a retry takes an unsettled handoff back
+// wins: the lease is the answer, in force.
+func TestConfirmBeatingTheTakeBackIsTheAnswer(t *testing.T) {
+	url := newDB(t)
+	cfg := testConfig(&fakeProber{})
+	cfg.ProbeTimeout = 200 * time.Millisecond
+	a := newAllocator(t, url, cfg)
+	mustCreate(t, a, "dev", "lab", "h:dev", nil)
+	req := keyed("w", "k", "lab", 0)
+	req.TTL = time.Hour
+	first, _, err := a.AcquireOrReplay(t.Context(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.leases SET handoff_pending = true WHERE id = $1`, first.ID); err != nil {
+		t.Fatal(err)
+	}
+	// The waiter's confirm holds the lease's row locked as the retry's
+	// take-back reaches it, then commits.
+	tx, err := a.pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.WithoutCancel(t.Context()))
+	var ok bool
+	if err := tx.QueryRow(t.Context(), `SELECT devalloc.confirm_handoff(ARRAY[$1::uuid])`, first.ID).Scan(&ok); err != nil || !ok {
+		t.Fatalf("confirm: %v %v", ok, err)
+	}
+	retry := goAcquire(t.Context(), a, req)
+	waitFor(t, "the take-back waiting on the confirm's row lock", func() bool {
+		var n int
+		if err := a.pool.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n > 0
+	})
+	if err := tx.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	r := <-retry
+	if r.err != nil || r.lease.ID != first.ID || !r.lease.Active() || !r.replayed {
+		t.Fatalf("retry: lease %s (active %v) replayed=%v err=%v; want the confirmed lease %s, replayed", r.lease.ID, r.lease.Active(), r.replayed, r.err, first.ID)
 	}
 	checkOneHolder(t, a)
 	waitFlights(t, a)

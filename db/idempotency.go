@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -99,8 +100,9 @@ func (a *Allocator) replayWithin(ctx context.Context, req AcquireRequest, bound 
 // answer; ended, its key was given up with it and there is none (ok false:
 // the request goes on as if no lease had the key). Still pending after
 // handoffSettleBound (its waiter's instance died, or is stuck), replay
-// fails with errHandoffUnsettled (transient: 503, retry later). Every
-// replay goes through here, so none answers with a pending lease.
+// takes it back (takeBackUnsettled) and goes on without it; only if that
+// fails does it answer errHandoffUnsettled (transient: 503, retry later).
+// Every replay goes through here, so none answers with a pending lease.
 func (a *Allocator) replay(ctx context.Context, req AcquireRequest) (lease Lease, ok bool, err error) {
 	return a.replayBounded(ctx, req, 0)
 }
@@ -145,17 +147,19 @@ var errHandoffUnsettled = errors.New("the lease of this idempotency key is a han
 // handoffPoll is how often a replay looks again at a pending handoff.
 const handoffPoll = 20 * time.Millisecond
 
-// handoffSettleBound is how long a replay waits for a pending handoff: its
-// waiter probes each device within ProbeTimeout (a group: one after the
-// other), then confirms in one statement.
-func (a *Allocator) handoffSettleBound() time.Duration {
-	return 2*a.cfg.ProbeTimeout + time.Second
+// handoffSettleBound is how long a replay waits for a pending handoff of
+// count devices: its waiter probes them one after the other, each within
+// ProbeTimeout, then confirms in one statement.
+func (a *Allocator) handoffSettleBound(count int) time.Duration {
+	return time.Duration(max(count, 1)+1)*a.cfg.ProbeTimeout + time.Second
 }
 
 // settledKeyLease reads the lease with req's key, waiting while it is a
-// pending handoff (see replay).
+// pending handoff (see replay). Still pending after handoffSettleBound,
+// the handoff is taken back once (takeBackUnsettled) and read again.
 func (a *Allocator) settledKeyLease(ctx context.Context, req AcquireRequest, stmtBound time.Duration) (dbsqlc.DevallocLease, bool, error) {
 	var deadline time.Time
+	tookBack := false
 	for {
 		stmtCtx, cancel := boundedBy(ctx, stmtBound)
 		r, err := a.q.GetLeaseByIdempotencyKey(stmtCtx, dbsqlc.GetLeaseByIdempotencyKeyParams{
@@ -172,10 +176,17 @@ func (a *Allocator) settledKeyLease(ctx context.Context, req AcquireRequest, stm
 			return r, true, nil
 		}
 		if deadline.IsZero() {
-			deadline = time.Now().Add(a.handoffSettleBound())
+			deadline = time.Now().Add(a.handoffSettleBound(req.Count))
 		}
 		if !time.Now().Before(deadline) {
-			return r, false, fmt.Errorf("replay lease %s of %q: %w", r.ID, req.Owner, errHandoffUnsettled)
+			if tookBack {
+				return r, false, fmt.Errorf("replay lease %s of %q: %w", r.ID, req.Owner, errHandoffUnsettled)
+			}
+			tookBack = true
+			if err := a.takeBackUnsettled(ctx, r); err != nil {
+				return r, false, fmt.Errorf("replay lease %s of %q: %w (%w)", r.ID, req.Owner, errHandoffUnsettled, err)
+			}
+			continue
 		}
 		select {
 		case <-ctx.Done():
@@ -187,6 +198,40 @@ func (a *Allocator) settledKeyLease(ctx context.Context, req AcquireRequest, stm
 		case <-time.After(handoffPoll):
 		}
 	}
+}
+
+// takeBackUnsettled gives back a handoff still pending past its settle
+// bound, with the other leases handed to the same waiter (a group): its
+// waiter's instance died or hangs mid-probe, and would otherwise hold the
+// devices, and the key, until their TTL while every retry is told 503.
+// Nobody was told it has them. Each ends only while still pending,
+// checked on the locked row (EndLease pending_only): a confirm that commits
+// first makes them the answer, and one that comes after finds them ended
+// (confirm_handoff is all or nothing) and sends its waiter back in line.
+// Ending gives the key up (migrations/00018).
+func (a *Allocator) takeBackUnsettled(ctx context.Context, r dbsqlc.DevallocLease) error {
+	ids := []uuid.UUID{r.ID}
+	if r.WaiterID != nil {
+		stmtCtx, cancel := context.WithTimeout(ctx, queueBound)
+		rows, err := a.q.WaiterLeases(stmtCtx, r.WaiterID)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("read the leases handed with %s: %w", r.ID, err)
+		}
+		ids = ids[:0]
+		for _, h := range rows {
+			if h.DevallocLease.HandoffPending {
+				ids = append(ids, h.DevallocLease.ID)
+			}
+		}
+	}
+	a.log.Warn("a handoff still under probe past its bound is taken back: its waiter's instance is gone or stuck",
+		"lease", r.ID, "pool", r.Pool, "owner", r.Owner, "leases", len(ids))
+	var failed error
+	for _, id := range ids {
+		failed = errors.Join(failed, a.giveBackStranded(ctx, id, true))
+	}
+	return failed
 }
 
 func isIdempotencyConflict(err error) bool {

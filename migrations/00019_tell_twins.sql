@@ -66,8 +66,11 @@ DECLARE
 BEGIN
     -- The key's lock is held here: a grant from the line claimed it, a
     -- direct grant locked it before its insert. A join waits for it, so no
-    -- twin row can appear unseen. The twins' rows are not locked by anyone
-    -- else meanwhile (serving one needs the key's claim).
+    -- twin row can appear unseen. A twin's row may be locked a moment by
+    -- a release or dispatch looking at it (first_in_line locks a candidate
+    -- before it tries the key's claim, which fails while this transaction
+    -- holds it, and passes over the row): the DELETE waits for that short
+    -- transaction, and nobody else can serve the row meanwhile.
     FOR t IN DELETE FROM devalloc.waiters w
              WHERE w.owner = NEW.owner AND w.idempotency_key = NEW.idempotency_key
                AND w.id IS DISTINCT FROM NEW.waiter_id
