@@ -67,14 +67,14 @@ chaos: ## fault scenarios against real serve processes (kill -9, pg_terminate_ba
 soak: ## steady load with periodic faults for SOAK_DURATION (5m); prints RSS and connection samples
 	DEVALLOC_SOAK=1 DEVALLOC_SOAK_DURATION='$(SOAK_DURATION)' $(GO) test -tags chaos -count=1 -timeout 3h -v -run '^TestSoak$$' ./cmd/devalloc/chaos/
 
-# Everything generated, and committed: db/dbsqlc (sqlc, from queries/ and
+# Everything generated, and committed: db/internal/dbsqlc (sqlc, from queries/ and
 # migrations/), the OpenAPI documents in httpapi/openapi (from the Huma
 # operations in httpapi) and the Go client httpapi/client/client.gen.go
 # (oapi-codegen, from the 3.0 document). In this order: the documents are
-# rendered by code that uses db/dbsqlc, and the client is generated from them.
-GENERATED := db/dbsqlc httpapi/openapi httpapi/client
+# rendered by code that uses db/internal/dbsqlc, and the client is generated from them.
+GENERATED := db/internal/dbsqlc httpapi/openapi httpapi/client
 
-generate: ## regenerate db/dbsqlc (sqlc), httpapi/openapi/*.json and httpapi/client/client.gen.go (oapi-codegen)
+generate: ## regenerate db/internal/dbsqlc (sqlc), httpapi/openapi/*.json and httpapi/client/client.gen.go (oapi-codegen)
 	$(SQLC) generate
 	$(GO) run ./httpapi/openapi -dir httpapi/openapi
 	$(OAPI_CODEGEN) -config httpapi/client/oapi-codegen.yaml httpapi/openapi/openapi-3.0.json
@@ -86,7 +86,7 @@ generate: ## regenerate db/dbsqlc (sqlc), httpapi/openapi/*.json and httpapi/cli
 check-generated: ## fail when any generated file is not what `make generate` writes now
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	tar --exclude=./.git --exclude=./bin -cf - . | tar -xf - -C "$$tmp"; \
-	rm -rf "$$tmp/db/dbsqlc" "$$tmp"/httpapi/openapi/*.json "$$tmp"/httpapi/client/*.gen.go; \
+	rm -rf "$$tmp/db/internal/dbsqlc" "$$tmp"/httpapi/openapi/*.json "$$tmp"/httpapi/client/*.gen.go; \
 	$(MAKE) --no-print-directory -C "$$tmp" generate >/dev/null; \
 	stale=0; \
 	for d in $(GENERATED); do \

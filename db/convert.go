@@ -3,7 +3,7 @@ package db
 import (
 	"fmt"
 
-	"github.com/devalloc/devalloc/db/dbsqlc"
+	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 )
 
 func deviceFromRow(r dbsqlc.DevallocDevice) (Device, error) {

@@ -3,7 +3,7 @@ package db
 import (
 	"context"
 
-	"github.com/devalloc/devalloc/db/dbsqlc"
+	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 )
 
 // endLeaseAttempts bounds how often endLease runs EndLease while it fails

@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/devalloc/devalloc/db/dbsqlc"
+	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 )
 
 // A handoff under probe (handoff_pending) holds its request's idempotency

@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/devalloc/devalloc/db/dbsqlc"
+	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 )
 
 // idempotencyIndex is the unique index that allows one lease per owner and

@@ -4,7 +4,7 @@ import (
 	"context"
 	"time"
 
-	"github.com/devalloc/devalloc/db/dbsqlc"
+	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 )
 
 // pruneBatch bounds one pruning statement: short transactions and few row

@@ -6,7 +6,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/devalloc/devalloc/db/dbsqlc"
+	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 )
 
 // runRechecker looks, about once per RecheckInterval, for idle devices that

@@ -10,7 +10,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/devalloc/devalloc/db/dbsqlc"
+	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 )
 
 // strandedWaiters are rows in line whose request has already been answered:

@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/devalloc/devalloc/db/dbsqlc"
+	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 )
 
 // cancelCutDB runs every statement on PostgreSQL, but on cue runs a step
