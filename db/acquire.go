@@ -147,7 +147,7 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 			// Pass the device we let go on to whoever else wants it; then
 			// answer with the lease that won the key.
 			a.hub.Notify(taken.event)
-			lease, ok, err := a.replay(ctx, req)
+			lease, ok, err := a.replayWithin(ctx, req, a.attemptBound(max(window.remaining(), 0)))
 			if err == nil && !ok {
 				// The conflicting lease committed (the unique index waited
 				// for it), but it was a handoff under probe that failed

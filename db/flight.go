@@ -57,7 +57,7 @@ type flight struct {
 func (a *Allocator) acquireJoined(ctx context.Context, req AcquireRequest) (Lease, bool, error) {
 	k := flightKey{owner: req.Owner, key: req.IdempotencyKey}
 	for {
-		if lease, ok, err := a.replay(ctx, req); err != nil || ok {
+		if lease, ok, err := a.replayWithin(ctx, req, a.attemptBound(req.Wait)); err != nil || ok {
 			return lease, ok, err
 		}
 		f, how, err := a.flights.join(ctx, k, req.fingerprint, time.Now().Add(req.Wait))

@@ -82,43 +82,27 @@ func (r AcquireRequest) fingerprintOf() []byte {
 	return sum[:]
 }
 
-// replayWithin is replay with each of its database calls bounded by bound
-// (see attemptBound), for the acquire loop. The wait for a pending handoff
-// to settle is not: a probe takes longer than a statement, and the request
-// meeting the key's lease is answered with what the probe decides.
-func (a *Allocator) replayWithin(ctx context.Context, req AcquireRequest, bound time.Duration) (Lease, bool, error) {
-	return a.replayBounded(ctx, req, bound)
-}
-
-// replay returns the lease the owner already got with req's key, if any
-// (ok true), or ErrIdempotencyKeyReused if that lease was for a different
-// request.
+// replayWithin returns the lease the owner already got with req's key, if
+// any (ok true), or ErrIdempotencyKeyReused if that lease was for a
+// different request. Each database call is bounded by bound (see
+// attemptBound; none when <= 0).
 //
 // A lease handed from the line whose waiter is still probing it
 // (handoff_pending) is no answer yet: the probe may fail, and the lease end
-// or be given back. replay waits for it to settle: confirmed, it is the
-// answer; ended, its key was given up with it and there is none (ok false:
-// the request goes on as if no lease had the key). Still pending after
-// handoffSettleBound (its waiter's instance died, or is stuck), replay
-// takes it back (takeBackUnsettled) and goes on without it; only if that
-// fails does it answer errHandoffUnsettled (transient: 503, retry later).
-// Every replay goes through here, so none answers with a pending lease.
-func (a *Allocator) replay(ctx context.Context, req AcquireRequest) (lease Lease, ok bool, err error) {
-	return a.replayBounded(ctx, req, 0)
-}
-
-// replayBounded is replay with each database call bounded by stmtBound
-// (none when <= 0).
-func (a *Allocator) replayBounded(ctx context.Context, req AcquireRequest, stmtBound time.Duration) (lease Lease, ok bool, err error) {
-	r, found, err := a.settledKeyLease(ctx, req, stmtBound)
+// or be given back. replayWithin waits for it to settle, however long its
+// statements' bound: confirmed, it is the answer; ended, its key was given
+// up with it and there is none (ok false: the request goes on as if no
+// lease had the key). Still pending after handoffSettleBound (its waiter's
+// instance died, or is stuck), it is taken back (takeBackUnsettled) and
+// the request goes on without it; only if that fails is the answer
+// errHandoffUnsettled (transient: 503, retry later). Every replay goes
+// through here, so none answers with a pending lease.
+func (a *Allocator) replayWithin(ctx context.Context, req AcquireRequest, bound time.Duration) (lease Lease, ok bool, err error) {
+	r, found, err := a.settledKeyLease(ctx, req, bound)
 	if err != nil || !found {
 		return Lease{}, false, err
 	}
-	// NULL: recorded before fingerprints existed; the key alone decides.
-	if r.RequestFingerprint != nil && !bytes.Equal(r.RequestFingerprint, req.fingerprint) {
-		return Lease{}, false, ErrIdempotencyKeyReused
-	}
-	stmtCtx, cancel := boundedBy(ctx, stmtBound)
+	stmtCtx, cancel := boundedBy(ctx, bound)
 	defer cancel()
 	lease, err = a.withDevice(stmtCtx, r)
 	if err != nil {
@@ -155,10 +139,11 @@ func (a *Allocator) handoffSettleBound(count int) time.Duration {
 }
 
 // settledKeyLease reads the lease with req's key, waiting while it is a
-// pending handoff (see replay). Still pending after handoffSettleBound,
+// pending handoff (see replayWithin). Still pending after handoffSettleBound,
 // the handoff is taken back once (takeBackUnsettled) and read again.
 func (a *Allocator) settledKeyLease(ctx context.Context, req AcquireRequest, stmtBound time.Duration) (dbsqlc.DevallocLease, bool, error) {
 	var deadline time.Time
+	var pending uuid.UUID // the handoff deadline is for
 	tookBack := false
 	for {
 		stmtCtx, cancel := boundedBy(ctx, stmtBound)
@@ -172,10 +157,19 @@ func (a *Allocator) settledKeyLease(ctx context.Context, req AcquireRequest, stm
 		if err != nil {
 			return r, false, fmt.Errorf("look up idempotency key of %q: %w", req.Owner, err)
 		}
+		// Before any wait: another request with this key is refused at
+		// once and changes nothing, least of all the key's handoff.
+		// NULL: recorded before fingerprints existed; the key alone decides.
+		if r.RequestFingerprint != nil && !bytes.Equal(r.RequestFingerprint, req.fingerprint) {
+			return r, false, ErrIdempotencyKeyReused
+		}
 		if !r.HandoffPending {
 			return r, true, nil
 		}
-		if deadline.IsZero() {
+		if r.ID != pending {
+			// A new handoff of the key (its waiter went back in line and
+			// was served again) gets its own bound.
+			pending, tookBack = r.ID, false
 			deadline = time.Now().Add(a.handoffSettleBound(req.Count))
 		}
 		if !time.Now().Before(deadline) {
@@ -183,7 +177,7 @@ func (a *Allocator) settledKeyLease(ctx context.Context, req AcquireRequest, stm
 				return r, false, fmt.Errorf("replay lease %s of %q: %w", r.ID, req.Owner, errHandoffUnsettled)
 			}
 			tookBack = true
-			if err := a.takeBackUnsettled(ctx, r); err != nil {
+			if err := a.takeBackUnsettled(ctx, r, stmtBound); err != nil {
 				return r, false, fmt.Errorf("replay lease %s of %q: %w (%w)", r.ID, req.Owner, errHandoffUnsettled, err)
 			}
 			continue
@@ -209,10 +203,27 @@ func (a *Allocator) settledKeyLease(ctx context.Context, req AcquireRequest, stm
 // first makes them the answer, and one that comes after finds them ended
 // (confirm_handoff is all or nothing) and sends its waiter back in line.
 // Ending gives the key up (migrations/00018).
-func (a *Allocator) takeBackUnsettled(ctx context.Context, r dbsqlc.DevallocLease) error {
+//
+// Each statement is bounded like the request's others (stmtBound, else
+// queueBound), and runs on even if the client leaves. When one fails, the
+// waiter is marked for the re-check, which finishes the take-back: the
+// first lease to end gave the group's key up, so no retry would meet the
+// rest again.
+func (a *Allocator) takeBackUnsettled(ctx context.Context, r dbsqlc.DevallocLease, stmtBound time.Duration) (err error) {
+	if stmtBound <= 0 {
+		stmtBound = queueBound
+	}
+	ctx = context.WithoutCancel(ctx)
+	if r.WaiterID != nil {
+		defer func() {
+			if err != nil {
+				a.stranded.add(*r.WaiterID, true)
+			}
+		}()
+	}
 	ids := []uuid.UUID{r.ID}
 	if r.WaiterID != nil {
-		stmtCtx, cancel := context.WithTimeout(ctx, queueBound)
+		stmtCtx, cancel := context.WithTimeout(ctx, stmtBound)
 		rows, err := a.q.WaiterLeases(stmtCtx, r.WaiterID)
 		cancel()
 		if err != nil {
@@ -227,11 +238,15 @@ func (a *Allocator) takeBackUnsettled(ctx context.Context, r dbsqlc.DevallocLeas
 	}
 	a.log.Warn("a handoff still under probe past its bound is taken back: its waiter's instance is gone or stuck",
 		"lease", r.ID, "pool", r.Pool, "owner", r.Owner, "leases", len(ids))
-	var failed error
 	for _, id := range ids {
-		failed = errors.Join(failed, a.giveBackStranded(ctx, id, true))
+		stmtCtx, cancel := context.WithTimeout(ctx, stmtBound)
+		err := a.giveBackStranded(stmtCtx, id, true)
+		cancel()
+		if err != nil {
+			return err
+		}
 	}
-	return failed
+	return nil
 }
 
 func isIdempotencyConflict(err error) bool {

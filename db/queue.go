@@ -395,8 +395,15 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) 
 		}
 		leases = append(leases, l)
 	}
-	if a.cfg.ProbeOnHandoff && ctx.Err() == nil {
-		if good, failed := a.probeHanded(ctx, rows); failed {
+	if a.cfg.ProbeOnHandoff && (ctx.Err() == nil || req.IdempotencyKey != "") {
+		// A keyed request whose client left still probes (each probe
+		// bounded by ProbeTimeout): the confirm below makes the leases its
+		// retry's answer, which must not be a device nobody probed.
+		probeCtx := ctx
+		if req.IdempotencyKey != "" {
+			probeCtx = context.WithoutCancel(ctx)
+		}
+		if good, failed := a.probeHanded(probeCtx, rows); failed {
 			return Lease{}, false, append([]Lease{}, good...), nil
 		}
 	}
