@@ -426,3 +426,36 @@ func TestStrandedKeyedWaitersPendingHandoffIsGivenBack(t *testing.T) {
 	checkOneHolder(t, a)
 	waitFlights(t, a)
 }
+
+// A keyed group is answered with the lease that carries its key, the one a
+// retry's replay finds: the same lease id both times, whichever device's
+// lease the key landed on (here the one whose device sorts last).
+func TestKeyedGroupIsAnsweredWithTheLeaseItsRetryReplays(t *testing.T) {
+	url := newDB(t)
+	a := newAllocator(t, url, probedConfig(&fakeProber{}))
+	byName := map[string]Lease{}
+	for _, name := range []string{"a1", "b2"} {
+		mustCreate(t, a, name, "lab", "h:"+name, nil)
+		l := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
+		byName[l.Device.Name] = l
+	}
+	req := keyed("w", "k", "lab", 20*time.Second)
+	req.Count = 2
+	waiting := goAcquire(t.Context(), a, req)
+	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	for _, name := range []string{"b2", "a1"} { // b2 idle first: its lease is granted first
+		if _, err := a.Release(t.Context(), byName[name].ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := <-waiting
+	if w.err != nil || len(w.lease.Group) != 2 {
+		t.Fatalf("group: %+v %v", w.lease, w.err)
+	}
+	r, replayed, err := a.AcquireOrReplay(t.Context(), req)
+	if err != nil || !replayed || r.ID != w.lease.ID || len(r.Group) != 2 {
+		t.Fatalf("retry: lease %s on %s (group of %d) replayed=%v err=%v; want the answer's lease %s on %s",
+			r.ID, r.Device.Name, len(r.Group), replayed, err, w.lease.ID, w.lease.Device.Name)
+	}
+	waitFlights(t, a)
+}

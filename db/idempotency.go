@@ -111,6 +111,14 @@ func (a *Allocator) replayWithin(ctx context.Context, req AcquireRequest, bound 
 	if lease, err = a.groupOf(stmtCtx, lease); err != nil {
 		return Lease{}, false, err
 	}
+	if len(lease.Group) > 0 {
+		// A group's answer is its lease on the first device by name (see
+		// answerOf), whichever of its leases carries the key: a retry gets
+		// the lease id the first answer gave.
+		answer := lease.Group[0]
+		answer.Group = lease.Group
+		lease = answer
+	}
 	return lease, true, nil
 }
 

@@ -474,7 +474,7 @@ func (a *Allocator) giveBackUnread(req AcquireRequest, w *Waiter, err error) {
 }
 
 // answerOf is the acquire's answer: the lease, or for a group the first
-// lease carrying them all.
+// lease (by device name) carrying them all; a replay answers the same.
 func answerOf(leases []Lease) Lease {
 	first := leases[0]
 	if first.GroupID != nil {
