@@ -172,8 +172,9 @@ func (c *confirmRaceDB) QueryRow(ctx context.Context, sql string, args ...any) p
 		gate := c.gate
 		go func() {
 			<-gate
-			var ok bool
-			c.confirmed <- c.pool.QueryRow(context.Background(), sql, args...).Scan(&ok)
+			var confirmed bool
+			var expires time.Time
+			c.confirmed <- c.pool.QueryRow(context.Background(), sql, args...).Scan(&confirmed, &expires)
 		}()
 		// As pgx reports a connection that died before the answer.
 		return errorRow{fmt.Errorf("confirm's answer lost: %w", io.ErrUnexpectedEOF)}

@@ -136,6 +136,10 @@ func boundedBy(ctx context.Context, bound time.Duration) (context.Context, conte
 // with that lease.
 var errHandoffUnsettled = errors.New("the lease of this idempotency key is a handoff still under probe")
 
+// errLeaseUnderProbe: a renew named a lease whose handoff is still under
+// its waiter's probe; nobody was told of it yet (transient: 503).
+var errLeaseUnderProbe = errors.New("the lease is a handoff still under its waiter's probe")
+
 // handoffPoll is how often a replay looks again at a pending handoff.
 const handoffPoll = 20 * time.Millisecond
 
@@ -237,11 +241,17 @@ func (a *Allocator) takeBackUnsettled(ctx context.Context, r dbsqlc.DevallocLeas
 		if err != nil {
 			return fmt.Errorf("read the leases handed with %s: %w", r.ID, err)
 		}
+		// The key's lease first: ending another lease of a pending group
+		// first would lock the key's lease too (migrations/00018's group
+		// trigger), in an order that can deadlock with a confirm.
 		ids = ids[:0]
 		for _, h := range rows {
-			if h.DevallocLease.HandoffPending {
+			if h.DevallocLease.HandoffPending && h.DevallocLease.ID != r.ID {
 				ids = append(ids, h.DevallocLease.ID)
 			}
+		}
+		if r.HandoffPending {
+			ids = append([]uuid.UUID{r.ID}, ids...)
 		}
 	}
 	a.log.Warn("a handoff still under probe past its bound is taken back: its waiter's instance is gone or stuck",

@@ -183,6 +183,11 @@ func (a *Allocator) endedError(ctx context.Context, id uuid.UUID) error {
 	if err != nil {
 		return err
 	}
+	if lease.Active() && lease.HandoffPending && lease.ExpiresAt.After(time.Now()) {
+		// Handed from the line, its waiter still probing: nobody's answer
+		// yet, and it may be taken back; not renewed (503, retry later).
+		return fmt.Errorf("lease %s: %w", id, errLeaseUnderProbe)
+	}
 	if lease.Active() {
 		// Lapsed but not reaped yet: to its holder it is as good as expired.
 		lease.EndReason = EndExpired

@@ -424,9 +424,6 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) 
 			}
 			return Lease{}, false, nil, err
 		}
-		for i := range leases {
-			leases[i].HandoffPending = false
-		}
 	}
 	// The answer: these leases are the client's, and no re-check may give
 	// them back, whatever marked this waiter (see strandedWaiters).
@@ -443,6 +440,9 @@ var errHandoffEnded = errors.New("a handed lease ended before its handoff was co
 // committed is unknown: the leases go to the re-checker, which gives back
 // those still pending (a retry then acquires afresh) and keeps confirmed
 // ones for the retry's replay, and the client gets the (transient) error.
+//
+// The confirm starts the leases' TTL over (the probe does not eat it), so
+// the answer carries the new expires_at: leases are updated in place.
 func (a *Allocator) confirmHandoff(ctx context.Context, req AcquireRequest, w *Waiter, leases []Lease) error {
 	ids := make([]uuid.UUID, len(leases))
 	for i, l := range leases {
@@ -450,15 +450,19 @@ func (a *Allocator) confirmHandoff(ctx context.Context, req AcquireRequest, w *W
 	}
 	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queueBound)
 	defer cancel()
-	ok, err := a.q.ConfirmHandoff(stmtCtx, ids)
+	c, err := a.q.ConfirmHandoff(stmtCtx, ids)
 	if err != nil {
 		err = fmt.Errorf("confirm the handoff to waiter %s: %w", w.ID, err)
 		a.giveBackUnread(req, w, err)
 		return err
 	}
-	if !ok {
+	if !c.Confirmed {
 		a.log.Info("a lease handed over from the line ended during its probe; the waiter goes back in line", "waiter", w.ID, "pool", req.Selector.Pool)
 		return errHandoffEnded
+	}
+	for i := range leases {
+		leases[i].HandoffPending = false
+		leases[i].ExpiresAt = c.ExpiresAt
 	}
 	return nil
 }
@@ -495,6 +499,12 @@ func (a *Allocator) probeHanded(ctx context.Context, rows []dbsqlc.WaiterLeasesR
 		pctx, cancel := context.WithTimeout(ctx, a.cfg.ProbeTimeout)
 		errs[i] = a.probe(pctx, *r.DeviceProbe, *r.DeviceAddress)
 		cancel()
+		if ctx.Err() != nil {
+			// Cut because the client left, not because the device failed:
+			// no verdict on it (the caller gives the leases back), and a
+			// healthy device must not go offline for it.
+			return nil, false
+		}
 		failed = failed || errs[i] != nil
 	}
 	if !failed {

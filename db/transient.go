@@ -22,7 +22,8 @@ func IsTransient(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) {
 		return false
 	}
-	if errors.Is(err, errNotRegistered) || errors.Is(err, errJoinUndecided) || errors.Is(err, errHandoffUnsettled) {
+	if errors.Is(err, errNotRegistered) || errors.Is(err, errJoinUndecided) || errors.Is(err, errHandoffUnsettled) ||
+		errors.Is(err, errLeaseUnderProbe) {
 		return true
 	}
 	var pgErr *pgconn.PgError

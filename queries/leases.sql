@@ -29,14 +29,16 @@ ORDER BY l.acquired_at DESC, l.id DESC
 LIMIT @max_rows;
 
 -- name: RenewLease :one
--- Extends an active lease that has not lapsed yet (database clock).
+-- Extends an active lease that has not lapsed yet (database clock). A
+-- handoff still under its waiter's probe (handoff_pending) is nobody's
+-- answer yet and may be taken back: it is not renewed.
 -- "Active" is written as active_device_id IS NOT NULL (the same thing: see
 -- the column) so that the lookup goes by the lease id: with released_at IS
 -- NULL the planner may scan a partial index of active leases ordered by
 -- acquired_at from one end, through every dead entry of released leases
 -- that vacuum has not removed yet.
 UPDATE devalloc.leases SET expires_at = clock_timestamp() + make_interval(secs => @ttl_seconds::float8)
-WHERE id = @id AND active_device_id IS NOT NULL AND expires_at > now()
+WHERE id = @id AND active_device_id IS NOT NULL AND expires_at > now() AND NOT handoff_pending
 RETURNING *;
 
 -- name: EndLease :one

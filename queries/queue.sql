@@ -157,10 +157,11 @@ LIMIT @max_rows;
 
 -- name: ConfirmHandoff :one
 -- The waiter's probe of the devices handed to it passed: they are its
--- answer now, and a retry may replay them (devalloc.confirm_handoff).
--- False: one of them ended before (revoked, reaped), so none is
--- confirmed and they are no answer.
-SELECT devalloc.confirm_handoff(@ids::uuid[])::boolean AS confirmed;
+-- answer now, with their TTL started over, and a retry may replay them
+-- (devalloc.confirm_handoff_until). Not confirmed: one of them ended
+-- before (revoked, reaped), so none is and they are no answer.
+SELECT (c.until IS NOT NULL)::boolean AS confirmed, coalesce(c.until, now())::timestamptz AS expires_at
+FROM devalloc.confirm_handoff_until(@ids::uuid[]) AS c(until);
 
 -- name: GroupLeases :many
 -- Every lease of a group acquire, with the device details.
@@ -215,9 +216,9 @@ RETURNING d.id;
 
 -- name: RenewGroup :many
 -- Extends every active, unlapsed lease of an owner's group (database
--- clock).
+-- clock); not while its handoff is under probe (see RenewLease).
 UPDATE devalloc.leases SET expires_at = clock_timestamp() + make_interval(secs => @ttl_seconds::float8)
-WHERE group_id = @group_id AND owner = @owner AND released_at IS NULL AND expires_at > now()
+WHERE group_id = @group_id AND owner = @owner AND released_at IS NULL AND expires_at > now() AND NOT handoff_pending
 RETURNING *;
 
 -- name: GroupLeaseIDs :many

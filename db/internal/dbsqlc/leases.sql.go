@@ -400,7 +400,7 @@ func (q *Queries) ListLeases(ctx context.Context, arg ListLeasesParams) ([]ListL
 
 const renewLease = `-- name: RenewLease :one
 UPDATE devalloc.leases SET expires_at = clock_timestamp() + make_interval(secs => $1::float8)
-WHERE id = $2 AND active_device_id IS NOT NULL AND expires_at > now()
+WHERE id = $2 AND active_device_id IS NOT NULL AND expires_at > now() AND NOT handoff_pending
 RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key, handoff_pending
 `
 
@@ -409,7 +409,9 @@ type RenewLeaseParams struct {
 	ID         uuid.UUID
 }
 
-// Extends an active lease that has not lapsed yet (database clock).
+// Extends an active lease that has not lapsed yet (database clock). A
+// handoff still under its waiter's probe (handoff_pending) is nobody's
+// answer yet and may be taken back: it is not renewed.
 // "Active" is written as active_device_id IS NOT NULL (the same thing: see
 // the column) so that the lookup goes by the lease id: with released_at IS
 // NULL the planner may scan a partial index of active leases ordered by

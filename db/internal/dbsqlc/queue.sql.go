@@ -29,18 +29,24 @@ func (q *Queries) CancelWaiter(ctx context.Context, id uuid.UUID) (int64, error)
 }
 
 const confirmHandoff = `-- name: ConfirmHandoff :one
-SELECT devalloc.confirm_handoff($1::uuid[])::boolean AS confirmed
+SELECT (c.until IS NOT NULL)::boolean AS confirmed, coalesce(c.until, now())::timestamptz AS expires_at
+FROM devalloc.confirm_handoff_until($1::uuid[]) AS c(until)
 `
 
+type ConfirmHandoffRow struct {
+	Confirmed bool
+	ExpiresAt time.Time
+}
+
 // The waiter's probe of the devices handed to it passed: they are its
-// answer now, and a retry may replay them (devalloc.confirm_handoff).
-// False: one of them ended before (revoked, reaped), so none is
-// confirmed and they are no answer.
-func (q *Queries) ConfirmHandoff(ctx context.Context, ids []uuid.UUID) (bool, error) {
+// answer now, with their TTL started over, and a retry may replay them
+// (devalloc.confirm_handoff_until). Not confirmed: one of them ended
+// before (revoked, reaped), so none is and they are no answer.
+func (q *Queries) ConfirmHandoff(ctx context.Context, ids []uuid.UUID) (ConfirmHandoffRow, error) {
 	row := q.db.QueryRow(ctx, confirmHandoff, ids)
-	var confirmed bool
-	err := row.Scan(&confirmed)
-	return confirmed, err
+	var i ConfirmHandoffRow
+	err := row.Scan(&i.Confirmed, &i.ExpiresAt)
+	return i, err
 }
 
 const deregisterInstance = `-- name: DeregisterInstance :exec
@@ -532,7 +538,7 @@ func (q *Queries) RegisterInstance(ctx context.Context, arg RegisterInstancePara
 
 const renewGroup = `-- name: RenewGroup :many
 UPDATE devalloc.leases SET expires_at = clock_timestamp() + make_interval(secs => $1::float8)
-WHERE group_id = $2 AND owner = $3 AND released_at IS NULL AND expires_at > now()
+WHERE group_id = $2 AND owner = $3 AND released_at IS NULL AND expires_at > now() AND NOT handoff_pending
 RETURNING id, device_id, device_name, pool, owner, holder, fencing_token, acquired_at, expires_at, released_at, end_reason, idempotency_key, active_device_id, request_fingerprint, group_id, waiter_id, given_up_idempotency_key, handoff_pending
 `
 
@@ -543,7 +549,7 @@ type RenewGroupParams struct {
 }
 
 // Extends every active, unlapsed lease of an owner's group (database
-// clock).
+// clock); not while its handoff is under probe (see RenewLease).
 func (q *Queries) RenewGroup(ctx context.Context, arg RenewGroupParams) ([]DevallocLease, error) {
 	rows, err := q.db.Query(ctx, renewGroup, arg.TtlSeconds, arg.GroupID, arg.Owner)
 	if err != nil {
