@@ -152,9 +152,10 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 				// The conflicting lease committed (the unique index waited
 				// for it), but it was a handoff under probe that failed
 				// and gave the key up with its end (replay waited for
-				// that): the key is free, so try again. Each round needs
-				// another handoff of this key to fail its probe, so this
-				// never spins.
+				// that, or took it back unsettled): the key is free, so
+				// try again. Each round needs another handoff of this key
+				// to fail its probe or be taken back after its settle
+				// bound, so this never spins.
 				continue
 			}
 			return lease, ok, err
