@@ -297,12 +297,12 @@ func TestPendingLeaseThatEndsUnsettledIsNeverReplayed(t *testing.T) {
 	waitFlights(t, b)
 }
 
-// A handoff whose waiter's instance died (or hangs) before its probe
-// settled would hold its key, and every retry would wait and be told 503,
-// until the lease's TTL. Past the settle bound the retry takes the handoff
-// back (only while it is still pending: a confirm that beats it makes it
-// the answer), the key goes with it, and the retry acquires afresh.
-func TestRetryTakesBackAHandoffThatNeverSettles(t *testing.T) {
+// unsettledHandoff is an allocator (probe timeout 200 ms, so a settle
+// bound of 1.4 s) and a keyed lease of its device "dev" made pending, as a
+// handoff to a waiter whose instance died before its probe ended; req is
+// the request, whose retry meets it.
+func unsettledHandoff(t *testing.T) (*Allocator, AcquireRequest, Lease) {
+	t.Helper()
 	url := newDB(t)
 	cfg := testConfig(&fakeProber{})
 	cfg.ProbeTimeout = 200 * time.Millisecond
@@ -314,10 +314,19 @@ func TestRetryTakesBackAHandoffThatNeverSettles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// As a handoff to a waiter whose instance died before its probe ended.
 	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.leases SET handoff_pending = true WHERE id = $1`, first.ID); err != nil {
 		t.Fatal(err)
 	}
+	return a, req, first
+}
+
+// A handoff whose waiter's instance died (or hangs) before its probe
+// settled would hold its key, and every retry would wait and be told 503,
+// until the lease's TTL. Past the settle bound the retry takes the handoff
+// back (only while it is still pending: a confirm that beats it makes it
+// the answer), the key goes with it, and the retry acquires afresh.
+func TestRetryTakesBackAHandoffThatNeverSettles(t *testing.T) {
+	a, req, first := unsettledHandoff(t)
 	start := time.Now()
 	r, replayed, err := a.AcquireOrReplay(t.Context(), req)
 	took := time.Since(start)
@@ -344,20 +353,7 @@ func TestRetryTakesBackAHandoffThatNeverSettles(t *testing.T) {
 // A confirm that commits while a retry takes an unsettled handoff back
 // wins: the lease is the answer, in force.
 func TestConfirmBeatingTheTakeBackIsTheAnswer(t *testing.T) {
-	url := newDB(t)
-	cfg := testConfig(&fakeProber{})
-	cfg.ProbeTimeout = 200 * time.Millisecond
-	a := newAllocator(t, url, cfg)
-	mustCreate(t, a, "dev", "lab", "h:dev", nil)
-	req := keyed("w", "k", "lab", 0)
-	req.TTL = time.Hour
-	first, _, err := a.AcquireOrReplay(t.Context(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.leases SET handoff_pending = true WHERE id = $1`, first.ID); err != nil {
-		t.Fatal(err)
-	}
+	a, req, first := unsettledHandoff(t)
 	// The waiter's confirm holds the lease's row locked as the retry's
 	// take-back reaches it, then commits.
 	tx, err := a.pool.Begin(t.Context())
@@ -366,7 +362,7 @@ func TestConfirmBeatingTheTakeBackIsTheAnswer(t *testing.T) {
 	}
 	defer tx.Rollback(context.WithoutCancel(t.Context()))
 	var ok bool
-	if err := tx.QueryRow(t.Context(), `SELECT devalloc.confirm_handoff(ARRAY[$1::uuid])`, first.ID).Scan(&ok); err != nil || !ok {
+	if err := tx.QueryRow(t.Context(), `SELECT devalloc.confirm_handoff_until(ARRAY[$1::uuid]) IS NOT NULL`, first.ID).Scan(&ok); err != nil || !ok {
 		t.Fatalf("confirm: %v %v", ok, err)
 	}
 	retry := goAcquire(t.Context(), a, req)

@@ -231,20 +231,7 @@ func TestPartialTakeBackOfAGroupIsFinishedByTheRecheck(t *testing.T) {
 // (or any long transaction) holds locked, is answered at about its settle
 // bound, not 5 s (queueBound) per lease of the group later.
 func TestTakeBackUnderARowLockAnswersWithinTheSettleBound(t *testing.T) {
-	url := newDB(t)
-	cfg := testConfig(&fakeProber{})
-	cfg.ProbeTimeout = 200 * time.Millisecond
-	a := newAllocator(t, url, cfg)
-	mustCreate(t, a, "dev", "lab", "h:dev", nil)
-	req := keyed("w", "k", "lab", 0)
-	req.TTL = time.Hour
-	first, _, err := a.AcquireOrReplay(t.Context(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.leases SET handoff_pending = true WHERE id = $1`, first.ID); err != nil {
-		t.Fatal(err)
-	}
+	a, req, first := unsettledHandoff(t)
 	tx, err := a.pool.Begin(t.Context())
 	if err != nil {
 		t.Fatal(err)
