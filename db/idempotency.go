@@ -226,15 +226,13 @@ func (a *Allocator) takeBackUnsettled(ctx context.Context, r dbsqlc.DevallocLeas
 		stmtBound = queueBound
 	}
 	ctx = context.WithoutCancel(ctx)
+	ids := []uuid.UUID{r.ID}
 	if r.WaiterID != nil {
 		defer func() {
 			if err != nil {
 				a.stranded.add(*r.WaiterID, true)
 			}
 		}()
-	}
-	ids := []uuid.UUID{r.ID}
-	if r.WaiterID != nil {
 		stmtCtx, cancel := context.WithTimeout(ctx, stmtBound)
 		rows, err := a.q.WaiterLeases(stmtCtx, r.WaiterID)
 		cancel()
