@@ -248,7 +248,7 @@ func TestHandoffRevokedDuringItsProbeIsNeverTheAnswer(t *testing.T) {
 }
 
 // A pending handoff that ends before its probe settles (the reaper ends it
-// at expiry while its waiter's instance is stuck) is never replayed: a
+// past its settle bound while its waiter's instance is stuck) is never replayed: a
 // retry gets a lease of its own.
 func TestPendingLeaseThatEndsUnsettledIsNeverReplayed(t *testing.T) {
 	url := newDB(t)
@@ -276,7 +276,11 @@ func TestPendingLeaseThatEndsUnsettledIsNeverReplayed(t *testing.T) {
 		handed = ls[0]
 		return true
 	})
-	time.Sleep(time.Until(handed.ExpiresAt) + 50*time.Millisecond)
+	// Stuck past its settle bound ((1 + 1) × b's 2 s probe timeout + 1 s)
+	// after its expiry: the reaper ends it.
+	if _, err := b.pool.Exec(t.Context(), `UPDATE devalloc.leases SET expires_at = now() - interval '10 s' WHERE id = $1`, handed.ID); err != nil {
+		t.Fatal(err)
+	}
 	if n := b.reap(t.Context()); n != 1 {
 		t.Fatalf("reaped %d leases, want the pending one", n)
 	}

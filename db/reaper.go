@@ -38,7 +38,9 @@ func (a *Allocator) runReaper(ctx context.Context) {
 // retried within the pass, so it holds up no other expiry.
 func (a *Allocator) reap(ctx context.Context) int {
 	total := 0
-	params := dbsqlc.DueLeasesParams{Batch: reapBatch}
+	// The probe timeout sets how long past its expiry a handoff still under
+	// its waiter's probe is left to that probe (see DueLeases).
+	params := dbsqlc.DueLeasesParams{Batch: reapBatch, ProbeTimeoutSeconds: a.cfg.ProbeTimeout.Seconds()}
 	for ctx.Err() == nil {
 		due, err := a.q.DueLeases(ctx, params)
 		if err != nil {

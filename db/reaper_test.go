@@ -76,7 +76,7 @@ func TestReaperSparesALeaseRenewedAfterItWasReadAsDue(t *testing.T) {
 	var due []dbsqlc.DueLeasesRow
 	waitFor(t, "the lease to be due", func() bool {
 		var err error
-		due, err = a.q.DueLeases(t.Context(), dbsqlc.DueLeasesParams{Batch: reapBatch})
+		due, err = a.q.DueLeases(t.Context(), dbsqlc.DueLeasesParams{Batch: reapBatch, ProbeTimeoutSeconds: a.cfg.ProbeTimeout.Seconds()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -199,7 +199,7 @@ func TestReaperRetriesALeaseWhoseEndTimedOutOnALock(t *testing.T) {
 	mustCreate(t, a, "board-1", "lab", "h:1", nil)
 	lease := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, TTL: 100 * time.Millisecond})
 	waitFor(t, "the lease to be due", func() bool {
-		due, err := a.q.DueLeases(t.Context(), dbsqlc.DueLeasesParams{Batch: reapBatch})
+		due, err := a.q.DueLeases(t.Context(), dbsqlc.DueLeasesParams{Batch: reapBatch, ProbeTimeoutSeconds: a.cfg.ProbeTimeout.Seconds()})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -161,9 +161,21 @@ FROM ended LEFT JOIN freed ON true LEFT JOIN granted ON true;
 -- leases that fail every time take no batch from the others (the id
 -- breaks ties, so none is passed over). The first batch starts above
 -- (-infinity, nil uuid).
-SELECT id, expires_at FROM devalloc.leases
-WHERE released_at IS NULL AND expires_at <= now()
-  AND (expires_at, id) > (coalesce(sqlc.narg('after_expires_at')::timestamptz, '-infinity'),
-                          coalesce(sqlc.narg('after_id')::uuid, '00000000-0000-0000-0000-000000000000'))
-ORDER BY expires_at, id
+--
+-- A handoff still under its waiter's probe (handoff_pending) is left to
+-- its probe: the confirm starts its TTL over (migrations/00020), so a probe
+-- slower than the TTL must not lose it. It is due only once the probe can
+-- no longer confirm it, its settle bound after expires_at: (devices in its
+-- group + 1) times the probe timeout + 1 s, as handoffSettleBound in
+-- db/idempotency.go (a waiter's instance that died mid-probe leaves it).
+SELECT l.id, l.expires_at
+FROM devalloc.leases l
+LEFT JOIN LATERAL (SELECT count(*) AS devices FROM devalloc.leases m
+                   WHERE l.handoff_pending AND m.group_id = l.group_id) g ON true
+WHERE l.released_at IS NULL AND l.expires_at <= now()
+  AND (NOT l.handoff_pending
+       OR l.expires_at + make_interval(secs => 1 + (1 + greatest(1, g.devices)) * @probe_timeout_seconds::float8) <= now())
+  AND (l.expires_at, l.id) > (coalesce(sqlc.narg('after_expires_at')::timestamptz, '-infinity'),
+                              coalesce(sqlc.narg('after_id')::uuid, '00000000-0000-0000-0000-000000000000'))
+ORDER BY l.expires_at, l.id
 LIMIT @batch;

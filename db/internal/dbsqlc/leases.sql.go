@@ -13,18 +13,24 @@ import (
 )
 
 const dueLeases = `-- name: DueLeases :many
-SELECT id, expires_at FROM devalloc.leases
-WHERE released_at IS NULL AND expires_at <= now()
-  AND (expires_at, id) > (coalesce($1::timestamptz, '-infinity'),
-                          coalesce($2::uuid, '00000000-0000-0000-0000-000000000000'))
-ORDER BY expires_at, id
-LIMIT $3
+SELECT l.id, l.expires_at
+FROM devalloc.leases l
+LEFT JOIN LATERAL (SELECT count(*) AS devices FROM devalloc.leases m
+                   WHERE l.handoff_pending AND m.group_id = l.group_id) g ON true
+WHERE l.released_at IS NULL AND l.expires_at <= now()
+  AND (NOT l.handoff_pending
+       OR l.expires_at + make_interval(secs => 1 + (1 + greatest(1, g.devices)) * $1::float8) <= now())
+  AND (l.expires_at, l.id) > (coalesce($2::timestamptz, '-infinity'),
+                              coalesce($3::uuid, '00000000-0000-0000-0000-000000000000'))
+ORDER BY l.expires_at, l.id
+LIMIT $4
 `
 
 type DueLeasesParams struct {
-	AfterExpiresAt *time.Time
-	AfterID        *uuid.UUID
-	Batch          int32
+	ProbeTimeoutSeconds float64
+	AfterExpiresAt      *time.Time
+	AfterID             *uuid.UUID
+	Batch               int32
 }
 
 type DueLeasesRow struct {
@@ -39,8 +45,20 @@ type DueLeasesRow struct {
 // leases that fail every time take no batch from the others (the id
 // breaks ties, so none is passed over). The first batch starts above
 // (-infinity, nil uuid).
+//
+// A handoff still under its waiter's probe (handoff_pending) is left to
+// its probe: the confirm starts its TTL over (migrations/00020), so a probe
+// slower than the TTL must not lose it. It is due only once the probe can
+// no longer confirm it, its settle bound after expires_at: (devices in its
+// group + 1) times the probe timeout + 1 s, as handoffSettleBound in
+// db/idempotency.go (a waiter's instance that died mid-probe leaves it).
 func (q *Queries) DueLeases(ctx context.Context, arg DueLeasesParams) ([]DueLeasesRow, error) {
-	rows, err := q.db.Query(ctx, dueLeases, arg.AfterExpiresAt, arg.AfterID, arg.Batch)
+	rows, err := q.db.Query(ctx, dueLeases,
+		arg.ProbeTimeoutSeconds,
+		arg.AfterExpiresAt,
+		arg.AfterID,
+		arg.Batch,
+	)
 	if err != nil {
 		return nil, err
 	}

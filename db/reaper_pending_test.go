@@ -1,0 +1,88 @@
+package db
+
+import (
+	"testing"
+	"time"
+)
+
+// A handoff's TTL starts at its confirm (migrations/00020), so a probe
+// slower than the waiter's TTL must not lose the device: the reaper leaves
+// a lease under its handoff probe alone while the probe may still confirm
+// it. Before, the reaper ended it as expired mid-probe, the confirm found
+// it ended and the waiter went back in line; with a TTL shorter than the
+// probe that repeats forever.
+func TestReaperLeavesAHandoffUnderProbeToItsProbe(t *testing.T) {
+	url := newDB(t)
+	prober := newHeldProber()
+	a := newAllocator(t, url, probedConfig(prober))
+	b := newAllocator(t, url, testConfig(&fakeProber{}))
+	mustCreate(t, a, "dev", "lab", "h:dev", nil)
+	held := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
+
+	prober.hold("h:dev")
+	got := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w",
+		Wait: 20 * time.Second, TTL: time.Second})
+	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	if _, err := b.Release(t.Context(), held.ID); err != nil {
+		t.Fatal(err)
+	}
+	prober.awaitProbe(t, "h:dev")
+	pending := pendingLeaseOf(t, a, "w")
+	// The probe has outlived the 1 s TTL it was handed with.
+	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.leases SET expires_at = now() - interval '1 ms' WHERE id = $1`, pending); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.reap(t.Context()); n != 0 {
+		t.Errorf("a reaper pass during the handoff probe ended %d lease(s), want 0", n)
+	}
+	prober.let("h:dev", nil)
+	r := <-got
+	if r.err != nil {
+		t.Fatalf("acquire: %v", r.err)
+	}
+	if r.lease.ID != pending || !r.lease.Active() || !r.lease.ExpiresAt.After(time.Now()) {
+		t.Errorf("answered lease %s (active %v, expires %v), want the handed lease %s, live",
+			r.lease.ID, r.lease.Active(), r.lease.ExpiresAt, pending)
+	}
+}
+
+// A handoff whose probe can no longer confirm it (its instance died during
+// the probe) is still reaped, once the settle bound has passed after its
+// expiry: no device stays pending forever.
+func TestReaperEndsAHandoffNobodyConfirms(t *testing.T) {
+	url := newDB(t)
+	cfg := testConfig(&fakeProber{})
+	cfg.ProbeTimeout = time.Second
+	a := newAllocator(t, url, cfg)
+	mustCreate(t, a, "solo", "lab", "h:solo", nil)
+	mustCreate(t, a, "g1", "pair", "h:g1", nil)
+	mustCreate(t, a, "g2", "pair", "h:g2", nil)
+	solo := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", TTL: time.Hour})
+	group := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "pair"}, Owner: "w", Count: 2, TTL: time.Hour})
+	lapse := func(id any, ago time.Duration) {
+		t.Helper()
+		if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.leases SET handoff_pending = true,
+			expires_at = now() - make_interval(secs => $2) WHERE id = $1 OR group_id = $1`, id, ago.Seconds()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Settle bounds: (1+1)×1 s + 1 s = 3 s for the lone lease, (2+1)×1 s +
+	// 1 s = 4 s for the pair.
+	lapse(solo.ID, 2*time.Second)
+	lapse(*group.GroupID, 3500*time.Millisecond)
+	if n := a.reap(t.Context()); n != 0 {
+		t.Errorf("reaped %d pending lease(s) within their settle bound, want 0", n)
+	}
+	lapse(solo.ID, 3500*time.Millisecond)
+	lapse(*group.GroupID, 5*time.Second)
+	if n := a.reap(t.Context()); n != 3 {
+		t.Errorf("reaped %d pending lease(s) past their settle bound, want 3", n)
+	}
+	var leased int
+	if err := a.pool.QueryRow(t.Context(), `SELECT count(*) FROM devalloc.devices WHERE state <> 'idle'`).Scan(&leased); err != nil {
+		t.Fatal(err)
+	}
+	if leased != 0 {
+		t.Errorf("%d device(s) not idle after their pending handoffs were reaped", leased)
+	}
+}
