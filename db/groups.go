@@ -93,9 +93,26 @@ func (a *Allocator) RenewGroup(ctx context.Context, id uuid.UUID, owner string, 
 		return nil, fmt.Errorf("renew group %s: %w", id, err)
 	}
 	if len(rows) == 0 {
-		return nil, ErrNotFound
+		return nil, a.groupNotRenewed(ctx, id, owner)
 	}
 	return a.Group(ctx, id)
+}
+
+// groupNotRenewed explains a group renew that renewed nothing: the group is
+// not owner's or has no active lease (ErrNotFound), or it is a handoff
+// still under its waiter's probe, nobody's answer yet (503, retry later,
+// as a renew of one of its leases: see endedError).
+func (a *Allocator) groupNotRenewed(ctx context.Context, id uuid.UUID, owner string) error {
+	leases, err := a.Group(ctx, id)
+	if err != nil {
+		return err
+	}
+	for _, l := range leases {
+		if l.Owner == owner && l.Active() && l.HandoffPending {
+			return fmt.Errorf("group %s: %w", id, errLeaseUnderProbe)
+		}
+	}
+	return ErrNotFound
 }
 
 // QueueEntry is one waiting request's place in its pool's line.

@@ -395,6 +395,16 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) 
 		}
 		leases = append(leases, l)
 	}
+	if len(leases) < max(req.Count, 1) {
+		// Part of the handoff ended before it was read (WaiterLeases lists
+		// active leases only): an admin revoked one, or a take-back was cut
+		// between its statements. Confirming the rest would answer 201
+		// with less than was asked, and without the key (it went with the
+		// ended pending lease). No answer: back in line, the rest given back.
+		a.log.Info("a handoff from the line lost a lease before it was collected; the waiter goes back in line",
+			"waiter", w.ID, "pool", req.Selector.Pool, "handed", len(leases), "count", req.Count)
+		return Lease{}, false, leases, nil
+	}
 	if a.cfg.ProbeOnHandoff && (ctx.Err() == nil || req.IdempotencyKey != "") {
 		// A keyed request whose client left still probes (each probe
 		// bounded by ProbeTimeout): the confirm below makes the leases its
@@ -423,6 +433,14 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) 
 				return Lease{}, false, leases, nil
 			}
 			return Lease{}, false, nil, err
+		}
+		if ctx.Err() != nil && req.IdempotencyKey == "" {
+			// The client left while the confirm waited (on a row lock):
+			// nobody will read this answer, and no retry will replay it.
+			for _, l := range leases {
+				a.abandonHanded(l, w.ID)
+			}
+			return Lease{}, false, nil, ctx.Err()
 		}
 	}
 	// The answer: these leases are the client's, and no re-check may give
@@ -522,8 +540,8 @@ func (a *Allocator) probeHanded(ctx context.Context, rows []dbsqlc.WaiterLeasesR
 		if _, err := a.q.FailHandedLease(stmtCtx, dbsqlc.FailHandedLeaseParams{
 			ID: l.ID, Reason: errs[i].Error(), RetryInSeconds: a.cfg.HealthBackoffMin.Seconds(),
 		}); err != nil {
-			// The reaper ends the lease at expiry; the waiter still goes
-			// back in line.
+			// Still pending: the reaper ends it its settle bound past its
+			// expiry (see DueLeases); the waiter still goes back in line.
 			a.log.Error("could not end a lease whose device failed its probe", "lease", l.ID, "err", err)
 		}
 	}

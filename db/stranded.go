@@ -1,9 +1,11 @@
 package db
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -202,6 +204,12 @@ func (a *Allocator) clearStrandedOne(ctx context.Context, id uuid.UUID, m strand
 		// can commit any more.
 		return errMayStillJoin
 	}
+	// The key's lease first, as in takeBackUnsettled: ending another lease
+	// of a pending group first locks the key's lease too (migrations/00018's
+	// group trigger), in an order that can deadlock with a confirm.
+	slices.SortStableFunc(rows, func(x, y dbsqlc.WaiterLeasesRow) int {
+		return cmp.Compare(keyRank(x), keyRank(y))
+	})
 	var failed error
 	for _, r := range rows {
 		if keyed && !r.DevallocLease.HandoffPending {
@@ -214,6 +222,14 @@ func (a *Allocator) clearStrandedOne(ctx context.Context, id uuid.UUID, m strand
 	// The leases that did end are no longer read (WaiterLeases lists active
 	// ones); the next pass gives back the rest.
 	return failed
+}
+
+// keyRank sorts the lease carrying an idempotency key before the others.
+func keyRank(r dbsqlc.WaiterLeasesRow) int {
+	if r.DevallocLease.IdempotencyKey != nil {
+		return 0
+	}
+	return 1
 }
 
 // giveBackStranded ends a lease handed to a stranded row and hands its
