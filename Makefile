@@ -72,10 +72,14 @@ soak: ## steady load with periodic faults for SOAK_DURATION (5m); prints RSS and
 # operations in httpapi) and the Go client httpapi/client/client.gen.go
 # (oapi-codegen, from the 3.0 document). In this order: the documents are
 # rendered by code that uses db/internal/dbsqlc, and the client is generated from them.
-GENERATED := db/internal/dbsqlc httpapi/openapi httpapi/client
+# db/schema.sql is the schema after every migration, dumped from a freshly
+# migrated database (the tests' own: TEST_DATABASE_URL, else localhost:5432,
+# else testcontainers), for DBAs to read in one file.
+GENERATED := db/internal/dbsqlc httpapi/openapi httpapi/client db/schema.sql
 
-generate: ## regenerate db/internal/dbsqlc (sqlc), httpapi/openapi/*.json and httpapi/client/client.gen.go (oapi-codegen)
+generate: ## regenerate db/internal/dbsqlc (sqlc), httpapi/openapi/*.json, httpapi/client/client.gen.go (oapi-codegen) and db/schema.sql
 	$(SQLC) generate
+	$(GO) test ./db/migrate -run '^TestSchemaFile$$' -count=1 -args -write-schema
 	$(GO) run ./httpapi/openapi -dir httpapi/openapi
 	$(OAPI_CODEGEN) -config httpapi/client/oapi-codegen.yaml httpapi/openapi/openapi-3.0.json
 
@@ -86,7 +90,7 @@ generate: ## regenerate db/internal/dbsqlc (sqlc), httpapi/openapi/*.json and ht
 check-generated: ## fail when any generated file is not what `make generate` writes now
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	tar --exclude=./.git --exclude=./bin -cf - . | tar -xf - -C "$$tmp"; \
-	rm -rf "$$tmp/db/internal/dbsqlc" "$$tmp"/httpapi/openapi/*.json "$$tmp"/httpapi/client/*.gen.go; \
+	rm -rf "$$tmp/db/internal/dbsqlc" "$$tmp"/httpapi/openapi/*.json "$$tmp"/httpapi/client/*.gen.go "$$tmp/db/schema.sql"; \
 	$(MAKE) --no-print-directory -C "$$tmp" generate >/dev/null; \
 	stale=0; \
 	for d in $(GENERATED); do \
