@@ -125,21 +125,3 @@ func (a *Allocator) attemptUnprobed(ctx context.Context, req AcquireRequest, bou
 	}
 	return lease, unprobedGranted, nil
 }
-
-// leaseFromUnprobed builds the lease GrantUnprobed granted (every lease
-// column is set when a lease was granted).
-func leaseFromUnprobed(r dbsqlc.GrantUnprobedRow) (Lease, error) {
-	labels, err := decodeLabels(r.DeviceLabels)
-	if err != nil {
-		return Lease{}, fmt.Errorf("device %q labels: %w", *r.DeviceName, err)
-	}
-	return Lease{
-		ID:           *r.ID,
-		Device:       LeaseDevice{Name: *r.DeviceName, Pool: *r.Pool, Labels: labels, Address: *r.DeviceAddress},
-		Owner:        *r.Owner,
-		Holder:       *r.Holder,
-		FencingToken: *r.FencingToken,
-		AcquiredAt:   *r.AcquiredAt,
-		ExpiresAt:    *r.ExpiresAt,
-	}, nil
-}

@@ -67,3 +67,41 @@ func leaseFromRow(r dbsqlc.DevallocLease, dev *Device) Lease {
 	}
 	return l
 }
+
+// leaseFromUnprobed builds the lease GrantUnprobed granted (every lease
+// column is set when a lease was granted).
+func leaseFromUnprobed(r dbsqlc.GrantUnprobedRow) (Lease, error) {
+	labels, err := decodeLabels(r.DeviceLabels)
+	if err != nil {
+		return Lease{}, fmt.Errorf("device %q labels: %w", *r.DeviceName, err)
+	}
+	return Lease{
+		ID:           *r.ID,
+		Device:       LeaseDevice{Name: *r.DeviceName, Pool: *r.Pool, Labels: labels, Address: *r.DeviceAddress},
+		Owner:        *r.Owner,
+		Holder:       *r.Holder,
+		FencingToken: *r.FencingToken,
+		AcquiredAt:   *r.AcquiredAt,
+		ExpiresAt:    *r.ExpiresAt,
+	}, nil
+}
+
+// leaseFromHanded builds a lease from a WaiterLeases or GroupLeases row.
+func leaseFromHanded(r dbsqlc.WaiterLeasesRow) (Lease, error) {
+	l := leaseFromRow(r.DevallocLease, nil)
+	if r.DeviceLabels != nil {
+		labels, err := decodeLabels(r.DeviceLabels)
+		if err != nil {
+			return Lease{}, fmt.Errorf("device %q labels: %w", l.Device.Name, err)
+		}
+		l.Device.Labels = labels
+	}
+	if r.DeviceAddress != nil {
+		l.Device.Address = *r.DeviceAddress
+	}
+	return l, nil
+}
+
+func keyFromRow(r dbsqlc.DevallocApiKey) APIKey {
+	return APIKey{Name: r.Name, Role: r.Role, CreatedAt: r.CreatedAt, RevokedAt: r.RevokedAt}
+}

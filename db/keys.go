@@ -163,7 +163,3 @@ func SecretFingerprint(secret string) [32]byte { return hashSecret(secret) }
 // hashSecret is SHA-256: the secrets are 256 random bits, so a slow
 // password hash would add latency to every request and no safety.
 func hashSecret(secret string) [32]byte { return sha256.Sum256([]byte(secret)) }
-
-func keyFromRow(r dbsqlc.DevallocApiKey) APIKey {
-	return APIKey{Name: r.Name, Role: r.Role, CreatedAt: r.CreatedAt, RevokedAt: r.RevokedAt}
-}

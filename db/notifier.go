@@ -9,8 +9,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 )
 
 // notifier tells the other instances about devices this instance freed
@@ -147,39 +145,4 @@ func (n *notifier) payloads(batch []idleNotice) []string {
 	}
 	flush()
 	return out
-}
-
-// endedLease is the lease an EndLease row describes, after telling whoever
-// needs to know what the committed statement did with the device: the
-// waiter it was handed to, the pool's dispatcher when a group waits for it,
-// or waiters of a device that went idle (a device deleted, drained into
-// maintenance or already given to someone else tells nobody).
-func (a *Allocator) endedLease(r dbsqlc.EndLeaseRow) dbsqlc.DevallocLease {
-	if r.EndReason != nil {
-		a.log.Debug("lease ended", "lease", r.ID, "device", r.DeviceName, "pool", r.Pool, "owner", r.Owner, "reason", *r.EndReason)
-	}
-	switch {
-	case r.HandedTo != nil:
-		a.notifier.handedOver([]uuid.UUID{*r.HandedTo})
-	case r.GroupWaits:
-		// Only the dispatcher gathers a group's devices.
-		a.dispatch(context.Background(), r.Pool, queueBound)
-	default:
-		a.announceFreed(r.Pool, r.FreedDeviceID, r.FreedLabels, r.FreedState)
-	}
-	return dbsqlc.DevallocLease{
-		ID: r.ID, DeviceID: r.DeviceID, DeviceName: r.DeviceName, Pool: r.Pool, Owner: r.Owner, Holder: r.Holder,
-		FencingToken: r.FencingToken, AcquiredAt: r.AcquiredAt, ExpiresAt: r.ExpiresAt, ReleasedAt: r.ReleasedAt,
-		EndReason: r.EndReason, IdempotencyKey: r.IdempotencyKey, ActiveDeviceID: r.ActiveDeviceID,
-		RequestFingerprint: r.RequestFingerprint, GroupID: r.GroupID, WaiterID: r.WaiterID,
-	}
-}
-
-// announceFreed tells waiters about the device a lease-ending statement
-// freed: only when it freed one (not given to someone else, deleted) and
-// the device went idle (not drained into maintenance).
-func (a *Allocator) announceFreed(pool string, device *int64, labels []byte, state *string) {
-	if device != nil && state != nil && *state == StateIdle {
-		a.notifier.freed(pool, *device, labels)
-	}
 }

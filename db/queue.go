@@ -548,22 +548,6 @@ func (a *Allocator) probeHanded(ctx context.Context, rows []dbsqlc.WaiterLeasesR
 	return good, true
 }
 
-// leaseFromHanded builds a lease from a WaiterLeases or GroupLeases row.
-func leaseFromHanded(r dbsqlc.WaiterLeasesRow) (Lease, error) {
-	l := leaseFromRow(r.DevallocLease, nil)
-	if r.DeviceLabels != nil {
-		labels, err := decodeLabels(r.DeviceLabels)
-		if err != nil {
-			return Lease{}, fmt.Errorf("device %q labels: %w", l.Device.Name, err)
-		}
-		l.Device.Labels = labels
-	}
-	if r.DeviceAddress != nil {
-		l.Device.Address = *r.DeviceAddress
-	}
-	return l, nil
-}
-
 // groupOf fills in lease.Group when the lease belongs to a group.
 func (a *Allocator) groupOf(ctx context.Context, lease Lease) (Lease, error) {
 	if lease.GroupID == nil {
