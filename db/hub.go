@@ -36,8 +36,8 @@ type Hub struct {
 }
 
 type poolWaiters struct {
-	groups map[string]*selectorQueue
-	count  int
+	bySelector map[string]*selectorQueue
+	count      int
 }
 
 // selectorQueue is the FIFO of waiters that share one selector.
@@ -85,14 +85,14 @@ func (h *Hub) Join(sel Selector) *Waiter {
 	defer h.mu.Unlock()
 	pw := h.pools[sel.Pool]
 	if pw == nil {
-		pw = &poolWaiters{groups: map[string]*selectorQueue{}}
+		pw = &poolWaiters{bySelector: map[string]*selectorQueue{}}
 		h.pools[sel.Pool] = pw
 	}
 	key := sel.key()
-	q := pw.groups[key]
+	q := pw.bySelector[key]
 	if q == nil {
 		q = &selectorQueue{sel: sel, key: key}
-		pw.groups[key] = q
+		pw.bySelector[key] = q
 	}
 	h.seq++
 	w := &Waiter{hub: h, ID: uuid.Must(uuid.NewV7()), sel: sel, seq: h.seq, queue: q, wake: make(chan struct{}, 1)}
@@ -228,14 +228,14 @@ func (w *Waiter) Leave() {
 	pw := h.pools[w.sel.Pool]
 	pw.count--
 	if w.queue.waiters.Len() == 0 {
-		delete(pw.groups, w.queue.key)
+		delete(pw.bySelector, w.queue.key)
 	}
 	if pw.count == 0 {
 		delete(h.pools, w.sel.Pool)
 	}
 	if ev := w.pending; ev != nil {
 		w.pending = nil
-		h.dispatchLocked(*ev)
+		h.wakeLocked(*ev)
 	}
 }
 
@@ -243,17 +243,20 @@ func (w *Waiter) Leave() {
 func (h *Hub) Notify(ev idleEvent) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.dispatchLocked(ev)
+	return h.wakeLocked(ev)
 }
 
-func (h *Hub) dispatchLocked(ev idleEvent) int {
+// wakeLocked signals the waiters ev may serve (under h.mu). A wake only
+// tells a waiter to look: the woken waiter runs the pool's dispatch, the
+// SQL that serves the line.
+func (h *Hub) wakeLocked(ev idleEvent) int {
 	pw := h.pools[ev.Pool]
 	if pw == nil {
 		return 0
 	}
 	if !ev.LabelsKnown {
 		woken := 0
-		for _, q := range pw.groups {
+		for _, q := range pw.bySelector {
 			if w := q.candidate(); w != nil {
 				w.signal(ev)
 				woken++
@@ -262,7 +265,7 @@ func (h *Hub) dispatchLocked(ev idleEvent) int {
 		return woken
 	}
 	var best *Waiter
-	for _, q := range pw.groups {
+	for _, q := range pw.bySelector {
 		if !ev.Labels.Contains(q.sel.Labels) {
 			continue
 		}
@@ -324,8 +327,8 @@ func (h *Hub) waitingSelectors() map[string][]Labels {
 	defer h.mu.Unlock()
 	out := make(map[string][]Labels, len(h.pools))
 	for name, pw := range h.pools {
-		sels := make([]Labels, 0, len(pw.groups))
-		for _, q := range pw.groups {
+		sels := make([]Labels, 0, len(pw.bySelector))
+		for _, q := range pw.bySelector {
 			// Never changed after Join's clone: safe to share.
 			sels = append(sels, q.sel.Labels)
 		}

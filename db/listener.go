@@ -79,7 +79,7 @@ func nextListenerRetry(prev time.Duration, wasUp bool) time.Duration {
 	return min(prev*2, listenerRetryMax)
 }
 
-// listenOnce connects, listens and dispatches notifications until the
+// listenOnce connects, listens and delivers notifications until the
 // connection fails or ctx ends.
 func (l *listener) listenOnce(ctx context.Context) error {
 	conn, err := pgx.ConnectConfig(ctx, l.connConfig)

@@ -1,7 +1,3 @@
-// Package db is everything of devalloc that talks to PostgreSQL: the
-// allocator's transactions, the waiter hub fed by LISTEN/NOTIFY, the reaper
-// and the health checker. The SQL itself lives in queries/ and is compiled
-// by sqlc into db/internal/dbsqlc.
 package db
 
 import (

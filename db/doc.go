@@ -1,0 +1,40 @@
+// Package db is everything of devalloc that talks to PostgreSQL: the
+// allocator's transactions, the waiter hub fed by LISTEN/NOTIFY, the reaper
+// and the health checker. The SQL itself lives in queries/ and is compiled
+// by sqlc into db/internal/dbsqlc; db/schema.sql is the schema it runs on.
+//
+// # Where things are
+//
+//   - The types callers see: types.go (devices, leases, labels, selectors,
+//     states), errors.go (what httpapi maps to answers), config.go,
+//     observer.go (metrics hooks). Rows become these types in convert.go.
+//   - An acquire: acquire.go (the request, the probing transaction, the
+//     answer), acquire_unprobed.go (the one-statement path), flight.go and
+//     idempotency.go (one request per key; replays, take-backs),
+//     saferetry.go and transient.go (which failures are retried or 503).
+//   - The line: queue.go (join, wait, collect what was handed, dispatch),
+//     queue_list.go (listing it), groups.go (multi-device acquires), busy.go
+//     and satisfiable.go (when an acquire may wait at all), stranded.go
+//     (rows left behind by a failed leave or collect).
+//   - Holding and ending: leases.go (read, renew, release, revoke),
+//     endlease.go (the one EndLease call every ending goes through, and
+//     what it tells afterwards), devices.go (the registry).
+//   - Wake-ups: hub.go (this instance's waiters), listener.go (its LISTEN
+//     connection), notifier.go (NOTIFY after commit), served.go (the served
+//     notice), instance.go (this instance's row, heartbeat and liveness).
+//   - Background services, each a loop the Allocator starts: reaper.go
+//     (expiry, with reap_cooldown.go), recheck.go (lost wake-ups and the
+//     stranded), health.go (offline devices), pruner.go (history).
+//
+// # Words
+//
+// The line is devalloc.waiters, the requests waiting in a pool in serving
+// order; a waiter is one of them (a row, and its Waiter in this instance's
+// hub). Dispatch is the SQL that serves the line from idle devices
+// (devalloc.dispatch, Allocator.dispatch); a wake is the hub telling a local
+// waiter to look (Hub.Notify), after which the waiter runs a dispatch. A
+// handoff is a device given to a waiter by someone else's transaction;
+// under ProbeOnHandoff it is pending until the waiter's probe confirms it.
+// A group is an acquire of several devices at once (leases sharing a
+// group_id), never the hub's per-selector queues.
+package db
