@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/devalloc/devalloc/db/devalloctype"
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 	"github.com/devalloc/devalloc/db/probe"
 )
@@ -244,7 +245,7 @@ func (a *Allocator) checkSatisfiable(ctx context.Context, sel Selector, count in
 	}
 	ctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
-	ok, err := a.q.SelectorCanMatch(ctx, dbsqlc.SelectorCanMatchParams{Pool: sel.Pool, Labels: sel.Labels.encode(), Want: int32(max(count, 1))})
+	ok, err := a.q.SelectorCanMatch(ctx, dbsqlc.SelectorCanMatchParams{Pool: sel.Pool, Labels: sel.Labels.JSON(), Want: int32(max(count, 1))})
 	if err != nil {
 		return fmt.Errorf("check selector in pool %q: %w", sel.Pool, err)
 	}
@@ -275,7 +276,7 @@ func (a *Allocator) attempt(ctx context.Context, req AcquireRequest, bound time.
 	// Rollback must run even when ctx is what ended the attempt.
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
 	q := a.q.WithTx(tx)
-	labels := sel.Labels.encode()
+	labels := sel.Labels.JSON()
 	failed := 0
 	for failed < a.cfg.ProbeCandidates {
 		row, err := q.PickIdleDevice(ctx, dbsqlc.PickIdleDeviceParams{Pool: sel.Pool, Labels: labels})
@@ -415,7 +416,7 @@ func (a *Allocator) grant(ctx context.Context, tx pgx.Tx, q *dbsqlc.Queries, req
 	if isIdempotencyConflict(err) {
 		// The deferred rollback undoes the device update with the failed
 		// insert: the device stays idle.
-		labels, lerr := decodeLabels(row.Labels)
+		labels, lerr := devalloctype.DecodeLabels(row.Labels)
 		return Lease{}, keyTaken{event: idleEvent{Pool: row.Pool, Labels: labels, LabelsKnown: lerr == nil}}
 	}
 	if err != nil {

@@ -90,7 +90,7 @@ func (a *Allocator) attemptUnprobed(ctx context.Context, req AcquireRequest, bou
 	defer cancel()
 	row, err := a.q.GrantUnprobed(stmtCtx, dbsqlc.GrantUnprobedParams{
 		Pool:               sel.Pool,
-		Labels:             sel.Labels.encode(),
+		Labels:             sel.Labels.JSON(),
 		LeaseID:            leaseID,
 		FreshSeconds:       a.cfg.ProbeFreshness.Seconds(),
 		Owner:              req.Owner,

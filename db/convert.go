@@ -3,11 +3,12 @@ package db
 import (
 	"fmt"
 
+	"github.com/devalloc/devalloc/db/devalloctype"
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 )
 
 func deviceFromRow(r dbsqlc.DevallocDevice) (Device, error) {
-	labels, err := decodeLabels(r.Labels)
+	labels, err := devalloctype.DecodeLabels(r.Labels)
 	if err != nil {
 		return Device{}, fmt.Errorf("device %q labels: %w", r.Name, err)
 	}
@@ -71,7 +72,7 @@ func leaseFromRow(r dbsqlc.DevallocLease, dev *Device) Lease {
 // leaseFromUnprobed builds the lease GrantUnprobed granted (every lease
 // column is set when a lease was granted).
 func leaseFromUnprobed(r dbsqlc.GrantUnprobedRow) (Lease, error) {
-	labels, err := decodeLabels(r.DeviceLabels)
+	labels, err := devalloctype.DecodeLabels(r.DeviceLabels)
 	if err != nil {
 		return Lease{}, fmt.Errorf("device %q labels: %w", *r.DeviceName, err)
 	}
@@ -90,7 +91,7 @@ func leaseFromUnprobed(r dbsqlc.GrantUnprobedRow) (Lease, error) {
 func leaseFromHanded(r dbsqlc.WaiterLeasesRow) (Lease, error) {
 	l := leaseFromRow(r.DevallocLease, nil)
 	if r.DeviceLabels != nil {
-		labels, err := decodeLabels(r.DeviceLabels)
+		labels, err := devalloctype.DecodeLabels(r.DeviceLabels)
 		if err != nil {
 			return Lease{}, fmt.Errorf("device %q labels: %w", l.Device.Name, err)
 		}

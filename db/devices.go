@@ -28,7 +28,7 @@ func (a *Allocator) CreateDevice(ctx context.Context, spec DeviceSpec) (Device, 
 	r, err := a.q.CreateDevice(ctx, dbsqlc.CreateDeviceParams{
 		Name:    spec.Name,
 		Pool:    spec.Pool,
-		Labels:  spec.Labels.encode(),
+		Labels:  spec.Labels.JSON(),
 		Address: spec.Address,
 		Probe:   spec.Probe,
 	})
@@ -139,7 +139,7 @@ func (a *Allocator) UpdateDevice(ctx context.Context, name string, patch DeviceP
 		if patch.Labels != nil || patch.Address != nil || patch.Probe != nil {
 			var labels []byte
 			if patch.Labels != nil {
-				labels = patch.Labels.encode()
+				labels = patch.Labels.JSON()
 			}
 			if row, err = q.UpdateDeviceSpec(ctx, dbsqlc.UpdateDeviceSpecParams{
 				ID: row.ID, Labels: labels, Address: patch.Address, Probe: patch.Probe,

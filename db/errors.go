@@ -2,47 +2,29 @@ package db
 
 import (
 	"errors"
-	"fmt"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/devalloc/devalloc/db/devalloctype"
 )
 
+// The errors the allocator answers with, defined in db/devalloctype.
 var (
-	// ErrNotFound: no device or lease by that name or id.
-	ErrNotFound = errors.New("not found")
-	// ErrDeviceExists: a device with that name is registered already.
-	ErrDeviceExists = errors.New("device already exists")
-	// ErrDeviceLeased: the change needs a device that is not leased.
-	ErrDeviceLeased = errors.New("device is leased")
-	// ErrNoDevice: nothing matching became free within the wait.
-	ErrNoDevice = errors.New("no matching device available")
-	// ErrUnsatisfiable: no registered device fits the selector, in any
-	// state, so waiting could never succeed.
-	ErrUnsatisfiable = errors.New("no registered device matches the selector")
-	// ErrShuttingDown: the instance is draining; a waiting acquire gave up
-	// so that its client can retry at another instance.
-	ErrShuttingDown = errors.New("instance is shutting down")
-	// ErrLeaseEnded: the lease is over; errors.As a *LeaseEndedError for why.
-	ErrLeaseEnded = errors.New("lease has ended")
-	// ErrIdempotencyKeyReused: the owner already used the acquire's
-	// idempotency key for a different request (pool, labels, TTL or holder
-	// differ), which got or is getting its own lease. Nothing was changed.
-	ErrIdempotencyKeyReused = errors.New("idempotency key already used for a different request")
+	ErrNotFound             = devalloctype.ErrNotFound
+	ErrDeviceExists         = devalloctype.ErrDeviceExists
+	ErrDeviceLeased         = devalloctype.ErrDeviceLeased
+	ErrNoDevice             = devalloctype.ErrNoDevice
+	ErrUnsatisfiable        = devalloctype.ErrUnsatisfiable
+	ErrShuttingDown         = devalloctype.ErrShuttingDown
+	ErrLeaseEnded           = devalloctype.ErrLeaseEnded
+	ErrIdempotencyKeyReused = devalloctype.ErrIdempotencyKeyReused
+	ErrKeyExists            = devalloctype.ErrKeyExists
+	ErrUnknownKey           = devalloctype.ErrUnknownKey
 )
 
-// LeaseEndedError carries the ended lease, so callers can say why it ended
-// (released, expired, revoked, device_removed).
-type LeaseEndedError struct {
-	Lease Lease
-}
-
-func (e *LeaseEndedError) Error() string {
-	return fmt.Sprintf("lease %s has ended (%s)", e.Lease.ID, e.Lease.EndReason)
-}
-
-// Is makes errors.Is(err, ErrLeaseEnded) true.
-func (e *LeaseEndedError) Is(target error) bool { return target == ErrLeaseEnded }
+// LeaseEndedError carries the ended lease (see devalloctype).
+type LeaseEndedError = devalloctype.LeaseEndedError
 
 // IsInvalidData reports whether PostgreSQL refused a value the caller gave
 // (SQLSTATE class 22, data exception: text with NUL or bad encoding, a time

@@ -80,7 +80,7 @@ func NewHub() *Hub {
 
 // Join queues a waiter for sel. The caller must Leave it.
 func (h *Hub) Join(sel Selector) *Waiter {
-	sel = sel.clone()
+	sel = sel.Clone()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	pw := h.pools[sel.Pool]
@@ -88,7 +88,7 @@ func (h *Hub) Join(sel Selector) *Waiter {
 		pw = &poolWaiters{bySelector: map[string]*selectorQueue{}}
 		h.pools[sel.Pool] = pw
 	}
-	key := sel.key()
+	key := sel.Key()
 	q := pw.bySelector[key]
 	if q == nil {
 		q = &selectorQueue{sel: sel, key: key}

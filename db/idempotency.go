@@ -76,7 +76,7 @@ func (r AcquireRequest) fingerprintOf() []byte {
 		// Left out for one device, so single requests keep the
 		// fingerprints they had before groups existed.
 		Count int `json:"count,omitempty"`
-	}{1, r.Selector.Pool, r.Selector.Labels.encode(), r.TTL.Milliseconds(), r.Holder, groupCount(r.Count)}
+	}{1, r.Selector.Pool, r.Selector.Labels.JSON(), r.TTL.Milliseconds(), r.Holder, groupCount(r.Count)}
 	b, _ := json.Marshal(canonical) // strings, numbers and valid JSON always marshal
 	sum := sha256.Sum256(b)
 	return sum[:]

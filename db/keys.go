@@ -30,13 +30,6 @@ const keyPrefix = "dva_"
 // (DEVALLOC_ADMIN_KEY); generated secrets are far longer.
 const MinSecretLength = 16
 
-var (
-	// ErrKeyExists: a key that is not revoked has that name already.
-	ErrKeyExists = errors.New("an active key with that name exists")
-	// ErrUnknownKey: no key that is not revoked has that secret.
-	ErrUnknownKey = errors.New("unknown or revoked API key")
-)
-
 // APIKey describes a key; its secret is never stored.
 type APIKey struct {
 	Name      string

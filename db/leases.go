@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/devalloc/devalloc/db/devalloctype"
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 )
 
@@ -75,7 +76,7 @@ func (a *Allocator) ListLeasesPage(ctx context.Context, f LeaseFilter) (LeasePag
 	for _, r := range rows {
 		var dev *Device
 		if r.DeviceAddress != nil { // NULL: the device was deleted since
-			labels, err := decodeLabels(r.DeviceLabels)
+			labels, err := devalloctype.DecodeLabels(r.DeviceLabels)
 			if err != nil {
 				return LeasePage{}, fmt.Errorf("lease %s device labels: %w", r.DevallocLease.ID, err)
 			}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/devalloc/devalloc/db/devalloctype"
 )
 
 // idleChannel is the NOTIFY channel the devices triggers publish on
@@ -135,7 +137,7 @@ func parseIdleNotification(payload, self string) []idleEvent {
 	for _, n := range batch.Idle {
 		ev := idleEvent{Pool: n.Pool}
 		if len(n.Labels) > 0 {
-			if labels, err := decodeLabels(n.Labels); err == nil {
+			if labels, err := devalloctype.DecodeLabels(n.Labels); err == nil {
 				ev.Labels, ev.LabelsKnown = labels, true
 			}
 		}
@@ -156,7 +158,7 @@ func parseIdlePayload(payload string) idleEvent {
 	}
 	ev := idleEvent{Pool: p.Pool}
 	if len(p.Labels) > 0 {
-		if labels, err := decodeLabels(p.Labels); err == nil {
+		if labels, err := devalloctype.DecodeLabels(p.Labels); err == nil {
 			ev.Labels, ev.LabelsKnown = labels, true
 		}
 	}

@@ -9,6 +9,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/devalloc/devalloc/db/devalloctype"
 )
 
 // notifier tells the other instances about devices this instance freed
@@ -58,7 +60,7 @@ func newNotifier(pool *pgxpool.Pool, hub *Hub, log *slog.Logger) *notifier {
 // waiters here at once, other instances with the next batch.
 func (n *notifier) freed(pool string, device int64, labels []byte) {
 	ev := idleEvent{Pool: pool}
-	if l, err := decodeLabels(labels); err == nil {
+	if l, err := devalloctype.DecodeLabels(labels); err == nil {
 		ev.Labels, ev.LabelsKnown = l, true
 	}
 	n.hub.Notify(ev)

@@ -221,7 +221,7 @@ func (a *Allocator) enqueue(ctx context.Context, req AcquireRequest, id uuid.UUI
 		ID:                 id,
 		InstanceID:         instance,
 		Pool:               req.Selector.Pool,
-		Labels:             req.Selector.Labels.encode(),
+		Labels:             req.Selector.Labels.JSON(),
 		Count:              int32(max(req.Count, 1)),
 		Priority:           int32(req.Priority),
 		HeadStartSeconds:   float64(req.Priority) * a.cfg.PriorityAging.Seconds(),

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/devalloc/devalloc/db/devalloctype"
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 )
 
@@ -50,7 +51,7 @@ func (a *Allocator) Queue(ctx context.Context, f QueueFilter) ([]QueueEntry, err
 	}
 	out := make([]QueueEntry, 0, len(rows))
 	for _, r := range rows {
-		labels, err := decodeLabels(r.Labels)
+		labels, err := devalloctype.DecodeLabels(r.Labels)
 		if err != nil {
 			return nil, fmt.Errorf("waiter %s labels: %w", r.ID, err)
 		}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/devalloc/devalloc/db/devalloctype"
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 )
 
@@ -66,7 +67,7 @@ func (a *Allocator) recheckPool(ctx context.Context, pool string, selectors []La
 	}
 	for _, raw := range rows {
 		ev := idleEvent{Pool: pool}
-		if labels, err := decodeLabels(raw); err == nil {
+		if labels, err := devalloctype.DecodeLabels(raw); err == nil {
 			ev.Labels, ev.LabelsKnown = labels, true
 		}
 		a.hub.Notify(ev)
@@ -81,7 +82,7 @@ func encodeSelectors(selectors []Labels) []byte {
 		if i > 0 {
 			out = append(out, ',')
 		}
-		out = append(out, sel.encode()...)
+		out = append(out, sel.JSON()...)
 	}
 	return append(out, ']')
 }

@@ -28,7 +28,7 @@ type satisfiableCache struct {
 func (c *satisfiableCache) fresh(sel Selector, now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	at, ok := c.at[sel.key()]
+	at, ok := c.at[sel.Key()]
 	return ok && now.Sub(at) < satisfiableFor
 }
 
@@ -39,5 +39,5 @@ func (c *satisfiableCache) remember(sel Selector, now time.Time) {
 	if c.at == nil || len(c.at) >= satisfiableCacheMax {
 		c.at = make(map[string]time.Time)
 	}
-	c.at[sel.key()] = now
+	c.at[sel.Key()] = now
 }

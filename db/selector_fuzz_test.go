@@ -11,12 +11,13 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/devalloc/devalloc/db/dbtest"
+	"github.com/devalloc/devalloc/db/devalloctype"
 )
 
 // FuzzSelector checks the Go side of label matching against PostgreSQL's,
 // for arbitrary pools, label keys and values:
 //   - Labels encode/decode round-trips;
-//   - Selector.key() is equal exactly for equal selectors, whatever order
+//   - Selector.Key() is equal exactly for equal selectors, whatever order
 //     the labels were inserted in;
 //   - Labels.Contains (the hub's matching) agrees with jsonb @> (the pick
 //     query's matching), both ways;
@@ -104,7 +105,7 @@ func FuzzSelector(f *testing.F) {
 
 		// Round trip.
 		for _, l := range []Labels{a, b} {
-			back, err := decodeLabels(l.encode())
+			back, err := devalloctype.DecodeLabels(l.JSON())
 			if err != nil {
 				t.Fatalf("decode(encode(%q)): %v", l, err)
 			}
@@ -112,7 +113,7 @@ func FuzzSelector(f *testing.F) {
 				t.Fatalf("decode(encode(%q)) = %q", l, back)
 			}
 		}
-		if back, err := decodeLabels(Labels(nil).encode()); err != nil || len(back) != 0 || back == nil {
+		if back, err := devalloctype.DecodeLabels(Labels(nil).JSON()); err != nil || len(back) != 0 || back == nil {
 			t.Fatalf("nil labels round-trip to %#v, %v", back, err)
 		}
 
@@ -124,7 +125,7 @@ func FuzzSelector(f *testing.F) {
 					l[pairs[i].k] = pairs[i].v
 				}
 			}
-			if got, want := (Selector{Pool: poolName, Labels: l}).key(), (Selector{Pool: poolName, Labels: a}).key(); got != want {
+			if got, want := (Selector{Pool: poolName, Labels: l}).Key(), (Selector{Pool: poolName, Labels: a}).Key(); got != want {
 				t.Fatalf("order %v: key %q, want %q", perm, got, want)
 			}
 		}
@@ -132,11 +133,11 @@ func FuzzSelector(f *testing.F) {
 			// key is injective: two selectors share one exactly when they
 			// are equal, also across pools (k3 as a second pool name).
 			sa, sb, sc := Selector{Pool: poolName, Labels: a}, Selector{Pool: poolName, Labels: b}, Selector{Pool: k3, Labels: b}
-			if (sa.key() == sb.key()) != maps.Equal(a, b) {
-				t.Fatalf("keys of %q and %q: %q vs %q", a, b, sa.key(), sb.key())
+			if (sa.Key() == sb.Key()) != maps.Equal(a, b) {
+				t.Fatalf("keys of %q and %q: %q vs %q", a, b, sa.Key(), sb.Key())
 			}
-			if (sa.key() == sc.key()) != (poolName == k3 && maps.Equal(a, b)) {
-				t.Fatalf("keys of %+v and %+v: %q vs %q", sa, sc, sa.key(), sc.key())
+			if (sa.Key() == sc.Key()) != (poolName == k3 && maps.Equal(a, b)) {
+				t.Fatalf("keys of %+v and %+v: %q vs %q", sa, sc, sa.Key(), sc.Key())
 			}
 		}
 
@@ -159,7 +160,7 @@ func FuzzSelector(f *testing.F) {
 		// PostgreSQL agrees with Contains, both ways.
 		var ab, ba bool
 		err := pool.QueryRow(t.Context(), `SELECT $1::jsonb @> $2::jsonb, $2::jsonb @> $1::jsonb`,
-			string(a.encode()), string(b.encode())).Scan(&ab, &ba)
+			string(a.JSON()), string(b.JSON())).Scan(&ab, &ba)
 		if hasNUL(a) || hasNUL(b) {
 			if !isSQLState(err, "22P05") {
 				t.Fatalf("labels with NUL %q / %q: want PostgreSQL to refuse them (22P05), got %v", a, b, err)
@@ -177,7 +178,7 @@ func FuzzSelector(f *testing.F) {
 		// payload with this expression) parses back to the same event.
 		var notified string
 		err = pool.QueryRow(t.Context(), `SELECT json_build_object('pool', $1::text, 'device', 1, 'labels', $2::jsonb)::text`,
-			poolName, string(a.encode())).Scan(&notified)
+			poolName, string(a.JSON())).Scan(&notified)
 		switch {
 		case strings.ContainsRune(poolName, 0):
 			if !isSQLState(err, "22021") {

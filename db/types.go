@@ -1,144 +1,32 @@
 package db
 
-import (
-	"encoding/json"
-	"maps"
-	"time"
+import "github.com/devalloc/devalloc/db/devalloctype"
 
-	"github.com/google/uuid"
+// The domain types are defined in db/devalloctype, a leaf package that the
+// API and the CLI import for them; these names are the same types, for
+// this package's own code and for callers that hold an Allocator anyway.
+type (
+	Labels      = devalloctype.Labels
+	Selector    = devalloctype.Selector
+	Device      = devalloctype.Device
+	LeaseDevice = devalloctype.LeaseDevice
+	Lease       = devalloctype.Lease
+	PoolSummary = devalloctype.PoolSummary
 )
 
 // Device states, as stored in devalloc.devices.state.
 const (
-	StateIdle        = "idle"
-	StateLeased      = "leased"
-	StateOffline     = "offline"
-	StateMaintenance = "maintenance"
+	StateIdle        = devalloctype.StateIdle
+	StateLeased      = devalloctype.StateLeased
+	StateOffline     = devalloctype.StateOffline
+	StateMaintenance = devalloctype.StateMaintenance
 )
 
 // Lease end reasons, as stored in devalloc.leases.end_reason.
 const (
-	EndReleased      = "released"
-	EndExpired       = "expired"
-	EndRevoked       = "revoked"
-	EndDeviceRemoved = "device_removed"
-	// EndProbeFailed: the device was handed over from the line and failed
-	// the waiter's probe (Config.ProbeOnHandoff).
-	EndProbeFailed = "probe_failed"
+	EndReleased      = devalloctype.EndReleased
+	EndExpired       = devalloctype.EndExpired
+	EndRevoked       = devalloctype.EndRevoked
+	EndDeviceRemoved = devalloctype.EndDeviceRemoved
+	EndProbeFailed   = devalloctype.EndProbeFailed
 )
-
-// Labels are a device's flat string labels; a selector's labels must all be
-// present with equal values for a device to match.
-type Labels map[string]string
-
-// Contains reports whether l has every label of want (jsonb's @> for flat
-// string objects).
-func (l Labels) Contains(want Labels) bool {
-	for k, v := range want {
-		if got, ok := l[k]; !ok || got != v {
-			return false
-		}
-	}
-	return true
-}
-
-// encode renders labels as the jsonb the queries take; nil means {}.
-func (l Labels) encode() []byte {
-	if l == nil {
-		return []byte("{}")
-	}
-	b, _ := json.Marshal(l) // a map of strings always marshals
-	return b
-}
-
-func decodeLabels(b []byte) (Labels, error) {
-	l := Labels{}
-	if len(b) == 0 {
-		return l, nil
-	}
-	if err := json.Unmarshal(b, &l); err != nil {
-		return nil, err
-	}
-	return l, nil
-}
-
-// Selector says which devices an acquire accepts.
-type Selector struct {
-	Pool   string
-	Labels Labels
-}
-
-// key identifies selectors that accept exactly the same devices.
-// json.Marshal sorts map keys, so equal label sets give equal keys.
-func (s Selector) key() string {
-	return s.Pool + "\x00" + string(s.Labels.encode())
-}
-
-func (s Selector) clone() Selector {
-	return Selector{Pool: s.Pool, Labels: maps.Clone(s.Labels)}
-}
-
-// Device is one registered device.
-type Device struct {
-	Name        string
-	Pool        string
-	Labels      Labels
-	Address     string
-	Probe       string
-	State       string
-	StateReason string
-	LeaseID     *uuid.UUID
-	// Drain: maintenance is due when the current lease ends.
-	Drain        bool
-	FencingToken int64
-	LastProbeAt  *time.Time
-	LastProbeOK  *bool
-	CreatedAt    time.Time
-	UpdatedAt    time.Time
-}
-
-// LeaseDevice is what a lease tells its holder about the device.
-type LeaseDevice struct {
-	Name    string
-	Pool    string
-	Labels  Labels
-	Address string
-}
-
-// Lease is one grant of a device to a holder, active or ended.
-type Lease struct {
-	ID           uuid.UUID
-	Device       LeaseDevice
-	Owner        string
-	Holder       string
-	FencingToken int64
-	AcquiredAt   time.Time
-	ExpiresAt    time.Time
-	ReleasedAt   *time.Time
-	EndReason    string
-	// GroupID is shared by the leases of one group acquire (count > 1).
-	GroupID *uuid.UUID
-	// Group lists every lease of the group (this one included), in device
-	// name order, when the lease came from a group acquire's answer.
-	Group []Lease
-	// HandoffPending: handed from the line to a waiter whose instance is
-	// still probing the device; nobody's answer yet (see migrations/00018).
-	HandoffPending bool
-}
-
-// Active reports whether the lease has not ended.
-func (l Lease) Active() bool { return l.ReleasedAt == nil }
-
-// PoolSummary counts a pool's devices by state, plus its line: how many
-// requests wait for it across all instances, and since when the oldest.
-type PoolSummary struct {
-	Name        string
-	Idle        int64
-	Leased      int64
-	Offline     int64
-	Maintenance int64
-	Waiting     int64
-	// OldestWait is how long the longest-waiting request has been in line;
-	// 0 when nobody waits.
-	OldestWait time.Duration
-}

@@ -11,6 +11,7 @@ import (
 	"github.com/danielgtaylor/huma/v2"
 
 	"github.com/devalloc/devalloc/db"
+	"github.com/devalloc/devalloc/db/devalloctype"
 )
 
 // keyCacheTTL is how long a verified key is trusted without asking the
@@ -84,7 +85,7 @@ func (c *keyCache) authenticate(r *http.Request) (Principal, error) {
 	lookupCtx, cancel := context.WithTimeout(r.Context(), timeout)
 	key, err := c.keys.Authenticate(lookupCtx, secret)
 	cancel()
-	if errors.Is(err, db.ErrUnknownKey) {
+	if errors.Is(err, devalloctype.ErrUnknownKey) {
 		return Principal{}, unauthorized("unknown or revoked API key")
 	}
 	if err != nil && r.Context().Err() != nil {

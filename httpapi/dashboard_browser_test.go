@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/devalloc/devalloc/db"
+	"github.com/devalloc/devalloc/db/devalloctype"
 	"github.com/devalloc/devalloc/httpapi/apitest"
 )
 
@@ -154,7 +155,7 @@ func TestDashboardInABrowser(t *testing.T) {
 		t.Fatalf("revoke from the page: %v", err)
 	}
 	got, err := srv.Alloc.GetLease(t.Context(), uuid.MustParse(lease.ID))
-	if err != nil || got.EndReason != db.EndRevoked {
+	if err != nil || got.EndReason != devalloctype.EndRevoked {
 		t.Fatalf("the lease after revoke from the page: %+v, %v", got, err)
 	}
 	// The events say how each lease ended.

@@ -9,6 +9,7 @@ import (
 	"github.com/danielgtaylor/huma/v2"
 
 	"github.com/devalloc/devalloc/db"
+	"github.com/devalloc/devalloc/db/devalloctype"
 )
 
 // Path parameters name existing devices, so they are not held to the
@@ -107,7 +108,7 @@ func (s *server) createDevice(ctx context.Context, in *createDeviceInput) (*crea
 		b.Probe = "tcp"
 	}
 	dev, err := s.alloc.CreateDevice(ctx, db.DeviceSpec{
-		Name: b.Name, Pool: b.Pool, Labels: db.Labels(b.Labels), Address: b.Address, Probe: b.Probe,
+		Name: b.Name, Pool: b.Pool, Labels: devalloctype.Labels(b.Labels), Address: b.Address, Probe: b.Probe,
 	})
 	if err != nil {
 		return nil, s.fail(ctx, "createDevice", deviceSubject(b.Name), err)
@@ -154,7 +155,7 @@ func (s *server) updateDevice(ctx context.Context, in *updateDeviceInput) (*devi
 	}
 	if b.Labels != nil {
 		errs = append(errs, checkLabels("body.labels", *b.Labels)...)
-		labels := db.Labels(*b.Labels)
+		labels := devalloctype.Labels(*b.Labels)
 		patch.Labels = &labels
 	}
 	if b.State != nil && b.Drain != nil {

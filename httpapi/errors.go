@@ -10,6 +10,7 @@ import (
 	"github.com/danielgtaylor/huma/v2"
 
 	"github.com/devalloc/devalloc/db"
+	"github.com/devalloc/devalloc/db/devalloctype"
 )
 
 // Problem types (RFC 9457 "type") for devalloc's own errors, so clients can
@@ -64,7 +65,7 @@ func problem(status int, kind, detail string) huma.StatusError {
 func (s *server) fail(ctx context.Context, op, subject string, err error) error {
 	var (
 		out   error
-		ended *db.LeaseEndedError
+		ended *devalloctype.LeaseEndedError
 	)
 	switch {
 	case ctx.Err() != nil:
@@ -73,29 +74,29 @@ func (s *server) fail(ctx context.Context, op, subject string, err error) error 
 		// server fault, and the response goes nowhere.
 		s.log.Debug("client went away", "op", op, "err", err)
 		return problem(statusClientClosedRequest, kindClientGone, "client closed the request")
-	case errors.Is(err, db.ErrNotFound):
+	case errors.Is(err, devalloctype.ErrNotFound):
 		out = problem(http.StatusNotFound, kindNotFound, subject+" not found")
-	case errors.Is(err, db.ErrDeviceExists):
+	case errors.Is(err, devalloctype.ErrDeviceExists):
 		out = problem(http.StatusConflict, kindDeviceExists, subject+" already exists")
-	case errors.Is(err, db.ErrDeviceLeased):
+	case errors.Is(err, devalloctype.ErrDeviceLeased):
 		out = problem(http.StatusConflict, kindDeviceLeased,
 			subject+" is leased: its lease must end first (DELETE takes force=true to end it)")
 	case errors.As(err, &ended):
 		out = problem(http.StatusGone, kindLeaseEnded,
 			subject+" has ended ("+ended.Lease.EndReason+")")
-	case errors.Is(err, db.ErrNoDevice):
+	case errors.Is(err, devalloctype.ErrNoDevice):
 		out = retryLater(http.StatusServiceUnavailable, kindNoDevice,
 			"no matching device became available for "+subject+"; retry later", retryAfter())
-	case errors.Is(err, db.ErrIdempotencyKeyReused):
+	case errors.Is(err, devalloctype.ErrIdempotencyKeyReused):
 		// 422 as in the IETF Idempotency-Key draft: the request is wrong,
 		// not in conflict with a state that may change.
 		out = problem(http.StatusUnprocessableEntity, kindIdempotencyKeyReused,
 			"this Idempotency-Key was already used by this API key for a different acquire "+
 				"(pool, labels, count, ttl_seconds or holder differ); use a new key for a new request")
-	case errors.Is(err, db.ErrUnsatisfiable):
+	case errors.Is(err, devalloctype.ErrUnsatisfiable):
 		out = problem(http.StatusUnprocessableEntity, kindUnsatisfiable,
 			"no registered device matches "+subject+", in any state, so waiting could never succeed")
-	case errors.Is(err, db.ErrShuttingDown):
+	case errors.Is(err, devalloctype.ErrShuttingDown):
 		out = retryLater(http.StatusServiceUnavailable, kindShuttingDown,
 			"this instance is shutting down; retry (another instance may serve you at once)", "1")
 	case db.IsTransient(err):

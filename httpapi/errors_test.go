@@ -11,7 +11,7 @@ import (
 	"github.com/danielgtaylor/huma/v2"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/devalloc/devalloc/db"
+	"github.com/devalloc/devalloc/db/devalloctype"
 )
 
 // Database trouble is never a 500: a restart, a dropped connection or a
@@ -30,11 +30,11 @@ func TestFailMapsDatabaseErrors(t *testing.T) {
 		{"55P03", http.StatusServiceUnavailable, kindDatabaseUnavailable, true}, // lock timeout
 		{"22021", http.StatusUnprocessableEntity, kindInvalidValue, false},      // bad encoding
 		{"42P01", http.StatusInternalServerError, "", false},                    // our bug
-		{"", http.StatusServiceUnavailable, kindShuttingDown, true},             // db.ErrShuttingDown
+		{"", http.StatusServiceUnavailable, kindShuttingDown, true},             // devalloctype.ErrShuttingDown
 	} {
 		var cause error = &pgconn.PgError{Code: c.code}
 		if c.code == "" {
-			cause = db.ErrShuttingDown
+			cause = devalloctype.ErrShuttingDown
 		}
 		err := s.fail(context.Background(), "op", "thing", fmt.Errorf("query: %w", cause))
 		var se huma.StatusError

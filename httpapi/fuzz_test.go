@@ -13,6 +13,7 @@ import (
 
 	"github.com/devalloc/devalloc/db"
 	"github.com/devalloc/devalloc/db/dbtest"
+	"github.com/devalloc/devalloc/db/devalloctype"
 	"github.com/devalloc/devalloc/db/probe"
 )
 
@@ -177,7 +178,7 @@ func FuzzAcquireRequestDecoding(f *testing.F) {
 			if err := json.Unmarshal(raw, &d); err != nil {
 				t.Fatal(err)
 			}
-			if d.State != db.StateIdle || d.Name == "" {
+			if d.State != devalloctype.StateIdle || d.Name == "" {
 				t.Fatalf("created device %+v", d)
 			}
 			if r := s.serve(t, "DELETE", "/v1/devices/"+url.PathEscape(d.Name), s.admin, "", nil); r.Code != http.StatusNoContent {
@@ -220,7 +221,7 @@ func checkFuzzLease(t *testing.T, body []byte, l Lease) {
 	if l.Device.Pool != req.Pool {
 		t.Fatalf("asked for pool %q, got a device of pool %q", req.Pool, l.Device.Pool)
 	}
-	if !db.Labels(l.Device.Labels).Contains(db.Labels(req.Labels)) {
+	if !devalloctype.Labels(l.Device.Labels).Contains(devalloctype.Labels(req.Labels)) {
 		t.Fatalf("asked for labels %v, got device labels %v", req.Labels, l.Device.Labels)
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"github.com/danielgtaylor/huma/v2"
 	"github.com/google/uuid"
 
-	"github.com/devalloc/devalloc/db"
+	"github.com/devalloc/devalloc/db/devalloctype"
 )
 
 // The leases of a group acquire (count > 1) share a group id; these
@@ -85,7 +85,7 @@ func (s *server) renewLeaseGroup(ctx context.Context, in *renewLeaseGroupInput) 
 	if err == nil {
 		return groupOutput(id, renewed), nil
 	}
-	if !errors.Is(err, db.ErrNotFound) {
+	if !errors.Is(err, devalloctype.ErrNotFound) {
 		return nil, s.fail(ctx, "renewLeaseGroup", groupSubject(id), err)
 	}
 	// Nothing active and unlapsed is left: the group has ended, as a
@@ -101,11 +101,11 @@ func (s *server) releaseLeaseGroup(ctx context.Context, in *leaseGroupIDInput) (
 	if err != nil {
 		return nil, err
 	}
-	reason := db.EndReleased
+	reason := devalloctype.EndReleased
 	if leases[0].Owner != principal(ctx).Name {
 		// Only an admin gets here (ownGroup checked): ending another key's
 		// group is a revoke, and the history says so.
-		reason = db.EndRevoked
+		reason = devalloctype.EndRevoked
 	}
 	after, err := s.alloc.EndGroup(ctx, id, reason)
 	if err != nil {
@@ -114,7 +114,7 @@ func (s *server) releaseLeaseGroup(ctx context.Context, in *leaseGroupIDInput) (
 	// As for a single lease: ending it again the same way succeeds again,
 	// but a group that was lost entirely before this call (expired,
 	// revoked) is 410, so its holder learns it had lost the devices.
-	if slices.ContainsFunc(after, func(l db.Lease) bool { return l.EndReason == reason }) {
+	if slices.ContainsFunc(after, func(l devalloctype.Lease) bool { return l.EndReason == reason }) {
 		return nil, nil
 	}
 	return nil, s.groupEnded(ctx, "releaseLeaseGroup", id, after)
@@ -122,7 +122,7 @@ func (s *server) releaseLeaseGroup(ctx context.Context, in *leaseGroupIDInput) (
 
 // ownGroup loads the group and checks the caller may act on it. Its leases
 // come from one acquire, so they have one owner, and it never changes.
-func (s *server) ownGroup(ctx context.Context, op, rawID string) (uuid.UUID, []db.Lease, error) {
+func (s *server) ownGroup(ctx context.Context, op, rawID string) (uuid.UUID, []devalloctype.Lease, error) {
 	id, err := uuid.Parse(rawID)
 	if err != nil {
 		// Huma's format check normally catches this first.
@@ -141,12 +141,12 @@ func (s *server) ownGroup(ctx context.Context, op, rawID string) (uuid.UUID, []d
 // groupEnded is the 410 for a group with nothing left to renew or release,
 // naming how its leases ended (a lapsed lease not yet reaped counts as
 // expired, as for a single lease).
-func (s *server) groupEnded(ctx context.Context, op string, id uuid.UUID, leases []db.Lease) error {
+func (s *server) groupEnded(ctx context.Context, op string, id uuid.UUID, leases []devalloctype.Lease) error {
 	var reasons []string
 	for _, l := range leases {
 		r := l.EndReason
 		if l.Active() {
-			r = db.EndExpired
+			r = devalloctype.EndExpired
 		}
 		if !slices.Contains(reasons, r) {
 			reasons = append(reasons, r)
@@ -158,7 +158,7 @@ func (s *server) groupEnded(ctx context.Context, op string, id uuid.UUID, leases
 		groupSubject(id)+" has ended ("+strings.Join(reasons, ", ")+")")
 }
 
-func groupOutput(id uuid.UUID, leases []db.Lease) *leaseGroupOutput {
+func groupOutput(id uuid.UUID, leases []devalloctype.Lease) *leaseGroupOutput {
 	out := &leaseGroupOutput{Body: LeaseGroup{ID: id, Leases: make([]Lease, 0, len(leases))}}
 	for _, l := range leases {
 		out.Body.Leases = append(out.Body.Leases, leaseFromDB(l))

@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/devalloc/devalloc/db"
+	"github.com/devalloc/devalloc/db/devalloctype"
 )
 
 // A malformed lease id is answered 422 (validation failed, location
@@ -161,7 +162,7 @@ func (s *server) acquireLease(ctx context.Context, in *acquireLeaseInput) (*acqu
 		defer done()
 	}
 	lease, replayed, err := s.alloc.AcquireOrReplay(ctx, db.AcquireRequest{
-		Selector:       db.Selector{Pool: b.Pool, Labels: db.Labels(b.Labels)},
+		Selector:       devalloctype.Selector{Pool: b.Pool, Labels: devalloctype.Labels(b.Labels)},
 		Wait:           time.Duration(b.WaitSeconds) * time.Second,
 		TTL:            time.Duration(b.TTLSeconds) * time.Second,
 		Owner:          owner,
@@ -171,7 +172,7 @@ func (s *server) acquireLease(ctx context.Context, in *acquireLeaseInput) (*acqu
 		Priority:       b.Priority,
 	})
 	if err != nil {
-		if b.Count > 1 && errors.Is(err, db.ErrUnsatisfiable) && ctx.Err() == nil {
+		if b.Count > 1 && errors.Is(err, devalloctype.ErrUnsatisfiable) && ctx.Err() == nil {
 			// Devices may match, just not enough of them: say so, or the
 			// client looks for a typo in its labels.
 			s.log.Debug("request refused", "op", "acquireLease", "subject", selectorSubject(b.Pool, b.Labels), "err", err)
@@ -274,18 +275,18 @@ func (s *server) releaseLease(ctx context.Context, in *leaseIDInput) (*struct{},
 
 // ownLease loads the lease and checks the caller may act on it. The owner
 // never changes, so checking before the renew/release is not racy.
-func (s *server) ownLease(ctx context.Context, op, rawID string) (db.Lease, error) {
+func (s *server) ownLease(ctx context.Context, op, rawID string) (devalloctype.Lease, error) {
 	id, err := uuid.Parse(rawID)
 	if err != nil {
 		// Huma's format check normally catches this first.
-		return db.Lease{}, invalid([]error{&huma.ErrorDetail{Location: "path.id", Message: "expected a UUID", Value: rawID}})
+		return devalloctype.Lease{}, invalid([]error{&huma.ErrorDetail{Location: "path.id", Message: "expected a UUID", Value: rawID}})
 	}
 	lease, err := s.alloc.GetLease(ctx, id)
 	if err != nil {
-		return db.Lease{}, s.fail(ctx, op, leaseSubject(id), err)
+		return devalloctype.Lease{}, s.fail(ctx, op, leaseSubject(id), err)
 	}
 	if err := mayUseLease(ctx, lease.Owner); err != nil {
-		return db.Lease{}, err
+		return devalloctype.Lease{}, err
 	}
 	return lease, nil
 }

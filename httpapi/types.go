@@ -6,7 +6,7 @@ import (
 	"github.com/danielgtaylor/huma/v2"
 	"github.com/google/uuid"
 
-	"github.com/devalloc/devalloc/db"
+	"github.com/devalloc/devalloc/db/devalloctype"
 )
 
 // Ceilings of wait_seconds and ttl_seconds in the schema, whatever the
@@ -190,7 +190,7 @@ type HealthStatus struct {
 	Status string `json:"status" doc:"Always ok when the server answers." example:"ok"`
 }
 
-func deviceFromDB(d db.Device) Device {
+func deviceFromDB(d devalloctype.Device) Device {
 	return Device{
 		Name:         d.Name,
 		Pool:         d.Pool,
@@ -208,7 +208,7 @@ func deviceFromDB(d db.Device) Device {
 	}
 }
 
-func leaseFromDB(l db.Lease) Lease {
+func leaseFromDB(l devalloctype.Lease) Lease {
 	out := Lease{
 		ID: l.ID,
 		Device: LeaseDevice{
@@ -238,7 +238,7 @@ func leaseFromDB(l db.Lease) Lease {
 }
 
 // labelsFromDB never returns nil, so JSON shows {} rather than null.
-func labelsFromDB(l db.Labels) Labels {
+func labelsFromDB(l devalloctype.Labels) Labels {
 	out := make(Labels, len(l))
 	for k, v := range l {
 		out[k] = v

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/devalloc/devalloc/db"
+	"github.com/devalloc/devalloc/db/devalloctype"
 )
 
 // demoPool is the pool "serve --demo N" fills with simulated devices.
@@ -47,7 +48,7 @@ func startDemo(ctx context.Context, alloc *db.Allocator, n int, logger *slog.Log
 			farm.Close()
 			return nil, fmt.Errorf("demo device %s: %w", name, err)
 		}
-		if err := upsertDemoDevice(ctx, alloc, name, addr, db.Labels{"demo": kind}); err != nil {
+		if err := upsertDemoDevice(ctx, alloc, name, addr, devalloctype.Labels{"demo": kind}); err != nil {
 			farm.Close()
 			return nil, err
 		}
@@ -104,14 +105,14 @@ func (f *demoFarm) Close() {
 // goes back to idle; so does an idle one, to queue it afresh: the pick takes
 // the least recently idle device first, and re-queueing every device in
 // registration order keeps the dead one, registered first, at the front.
-func upsertDemoDevice(ctx context.Context, alloc *db.Allocator, name, addr string, labels db.Labels) error {
+func upsertDemoDevice(ctx context.Context, alloc *db.Allocator, name, addr string, labels devalloctype.Labels) error {
 	_, err := alloc.CreateDevice(ctx, db.DeviceSpec{
 		Name: name, Pool: demoPool, Labels: labels, Address: addr, Probe: "tcp",
 	})
 	if err == nil {
 		return nil
 	}
-	if !errors.Is(err, db.ErrDeviceExists) {
+	if !errors.Is(err, devalloctype.ErrDeviceExists) {
 		return fmt.Errorf("register demo device: %w", err)
 	}
 	dev, err := alloc.GetDevice(ctx, name)
@@ -128,19 +129,19 @@ func upsertDemoDevice(ctx context.Context, alloc *db.Allocator, name, addr strin
 	}
 	var steps []string
 	switch dev.State {
-	case db.StateOffline:
-		steps = []string{db.StateIdle}
-	case db.StateIdle:
+	case devalloctype.StateOffline:
+		steps = []string{devalloctype.StateIdle}
+	case devalloctype.StateIdle:
 		// Only a state change moves a device in the idle queue.
-		steps = []string{db.StateMaintenance, db.StateIdle}
+		steps = []string{devalloctype.StateMaintenance, devalloctype.StateIdle}
 	}
 	for _, state := range steps {
 		reason := ""
-		if state == db.StateMaintenance {
+		if state == devalloctype.StateMaintenance {
 			reason = "demo restart: re-queueing"
 		}
 		_, err := alloc.UpdateDevice(ctx, name, db.DevicePatch{State: &state, Reason: reason})
-		if errors.Is(err, db.ErrDeviceLeased) {
+		if errors.Is(err, devalloctype.ErrDeviceLeased) {
 			// Acquired meanwhile: it has left the queue anyway.
 			return nil
 		}
@@ -158,7 +159,7 @@ const demoKeyName = "demo"
 // (only its hash is stored), and creates a fresh one. Leases belong to the
 // key's name, so the new key still owns what the old one acquired.
 func rotateDemoKey(ctx context.Context, keys *db.KeyStore) (string, error) {
-	if err := keys.Revoke(ctx, demoKeyName); err != nil && !errors.Is(err, db.ErrNotFound) {
+	if err := keys.Revoke(ctx, demoKeyName); err != nil && !errors.Is(err, devalloctype.ErrNotFound) {
 		return "", err
 	}
 	secret, _, err := keys.Create(ctx, demoKeyName, db.RoleClient)

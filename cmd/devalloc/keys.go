@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/devalloc/devalloc/db"
+	"github.com/devalloc/devalloc/db/devalloctype"
 )
 
 // runKeys is "devalloc keys create|list|revoke": API keys, managed on the
@@ -74,7 +75,7 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	switch action {
 	case "create":
 		secret, _, err := store.Create(ctx, name, role)
-		if errors.Is(err, db.ErrKeyExists) {
+		if errors.Is(err, devalloctype.ErrKeyExists) {
 			return fmt.Errorf("a key named %q exists; revoke it first or pick another name", name)
 		}
 		if err != nil {
@@ -84,7 +85,7 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintln(stdout, secret)
 		fmt.Fprintf(stderr, "created %s key %q; the secret above is shown only this once\n", role, name)
 	case "revoke":
-		if err := store.Revoke(ctx, name); errors.Is(err, db.ErrNotFound) {
+		if err := store.Revoke(ctx, name); errors.Is(err, devalloctype.ErrNotFound) {
 			return fmt.Errorf("no active key named %q", name)
 		} else if err != nil {
 			return err
