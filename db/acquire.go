@@ -454,7 +454,9 @@ func (a *Allocator) abandonHanded(lease Lease, waiter uuid.UUID) { a.abandonFrom
 func (a *Allocator) abandonFrom(lease Lease, waiter *uuid.UUID) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	r, err := endLease(ctx, a.q, dbsqlc.EndLeaseParams{ID: lease.ID, EndReason: EndReleased})
+	// A lease read as pending ends only while it still is: pending, it was
+	// nobody's answer; confirmed since, it is someone's (see EndLease).
+	r, err := endLease(ctx, a.q, dbsqlc.EndLeaseParams{ID: lease.ID, EndReason: EndReleased, PendingOnly: lease.HandoffPending})
 	if err == nil {
 		a.endedLease(r)
 	}

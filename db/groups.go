@@ -108,7 +108,9 @@ func (a *Allocator) groupNotRenewed(ctx context.Context, id uuid.UUID, owner str
 		return err
 	}
 	for _, l := range leases {
-		if l.Owner == owner && l.Active() && l.HandoffPending {
+		// Pending, or confirmed (TTL started over) since the renew missed
+		// it: not renewed now, and not ended either (see endedError).
+		if l.Owner == owner && l.Active() && (l.HandoffPending || l.ExpiresAt.After(time.Now())) {
 			return fmt.Errorf("group %s: %w", id, errLeaseUnderProbe)
 		}
 	}

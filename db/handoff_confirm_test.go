@@ -416,3 +416,62 @@ func TestRenewOfAPendingGroupIsRefusedForNow(t *testing.T) {
 		t.Errorf("renew of another owner's pending group: %v, want ErrNotFound", err)
 	}
 }
+
+// beforeGetLeaseDB runs a hook once, just before the next GetLease.
+type beforeGetLeaseDB struct {
+	dbsqlc.DBTX
+	mu     sync.Mutex
+	before func()
+}
+
+func (d *beforeGetLeaseDB) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if strings.Contains(sql, "name: GetLease ") {
+		d.mu.Lock()
+		f := d.before
+		d.before = nil
+		d.mu.Unlock()
+		if f != nil {
+			f()
+		}
+	}
+	return d.DBTX.QueryRow(ctx, sql, args...)
+}
+
+// a renew of a pending handoff races its confirm. RenewLease finds
+// it pending (no row); the confirm commits; endedError reads it active, not
+// pending, and calls it "lapsed but not reaped yet": LeaseEndedError
+// (expired) although its expires_at is an hour ahead. Then the acquire
+// answers 201 with it.
+func TestRenewRacingTheConfirmIsNotToldExpired(t *testing.T) {
+	url := newDB(t)
+	prober := newHeldProber()
+	a := newAllocator(t, url, probedConfig(prober))
+	wrap := &beforeGetLeaseDB{}
+	c := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
+		wrap.DBTX = p
+		return wrap
+	})
+	mustCreate(t, a, "dev", "lab", "h:dev", nil)
+	held := mustAcquire(t, c, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
+	got := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second, TTL: time.Hour})
+	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	prober.hold("h:dev")
+	if _, err := c.Release(t.Context(), held.ID); err != nil {
+		t.Fatal(err)
+	}
+	prober.awaitProbe(t, "h:dev")
+	pending := pendingLeaseOf(t, a, "w")
+	answered := make(chan result, 1)
+	wrap.mu.Lock()
+	wrap.before = func() {
+		prober.let("h:dev", nil)
+		answered <- <-got
+	}
+	wrap.mu.Unlock()
+	_, rerr := c.Renew(t.Context(), pending, time.Hour)
+	r := <-answered
+	t.Logf("renew: %v (end reason %q); acquire: lease %s active=%v err=%v", rerr, endReason(rerr), r.lease.ID, r.lease.Active(), r.err)
+	if endReason(rerr) != "" && r.err == nil && r.lease.ID == pending && r.lease.Active() {
+		t.Errorf("lease %s: a renew was told it ended (%s) while the acquire answered 201 with it, live for an hour", pending, endReason(rerr))
+	}
+}

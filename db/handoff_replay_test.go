@@ -276,9 +276,9 @@ func TestPendingLeaseThatEndsUnsettledIsNeverReplayed(t *testing.T) {
 		handed = ls[0]
 		return true
 	})
-	// Stuck past its settle bound ((1 + 1) × b's 2 s probe timeout + 1 s)
-	// after its expiry: the reaper ends it.
-	if _, err := b.pool.Exec(t.Context(), `UPDATE devalloc.leases SET expires_at = now() - interval '10 s' WHERE id = $1`, handed.ID); err != nil {
+	// Stuck past its settle bound ((1 + 1) × the longest probe timeout, a's
+	// 10 s, + 1 s) after its expiry: the reaper ends it.
+	if _, err := b.pool.Exec(t.Context(), `UPDATE devalloc.leases SET expires_at = now() - interval '30 s' WHERE id = $1`, handed.ID); err != nil {
 		t.Fatal(err)
 	}
 	if n := b.reap(t.Context()); n != 1 {

@@ -40,7 +40,7 @@ func (a *Allocator) claimLiveness(ctx context.Context, conn *pgx.Conn) error {
 		name := instanceName()
 		var err error
 		if id, err = dbsqlc.New(conn).RegisterInstance(ctx, dbsqlc.RegisterInstanceParams{
-			Name: name, SilentSeconds: a.silentAfter().Seconds(),
+			Name: name, SilentSeconds: a.silentAfter().Seconds(), ProbeSeconds: a.cfg.ProbeTimeout.Seconds(),
 		}); err != nil {
 			return fmt.Errorf("register instance: %w", err)
 		}
@@ -53,7 +53,7 @@ func (a *Allocator) claimLiveness(ctx context.Context, conn *pgx.Conn) error {
 		// is back if another instance removed it). The reconnect's re-check
 		// then wakes the waiters that were skipped or lost their rows.
 		recreated, err := dbsqlc.New(conn).InstanceHeartbeat(ctx, dbsqlc.InstanceHeartbeatParams{
-			ID: id, Name: instanceName(), SilentSeconds: a.silentAfter().Seconds(),
+			ID: id, Name: instanceName(), SilentSeconds: a.silentAfter().Seconds(), ProbeSeconds: a.cfg.ProbeTimeout.Seconds(),
 		})
 		if err != nil {
 			return fmt.Errorf("heartbeat of instance %d on reconnect: %w", id, err)
@@ -183,7 +183,7 @@ func (a *Allocator) runInstanceKeeper(ctx context.Context) {
 // instance removed it; recreated says it had to.
 func (a *Allocator) heartbeat(ctx context.Context, id int64) (recreated bool, err error) {
 	return a.q.InstanceHeartbeat(ctx, dbsqlc.InstanceHeartbeatParams{
-		ID: id, Name: instanceName(), SilentSeconds: a.silentAfter().Seconds(),
+		ID: id, Name: instanceName(), SilentSeconds: a.silentAfter().Seconds(), ProbeSeconds: a.cfg.ProbeTimeout.Seconds(),
 	})
 }
 

@@ -184,11 +184,13 @@ func (a *Allocator) endedError(ctx context.Context, id uuid.UUID) error {
 	if err != nil {
 		return err
 	}
-	if lease.Active() && lease.HandoffPending {
+	if lease.Active() && (lease.HandoffPending || lease.ExpiresAt.After(time.Now())) {
 		// Handed from the line, its waiter still probing: nobody's answer
 		// yet, and it may be taken back; not renewed (503, retry later).
 		// Past its first expires_at too: the confirm starts its TTL over
 		// (migrations/00020), so "expired" would be taken back by a 201.
+		// Active, not pending and not lapsed: the confirm committed between
+		// the renew and this read; the renew's retry will succeed.
 		return fmt.Errorf("lease %s: %w", id, errLeaseUnderProbe)
 	}
 	if lease.Active() {

@@ -112,7 +112,9 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 			if req.IdempotencyKey != "" {
 				if lease, ok, rerr := a.replayWithin(ctx, req, attemptBoundSlack); rerr == nil && ok {
 					for _, l := range giveBack {
-						a.abandonHanded(l, handedTo)
+						if !answers(lease, l.ID) {
+							a.abandonHanded(l, handedTo)
+						}
 					}
 					return lease, true, nil
 				}
@@ -395,12 +397,16 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) 
 		}
 		leases = append(leases, l)
 	}
-	if len(leases) < max(req.Count, 1) {
-		// Part of the handoff ended before it was read (WaiterLeases lists
-		// active leases only): an admin revoked one, or a take-back was cut
-		// between its statements. Confirming the rest would answer 201
-		// with less than was asked, and without the key (it went with the
-		// ended pending lease). No answer: back in line, the rest given back.
+	if len(leases) < max(req.Count, 1) && leases[0].HandoffPending {
+		// Part of a pending handoff ended before it was read (WaiterLeases
+		// lists active leases only): an admin revoked one, or a take-back
+		// was cut between its statements. Confirming the rest would answer
+		// 201 with less than was asked, and without the key (it went with
+		// the ended pending lease). No answer: back in line, the rest given
+		// back; pending, they were nobody's answer. A handoff that is not
+		// probed is never pending: a retry may have replayed it already
+		// and its client may have released a lease of it, so what is left
+		// is answered as it stands.
 		a.log.Info("a handoff from the line lost a lease before it was collected; the waiter goes back in line",
 			"waiter", w.ID, "pool", req.Selector.Pool, "handed", len(leases), "count", req.Count)
 		return Lease{}, false, leases, nil
@@ -493,6 +499,20 @@ func (a *Allocator) confirmHandoff(ctx context.Context, req AcquireRequest, w *W
 func (a *Allocator) giveBackUnread(req AcquireRequest, w *Waiter, err error) {
 	a.log.Warn("a served waiter could not collect its leases; the re-check gives them back", "waiter", w.ID, "pool", req.Selector.Pool, "err", err)
 	a.stranded.add(w.ID, req.IdempotencyKey != "")
+}
+
+// answers reports whether the answer lease carries the lease id (as
+// itself or in its group): such a lease is the client's, never given back.
+func answers(answer Lease, id uuid.UUID) bool {
+	if answer.ID == id {
+		return true
+	}
+	for _, g := range answer.Group {
+		if g.ID == id {
+			return true
+		}
+	}
+	return false
 }
 
 // answerOf is the acquire's answer: the lease, or for a group the first

@@ -86,3 +86,45 @@ func TestReaperEndsAHandoffNobodyConfirms(t *testing.T) {
 		t.Errorf("%d device(s) not idle after their pending handoffs were reaped", leased)
 	}
 }
+
+// the settle bound is computed from the REAPER's ProbeTimeout, not
+// the probing instance's. a probes handoffs with a 10 s ProbeTimeout
+// (settle bound 21 s for one device); b, another instance (say without
+// ProbeOnHandoff, where ProbeTimeout only bounds its health probes), uses
+// 100 ms: its reaper ends a's handoff 1.2 s past expiry while a's probe is
+// well within its bound. With a TTL shorter than the probe, the handoff
+// loops as before 2a1196e.
+func TestReaperLeavesAnotherInstancesHandoffToItsProbeTimeout(t *testing.T) {
+	url := newDB(t)
+	prober := newHeldProber()
+	a := newAllocator(t, url, probedConfig(prober))
+	cfg := testConfig(&fakeProber{})
+	cfg.ProbeTimeout = 100 * time.Millisecond
+	b := newAllocator(t, url, cfg)
+	mustCreate(t, a, "dev", "lab", "h:dev", nil)
+	held := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
+
+	prober.hold("h:dev")
+	got := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w",
+		Wait: 20 * time.Second, TTL: time.Second})
+	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	if _, err := b.Release(t.Context(), held.ID); err != nil {
+		t.Fatal(err)
+	}
+	prober.awaitProbe(t, "h:dev")
+	pending := pendingLeaseOf(t, a, "w")
+	// a's probe has run 3 s (of its 10 s ProbeTimeout), 2 s past the TTL.
+	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.leases SET expires_at = now() - interval '2 s' WHERE id = $1`, pending); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.reap(t.Context()); n != 0 {
+		t.Errorf("b's reaper ended %d lease(s) under a's handoff probe, 2 s past expiry, within a's settle bound (21 s): it used its own ProbeTimeout (100 ms)", n)
+	}
+	prober.let("h:dev", nil)
+	select {
+	case r := <-got:
+		t.Logf("acquire: lease %s err=%v (handed %s)", r.lease.ID, r.err, pending)
+	case <-time.After(2 * time.Second):
+		t.Logf("acquire: no answer 2 s after the probe passed (back in line, probing the device again)")
+	}
+}

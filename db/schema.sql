@@ -117,7 +117,9 @@ CREATE TABLE devalloc.instances (
     started_at timestamp with time zone DEFAULT now() NOT NULL,
     seen_at timestamp with time zone DEFAULT now() NOT NULL,
     silent_after interval DEFAULT '00:00:30'::interval NOT NULL,
+    probe_timeout interval DEFAULT '00:00:02'::interval NOT NULL,
     CONSTRAINT instances_pkey PRIMARY KEY (id),
+    CONSTRAINT instances_probe_timeout_positive CHECK (probe_timeout > '00:00:00'::interval),
     CONSTRAINT instances_silent_after_positive CHECK (silent_after > '00:00:00'::interval)
 );
 COMMENT ON TABLE devalloc.instances IS 'Running devalloc instances (API servers) that may hold waiting acquires; rows of instances gone for a while are removed with their waiters.';
@@ -126,6 +128,7 @@ COMMENT ON COLUMN devalloc.instances.name IS 'host:pid of the instance, for peop
 COMMENT ON COLUMN devalloc.instances.started_at IS 'When the instance registered.';
 COMMENT ON COLUMN devalloc.instances.seen_at IS 'Last heartbeat (every --heartbeat-interval, 10 s by default); older than silent_after, the instance counts as dead for the line even if its lock is held.';
 COMMENT ON COLUMN devalloc.instances.silent_after IS 'How long the instance may go without a heartbeat and still count as alive: 3 x its heartbeat interval (30 s by default), written by the instance at registration and every heartbeat.';
+COMMENT ON COLUMN devalloc.instances.probe_timeout IS 'The instance''s probe timeout (serve flag probe-timeout), written at registration and every heartbeat. The reaper leaves a handoff still under its waiter''s probe until (devices + 1) x the longest of these + 1 s past its expires_at.';
 
 CREATE TABLE devalloc.leases (
     id uuid DEFAULT gen_random_uuid() NOT NULL,

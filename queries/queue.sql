@@ -3,9 +3,10 @@
 -- name: RegisterInstance :one
 -- silent_seconds: how long the instance may go without a heartbeat and
 -- still count as alive (3 x its heartbeat interval; see
--- devalloc.instance_alive).
-INSERT INTO devalloc.instances (name, silent_after)
-VALUES (@name, make_interval(secs => @silent_seconds::float8))
+-- devalloc.instance_alive). probe_seconds: its --probe-timeout (see
+-- DueLeases).
+INSERT INTO devalloc.instances (name, silent_after, probe_timeout)
+VALUES (@name, make_interval(secs => @silent_seconds::float8), make_interval(secs => @probe_seconds::float8))
 RETURNING id;
 
 -- name: TakeLivenessLock :one
@@ -20,9 +21,10 @@ SELECT pg_try_advisory_lock(1685482609, (@id::bigint)::int4) AS taken;
 -- recreated: the row was gone, and with it this instance's waiters' rows.
 -- clock_timestamp(): a heartbeat that waited (on a DBA's lock, say) marks
 -- the instance alive from when it got through, not from when it was sent.
-INSERT INTO devalloc.instances (id, name, seen_at, silent_after) OVERRIDING SYSTEM VALUE
-VALUES (@id, @name, clock_timestamp(), make_interval(secs => @silent_seconds::float8))
-ON CONFLICT (id) DO UPDATE SET seen_at = clock_timestamp(), silent_after = excluded.silent_after
+INSERT INTO devalloc.instances (id, name, seen_at, silent_after, probe_timeout) OVERRIDING SYSTEM VALUE
+VALUES (@id, @name, clock_timestamp(), make_interval(secs => @silent_seconds::float8), make_interval(secs => @probe_seconds::float8))
+ON CONFLICT (id) DO UPDATE SET seen_at = clock_timestamp(), silent_after = excluded.silent_after,
+                               probe_timeout = excluded.probe_timeout
 RETURNING (xmax = 0) AS recreated;
 
 -- name: InstanceAlive :one

@@ -15,11 +15,11 @@ import (
 const dueLeases = `-- name: DueLeases :many
 SELECT l.id, l.expires_at
 FROM devalloc.leases l
-LEFT JOIN LATERAL (SELECT count(*) AS devices FROM devalloc.leases m
-                   WHERE l.handoff_pending AND m.group_id = l.group_id) g ON true
 WHERE l.released_at IS NULL AND l.expires_at <= now()
   AND (NOT l.handoff_pending
-       OR l.expires_at + make_interval(secs => 1 + (1 + greatest(1, g.devices)) * $1::float8) <= now())
+       OR l.expires_at + make_interval(secs => 1 + (1 + greatest(1, (SELECT count(*) FROM devalloc.leases m WHERE m.group_id = l.group_id)))
+              * greatest((SELECT max(extract(epoch FROM i.probe_timeout)) FROM devalloc.instances i)::float8,
+                         $1::float8)) <= now())
   AND (l.expires_at, l.id) > (coalesce($2::timestamptz, '-infinity'),
                               coalesce($3::uuid, '00000000-0000-0000-0000-000000000000'))
 ORDER BY l.expires_at, l.id
@@ -52,6 +52,10 @@ type DueLeasesRow struct {
 // no longer confirm it, its settle bound after expires_at: (devices in its
 // group + 1) times the probe timeout + 1 s, as handoffSettleBound in
 // db/idempotency.go (a waiter's instance that died mid-probe leaves it).
+// The probe timeout is the longest any instance registered (the waiter's
+// may be longer than this reaper's; migrations/00021), at least this one's.
+// The group is counted in a subquery run only for pending leases, so the
+// scan of due leases stays an ordered index scan that stops at the batch.
 func (q *Queries) DueLeases(ctx context.Context, arg DueLeasesParams) ([]DueLeasesRow, error) {
 	rows, err := q.db.Query(ctx, dueLeases,
 		arg.ProbeTimeoutSeconds,

@@ -122,6 +122,8 @@ type DevallocInstance struct {
 	SeenAt time.Time
 	// How long the instance may go without a heartbeat and still count as alive: 3 x its heartbeat interval (30 s by default), written by the instance at registration and every heartbeat.
 	SilentAfter pgtype.Interval
+	// The instance's probe timeout (serve flag probe-timeout), written at registration and every heartbeat. The reaper leaves a handoff still under its waiter's probe until (devices + 1) x the longest of these + 1 s past its expires_at.
+	ProbeTimeout pgtype.Interval
 }
 
 // Leases, active (released_at IS NULL) and ended: the ended rows are the audit history.

@@ -412,9 +412,10 @@ func (q *Queries) InstanceAlive(ctx context.Context, id int64) (bool, error) {
 }
 
 const instanceHeartbeat = `-- name: InstanceHeartbeat :one
-INSERT INTO devalloc.instances (id, name, seen_at, silent_after) OVERRIDING SYSTEM VALUE
-VALUES ($1, $2, clock_timestamp(), make_interval(secs => $3::float8))
-ON CONFLICT (id) DO UPDATE SET seen_at = clock_timestamp(), silent_after = excluded.silent_after
+INSERT INTO devalloc.instances (id, name, seen_at, silent_after, probe_timeout) OVERRIDING SYSTEM VALUE
+VALUES ($1, $2, clock_timestamp(), make_interval(secs => $3::float8), make_interval(secs => $4::float8))
+ON CONFLICT (id) DO UPDATE SET seen_at = clock_timestamp(), silent_after = excluded.silent_after,
+                               probe_timeout = excluded.probe_timeout
 RETURNING (xmax = 0) AS recreated
 `
 
@@ -422,6 +423,7 @@ type InstanceHeartbeatParams struct {
 	ID            int64
 	Name          string
 	SilentSeconds float64
+	ProbeSeconds  float64
 }
 
 // Marks the instance alive (and restates its bound); recreates its row
@@ -430,7 +432,12 @@ type InstanceHeartbeatParams struct {
 // clock_timestamp(): a heartbeat that waited (on a DBA's lock, say) marks
 // the instance alive from when it got through, not from when it was sent.
 func (q *Queries) InstanceHeartbeat(ctx context.Context, arg InstanceHeartbeatParams) (bool, error) {
-	row := q.db.QueryRow(ctx, instanceHeartbeat, arg.ID, arg.Name, arg.SilentSeconds)
+	row := q.db.QueryRow(ctx, instanceHeartbeat,
+		arg.ID,
+		arg.Name,
+		arg.SilentSeconds,
+		arg.ProbeSeconds,
+	)
 	var recreated bool
 	err := row.Scan(&recreated)
 	return recreated, err
@@ -515,22 +522,24 @@ func (q *Queries) QueueBusy(ctx context.Context, pool string) (bool, error) {
 
 const registerInstance = `-- name: RegisterInstance :one
 
-INSERT INTO devalloc.instances (name, silent_after)
-VALUES ($1, make_interval(secs => $2::float8))
+INSERT INTO devalloc.instances (name, silent_after, probe_timeout)
+VALUES ($1, make_interval(secs => $2::float8), make_interval(secs => $3::float8))
 RETURNING id
 `
 
 type RegisterInstanceParams struct {
 	Name          string
 	SilentSeconds float64
+	ProbeSeconds  float64
 }
 
 // The queue: waiting acquires across all instances (migrations/00014).
 // silent_seconds: how long the instance may go without a heartbeat and
 // still count as alive (3 x its heartbeat interval; see
-// devalloc.instance_alive).
+// devalloc.instance_alive). probe_seconds: its --probe-timeout (see
+// DueLeases).
 func (q *Queries) RegisterInstance(ctx context.Context, arg RegisterInstanceParams) (int64, error) {
-	row := q.db.QueryRow(ctx, registerInstance, arg.Name, arg.SilentSeconds)
+	row := q.db.QueryRow(ctx, registerInstance, arg.Name, arg.SilentSeconds, arg.ProbeSeconds)
 	var id int64
 	err := row.Scan(&id)
 	return id, err

@@ -1,0 +1,238 @@
+package db
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/devalloc/devalloc/db/internal/dbsqlc"
+)
+
+// The sixth adversarial read (issue 12): the check that a handoff read back
+// whole (collect) gave back, with ProbeOnHandoff off, leases that are
+// nobody's to give back (never pending, so replayable at once). Each test
+// failed before its fix.
+
+// ProbeOnHandoff off at the waiter's instance (its leases are never
+// pending). A keyed group of 2 is handed from the line; the waiter's
+// instance is slow to read its leases back (outsized notice). The client's
+// retry at another instance replays the group: 201 with both leases. The
+// client releases one of them (done with d2). The waiter then reads its
+// leases, finds 1 < Count and "gives back the rest": it ends the lease on
+// d1, which the client was told it holds (201) and never released.
+func TestUnprobedPartialReadNeverEndsAGroupAReplayAnswered(t *testing.T) {
+	url := newDB(t)
+	wrap := &beforeWaiterLeasesDB{}
+	a := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
+		wrap.DBTX = p
+		return wrap
+	})
+	b := newAllocator(t, url, testConfig(&fakeProber{}))
+	big := Labels{"blob": strings.Repeat("x", 5000)}
+	mustCreate(t, b, "d1", "lab", "h:1", big)
+	mustCreate(t, b, "d2", "lab", "h:2", big)
+	h1 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
+	h2 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
+
+	req := keyed("w", "k", "lab", 20*time.Second)
+	req.Count = 2
+	req.TTL = time.Hour
+	got := goAcquire(t.Context(), a, req)
+	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+
+	replayed := make(chan result, 1)
+	wrap.mu.Lock()
+	wrap.before = func() {
+		retry := req
+		retry.Wait = 0
+		l, rep, err := b.AcquireOrReplay(context.Background(), retry)
+		replayed <- result{l, rep, err}
+		if err != nil || len(l.Group) != 2 {
+			t.Errorf("retry at b: %v group of %d", err, len(l.Group))
+			return
+		}
+		// The client is done with d2 and releases it.
+		for _, g := range l.Group {
+			if g.Device.Name == "d2" {
+				if _, err := b.Release(context.Background(), g.ID); err != nil {
+					t.Errorf("release d2: %v", err)
+				}
+			}
+		}
+	}
+	wrap.mu.Unlock()
+	if _, err := b.Release(t.Context(), h1.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Release(t.Context(), h2.ID); err != nil {
+		t.Fatal(err)
+	}
+	rr := <-replayed
+	r := <-got
+	t.Logf("replay at b: lease %s replayed=%v err=%v group of %d", rr.lease.ID, rr.replayed, rr.err, len(rr.lease.Group))
+	t.Logf("first request at a: lease %s err=%v", r.lease.ID, r.err)
+	waitFlights(t, a)
+	waitFlights(t, b)
+	time.Sleep(200 * time.Millisecond)
+	for _, g := range rr.lease.Group {
+		if g.Device.Name != "d1" {
+			continue
+		}
+		l, err := b.GetLease(t.Context(), g.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !l.Active() {
+			t.Errorf("lease %s on d1 was answered 201 (replay at b), never released by its client, and ended (%s) by the waiter's give-back at a, %v before its expires_at",
+				l.ID, l.EndReason, time.Until(g.ExpiresAt).Round(time.Second))
+		}
+	}
+}
+
+// ProbeOnHandoff off, keyed group of 2, one of its leases revoked
+// by an admin before the waiter reads its leases back (as in
+// TestPartialGroupIsNeverConfirmed, but unprobed: nothing is pending, so
+// the key stays on the surviving lease). collect: 1 < 2, giveBack = [the
+// survivor]; waitInLine's keyed branch replays the key first (finds the
+// survivor, active), answers 201 with it, then abandons giveBack: the very
+// lease it answered with.
+func TestUnprobedPartialReadNeverGivesBackItsAnswer(t *testing.T) {
+	url := newDB(t)
+	wrap := &beforeWaiterLeasesDB{}
+	a := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
+		wrap.DBTX = p
+		return wrap
+	})
+	b := newAllocator(t, url, testConfig(&fakeProber{}))
+	big := Labels{"blob": strings.Repeat("x", 5000)}
+	mustCreate(t, b, "d1", "lab", "h:1", big)
+	mustCreate(t, b, "d2", "lab", "h:2", big)
+	h1 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
+	h2 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
+
+	req := keyed("w", "k", "lab", 20*time.Second)
+	req.Count = 2
+	req.TTL = time.Hour
+	got := goAcquire(t.Context(), a, req)
+	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	wrap.mu.Lock()
+	wrap.before = func() {
+		// An admin revokes the group's lease that does not carry the key.
+		var id string
+		if err := b.pool.QueryRow(context.Background(), `SELECT id FROM devalloc.leases
+			WHERE owner = 'w' AND released_at IS NULL AND idempotency_key IS NULL`).Scan(&id); err != nil {
+			t.Errorf("keyless lease: %v", err)
+			return
+		}
+		if _, err := b.pool.Exec(context.Background(), `SELECT 1`); err != nil {
+			t.Error(err)
+		}
+		l, err := b.GetLease(context.Background(), mustUUID(t, id))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if _, err := b.Revoke(context.Background(), l.ID); err != nil {
+			t.Errorf("revoke: %v", err)
+		}
+	}
+	wrap.mu.Unlock()
+	if _, err := b.Release(t.Context(), h1.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Release(t.Context(), h2.ID); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	t.Logf("acquire: lease %s on %s replayed=%v err=%v group of %d", r.lease.ID, r.lease.Device.Name, r.replayed, r.err, len(r.lease.Group))
+	waitFlights(t, a)
+	time.Sleep(200 * time.Millisecond)
+	if r.err == nil {
+		l, err := b.GetLease(t.Context(), r.lease.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !l.Active() {
+			t.Errorf("the acquire answered 201 with lease %s on %s (expires %v) and its own instance ended it (%s) right after",
+				l.ID, l.Device.Name, r.lease.ExpiresAt.Format(time.TimeOnly), l.EndReason)
+		}
+	}
+}
+
+// The same with the lease that carries the key revoked.
+func TestUnprobedPartialReadWithTheKeysLeaseRevoked(t *testing.T) {
+	url := newDB(t)
+	wrap := &beforeWaiterLeasesDB{}
+	a := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
+		wrap.DBTX = p
+		return wrap
+	})
+	b := newAllocator(t, url, testConfig(&fakeProber{}))
+	big := Labels{"blob": strings.Repeat("x", 5000)}
+	mustCreate(t, b, "d1", "lab", "h:1", big)
+	mustCreate(t, b, "d2", "lab", "h:2", big)
+	h1 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
+	h2 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
+
+	req := keyed("w", "k", "lab", 20*time.Second)
+	req.Count = 2
+	req.TTL = time.Hour
+	got := goAcquire(t.Context(), a, req)
+	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	wrap.mu.Lock()
+	wrap.before = func() {
+		// An admin revokes the group's lease that carries the key.
+		var id string
+		if err := b.pool.QueryRow(context.Background(), `SELECT id FROM devalloc.leases
+			WHERE owner = 'w' AND released_at IS NULL AND idempotency_key IS NOT NULL`).Scan(&id); err != nil {
+			t.Errorf("the key's lease: %v", err)
+			return
+		}
+		if _, err := b.pool.Exec(context.Background(), `SELECT 1`); err != nil {
+			t.Error(err)
+		}
+		l, err := b.GetLease(context.Background(), mustUUID(t, id))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if _, err := b.Revoke(context.Background(), l.ID); err != nil {
+			t.Errorf("revoke: %v", err)
+		}
+	}
+	wrap.mu.Unlock()
+	if _, err := b.Release(t.Context(), h1.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Release(t.Context(), h2.ID); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	t.Logf("acquire: lease %s on %s replayed=%v err=%v group of %d", r.lease.ID, r.lease.Device.Name, r.replayed, r.err, len(r.lease.Group))
+	waitFlights(t, a)
+	time.Sleep(200 * time.Millisecond)
+	if r.err == nil {
+		t.Logf("answer active=%v end=%q", r.lease.Active(), r.lease.EndReason)
+		l, err := b.GetLease(t.Context(), r.lease.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !l.Active() {
+			t.Errorf("the acquire answered 201 with lease %s on %s (expires %v) and its own instance ended it (%s) right after",
+				l.ID, l.Device.Name, r.lease.ExpiresAt.Format(time.TimeOnly), l.EndReason)
+		}
+	}
+}
+
+func mustUUID(t *testing.T, s string) uuid.UUID {
+	t.Helper()
+	id, err := uuid.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
