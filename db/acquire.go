@@ -14,6 +14,7 @@ import (
 	"github.com/devalloc/devalloc/db/devalloctype"
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 	"github.com/devalloc/devalloc/db/probe"
+	"github.com/devalloc/devalloc/db/wake"
 )
 
 // AcquireRequest asks for one device.
@@ -61,7 +62,7 @@ func (noneIdle) Error() string { return "no idle device matched" }
 // the request's idempotency key (granted meanwhile, maybe by another
 // instance). The attempt rolled back, so the device it had picked is still
 // idle; event says so, for another waiter.
-type keyTaken struct{ event idleEvent }
+type keyTaken struct{ event wake.IdleEvent }
 
 func (keyTaken) Error() string { return "idempotency key already has a lease" }
 
@@ -211,7 +212,7 @@ func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window wait
 
 // awaitWake blocks until w is woken (nil), the window closes (ErrNoDevice),
 // the instance drains (ErrShuttingDown) or ctx ends.
-func awaitWake(ctx context.Context, w *Waiter, window waitWindow, draining <-chan struct{}) error {
+func awaitWake(ctx context.Context, w *wake.Waiter, window waitWindow, draining <-chan struct{}) error {
 	for {
 		left := window.remaining()
 		if left <= 0 {
@@ -417,7 +418,7 @@ func (a *Allocator) grant(ctx context.Context, tx pgx.Tx, q *dbsqlc.Queries, req
 		// The deferred rollback undoes the device update with the failed
 		// insert: the device stays idle.
 		labels, lerr := devalloctype.DecodeLabels(row.Labels)
-		return Lease{}, keyTaken{event: idleEvent{Pool: row.Pool, Labels: labels, LabelsKnown: lerr == nil}}
+		return Lease{}, keyTaken{event: wake.IdleEvent{Pool: row.Pool, Labels: labels, LabelsKnown: lerr == nil}}
 	}
 	if err != nil {
 		return Lease{}, fmt.Errorf("acquire %q in pool %q: grant: %w", row.Name, row.Pool, err)

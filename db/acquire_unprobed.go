@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
+	"github.com/devalloc/devalloc/db/wake"
 )
 
 // unprobed is what the one-statement acquire found.
@@ -102,7 +103,7 @@ func (a *Allocator) attemptUnprobed(ctx context.Context, req AcquireRequest, bou
 	if isIdempotencyConflict(err) {
 		// The statement rolled back, so the device it picked is idle still;
 		// which one is unknown, so any waiter of the pool may look.
-		return Lease{}, 0, keyTaken{event: idleEvent{Pool: sel.Pool}}
+		return Lease{}, 0, keyTaken{event: wake.IdleEvent{Pool: sel.Pool}}
 	}
 	if err != nil {
 		return Lease{}, 0, fmt.Errorf("acquire in pool %q: grant: %w", sel.Pool, err)

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
+	"github.com/devalloc/devalloc/db/wake"
 )
 
 // Allocator is one devalloc instance's view of the database: the acquire,
@@ -23,9 +24,9 @@ type Allocator struct {
 	q        *dbsqlc.Queries
 	cfg      Config
 	log      *slog.Logger
-	hub      *Hub
-	listener *listener
-	notifier *notifier
+	hub      *wake.Hub
+	listener *wake.Listener
+	notifier *wake.Notifier
 	// flights joins retries of an idempotent acquire that is still running.
 	flights flightGroup
 	// recheckNow asks the re-checker for an immediate full pass (after a
@@ -72,16 +73,16 @@ func New(pool *pgxpool.Pool, cfg Config) *Allocator {
 		q:          dbsqlc.New(retrying(pool)),
 		cfg:        cfg,
 		log:        cfg.Logger,
-		hub:        NewHub(),
+		hub:        wake.NewHub(),
 		recheckNow: make(chan struct{}, 1),
 		draining:   make(chan struct{}),
 	}
-	a.notifier = newNotifier(pool, a.hub, a.log)
+	a.notifier = wake.NewNotifier(retrying(pool), a.hub, a.log)
 	listenTo := cfg.ListenConnConfig
 	if listenTo == nil {
 		listenTo = pool.Config().ConnConfig
 	}
-	a.listener = newListener(listenTo, a.hub, a.log, a.notifier.from, a.claimLiveness, func() {
+	a.listener = wake.NewListener(listenTo, a.hub, a.log, a.notifier.Self(), a.claimLiveness, func() {
 		cfg.Observer.ListenerConnected()
 		a.requestRecheck()
 	})
@@ -100,7 +101,7 @@ func (a *Allocator) Start(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.stop = cancel
-	services := []func(context.Context){a.listener.run, a.notifier.run, a.runRechecker, a.runReaper, a.runHealthChecker, a.runPruner, a.runInstanceKeeper}
+	services := []func(context.Context){a.listener.Run, a.notifier.Run, a.runRechecker, a.runReaper, a.runHealthChecker, a.runPruner, a.runInstanceKeeper}
 	for _, run := range services {
 		a.running.Add(1)
 		go func() {
@@ -159,14 +160,14 @@ func (a *Allocator) Ready(ctx context.Context) error {
 	if err := a.pool.Ping(ctx); err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
-	if !a.listener.connected() {
+	if !a.listener.Connected() {
 		return errors.New("listener: not connected")
 	}
 	return nil
 }
 
 // Hub exposes the waiter hub (for pool summaries and tests).
-func (a *Allocator) Hub() *Hub { return a.hub }
+func (a *Allocator) Hub() *wake.Hub { return a.hub }
 
 func (a *Allocator) requestRecheck() {
 	select {

@@ -19,9 +19,9 @@
 //   - Holding and ending: leases.go (read, renew, release, revoke),
 //     endlease.go (the one EndLease call every ending goes through, and
 //     what it tells afterwards), devices.go (the registry).
-//   - Wake-ups: hub.go (this instance's waiters), listener.go (its LISTEN
-//     connection), notifier.go (NOTIFY after commit), served.go (the served
-//     notice), instance.go (this instance's row, heartbeat and liveness).
+//   - Wake-ups: package db/wake (this instance's waiters, its LISTEN
+//     connection, NOTIFY after commit, the served notice: who is told what
+//     and when); instance.go (this instance's row, heartbeat and liveness).
 //   - Background services, each a loop the Allocator starts: reaper.go
 //     (expiry, with reap_cooldown.go), recheck.go (lost wake-ups and the
 //     stranded), health.go (offline devices), pruner.go (history).
@@ -37,4 +37,7 @@
 // under ProbeOnHandoff it is pending until the waiter's probe confirms it.
 // A group is an acquire of several devices at once (leases sharing a
 // group_id), never the hub's per-selector queues.
+//
+// The domain types are defined in db/devalloctype; the background loops'
+// period is spread by db/internal/jitter.
 package db

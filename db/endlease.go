@@ -45,7 +45,7 @@ func (a *Allocator) endedLease(r dbsqlc.EndLeaseRow) dbsqlc.DevallocLease {
 	}
 	switch {
 	case r.HandedTo != nil:
-		a.notifier.handedOver([]uuid.UUID{*r.HandedTo})
+		a.notifier.HandedOver([]uuid.UUID{*r.HandedTo})
 	case r.GroupWaits:
 		// Only the dispatcher gathers a group's devices.
 		a.dispatch(context.Background(), r.Pool, queueBound)
@@ -65,6 +65,6 @@ func (a *Allocator) endedLease(r dbsqlc.EndLeaseRow) dbsqlc.DevallocLease {
 // the device went idle (not drained into maintenance).
 func (a *Allocator) announceFreed(pool string, device *int64, labels []byte, state *string) {
 	if device != nil && state != nil && *state == StateIdle {
-		a.notifier.freed(pool, *device, labels)
+		a.notifier.Freed(pool, *device, labels)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
+	"github.com/devalloc/devalloc/db/internal/jitter"
 )
 
 // healthBatch bounds how many offline devices one pass probes (in parallel).
@@ -22,7 +23,7 @@ func (a *Allocator) runHealthChecker(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(jitter(a.cfg.HealthInterval)):
+		case <-time.After(jitter.Spread(a.cfg.HealthInterval)):
 		}
 		a.checkOffline(ctx)
 	}
@@ -80,7 +81,7 @@ func (a *Allocator) recheckDevice(ctx context.Context, dev dbsqlc.DevallocDevice
 		}
 		a.log.Info("device answers again; back to idle", "device", dev.Name, "pool", dev.Pool, "handed_to_waiters", len(r.HandedTo))
 		if len(r.HandedTo) > 0 {
-			a.notifier.handedOver(r.HandedTo)
+			a.notifier.HandedOver(r.HandedTo)
 		}
 		return true
 	}
@@ -100,5 +101,5 @@ func (a *Allocator) healthBackoff(failures int) time.Duration {
 	for i := 1; i < failures && d < a.cfg.HealthBackoffMax; i++ {
 		d *= 2
 	}
-	return jitter(min(d, a.cfg.HealthBackoffMax))
+	return jitter.Spread(min(d, a.cfg.HealthBackoffMax))
 }

@@ -11,6 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
+	"github.com/devalloc/devalloc/db/internal/jitter"
+	"github.com/devalloc/devalloc/db/wake"
 )
 
 // errNotRegistered: the instance has no row in devalloc.instances yet (its
@@ -67,7 +69,7 @@ func (a *Allocator) claimLiveness(ctx context.Context, conn *pgx.Conn) error {
 	}
 	// Waiters here hear that they were served on a channel of their own,
 	// so other instances are not woken for it.
-	if _, err := conn.Exec(ctx, "LISTEN "+servedChannel(id)); err != nil {
+	if _, err := conn.Exec(ctx, "LISTEN "+wake.ServedChannel(id)); err != nil {
 		return fmt.Errorf("listen for instance %d's served waiters: %w", id, err)
 	}
 	return nil
@@ -97,13 +99,6 @@ func takeLivenessLock(ctx context.Context, conn *pgx.Conn, id int64) error {
 		case <-time.After(livenessClaimRetry):
 		}
 	}
-}
-
-// servedChannel is the NOTIFY channel on which the transactions that hand
-// devices to an instance's waiters tell it (devalloc.grant_to_waiter,
-// EndLease).
-func servedChannel(instance int64) string {
-	return fmt.Sprintf("devalloc_served_%d", instance)
 }
 
 // silentAfter is how long this instance may go without a heartbeat and
@@ -145,7 +140,7 @@ func (a *Allocator) runInstanceKeeper(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(jitter(a.cfg.HeartbeatInterval)):
+		case <-time.After(jitter.Spread(a.cfg.HeartbeatInterval)):
 		}
 		if id := a.instanceID.Load(); id != 0 {
 			started := time.Now()
@@ -224,7 +219,7 @@ func (a *Allocator) restoreInstance(ctx context.Context, id int64) error {
 	if err != nil {
 		return fmt.Errorf("check the liveness of instance %d: %w", id, err)
 	}
-	if !alive || !a.listener.connected() {
+	if !alive || !a.listener.Connected() {
 		return fmt.Errorf("instance %d holds no liveness lock (its listener is reconnecting): %w", id, errNotRegistered)
 	}
 	return nil

@@ -104,7 +104,7 @@ func TestAJoinWhoseAnswerWasLostFindsItsOwnRow(t *testing.T) {
 			answered = true
 			return true
 		default:
-			return len(a.hub.queuedIDs()) == 1
+			return len(a.hub.QueuedIDs()) == 1
 		}
 	})
 	if answered {

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/devalloc/devalloc/db/wake"
 )
 
 // listen returns a connection listening on the idle channel, as another
@@ -19,7 +21,7 @@ func listen(t *testing.T, url string) *pgx.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
-	if _, err := conn.Exec(t.Context(), "LISTEN "+idleChannel); err != nil {
+	if _, err := conn.Exec(t.Context(), "LISTEN "+wake.IdleChannel); err != nil {
 		t.Fatal(err)
 	}
 	return conn
@@ -48,11 +50,19 @@ func TestReleaseNotifiesAfterCommitInABatch(t *testing.T) {
 	if _, err := a.Release(t.Context(), lease.ID); err != nil {
 		t.Fatal(err)
 	}
-	var batch noticeBatch
+	// The batch as another instance reads it off the wire.
+	var batch struct {
+		From string `json:"from"`
+		Idle []struct {
+			Pool   string          `json:"pool"`
+			Device int64           `json:"device"`
+			Labels json.RawMessage `json:"labels"`
+		} `json:"idle"`
+	}
 	if err := json.Unmarshal([]byte(nextNotification(t, conn)), &batch); err != nil {
 		t.Fatal(err)
 	}
-	if batch.From != a.notifier.from || len(batch.Idle) != 1 || batch.Idle[0].Pool != "lab" || !strings.Contains(string(batch.Idle[0].Labels), "android") {
+	if batch.From != a.notifier.Self() || len(batch.Idle) != 1 || batch.Idle[0].Pool != "lab" || !strings.Contains(string(batch.Idle[0].Labels), "android") {
 		t.Fatalf("batch = %+v, want one device of pool lab from this instance", batch)
 	}
 	// The batch is the only notification: the trigger stood aside.
@@ -62,10 +72,10 @@ func TestReleaseNotifiesAfterCommitInABatch(t *testing.T) {
 		t.Fatalf("a second notification for one release: %s", n.Payload)
 	}
 	// Its own listener skips the batch; another instance's reads it.
-	if evs := parseIdleNotification(mustJSON(t, batch), a.notifier.from); len(evs) != 0 {
+	if evs := wake.ParseIdleNotification(mustJSON(t, batch), a.notifier.Self()); len(evs) != 0 {
 		t.Fatalf("own batch parsed into %v", evs)
 	}
-	evs := parseIdleNotification(mustJSON(t, batch), "another")
+	evs := wake.ParseIdleNotification(mustJSON(t, batch), "another")
 	if len(evs) != 1 || !evs[0].LabelsKnown || evs[0].Labels["os"] != "android" {
 		t.Fatalf("another instance reads %+v", evs)
 	}
@@ -84,7 +94,7 @@ func TestDBAUpdateStillNotifiesFromTheTrigger(t *testing.T) {
 	if _, err := conn.Exec(t.Context(), `UPDATE devalloc.devices SET state = 'idle'`); err != nil {
 		t.Fatal(err)
 	}
-	ev := parseIdleNotification(nextNotification(t, conn), a.notifier.from)
+	ev := wake.ParseIdleNotification(nextNotification(t, conn), a.notifier.Self())
 	if len(ev) != 1 || ev[0].Pool != "lab" || !ev[0].LabelsKnown {
 		t.Fatalf("trigger notification read as %+v", ev)
 	}
@@ -114,41 +124,6 @@ func TestExpiryWakesAWaiterOnAnotherInstance(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second): // re-checks are off: only the batch can wake it
 		t.Fatal("waiter not woken by the reaper's notification")
-	}
-}
-
-// Batches stay under PostgreSQL's payload limit and carry every device; a
-// device whose labels alone exceed it goes without them.
-func TestNotifierPayloadsStayUnderTheLimit(t *testing.T) {
-	n := newNotifier(nil, NewHub(), nil)
-	var batch []idleNotice
-	for i := range 500 {
-		batch = append(batch, idleNotice{Pool: "pool", Device: int64(i), Labels: json.RawMessage(`{"model":"pixel-8","rack":"r12"}`)})
-	}
-	huge := `{"blob":"` + strings.Repeat("x", 9000) + `"}`
-	batch = append(batch, idleNotice{Pool: "pool", Device: 500, Labels: json.RawMessage(huge)})
-	seen := map[int64]bool{}
-	payloads := n.payloads(batch)
-	if len(payloads) < 2 {
-		t.Fatalf("%d payloads for 501 devices", len(payloads))
-	}
-	for _, p := range payloads {
-		if len(p) > maxPayload {
-			t.Fatalf("payload of %d bytes", len(p))
-		}
-		var b noticeBatch
-		if err := json.Unmarshal([]byte(p), &b); err != nil {
-			t.Fatal(err)
-		}
-		for _, d := range b.Idle {
-			seen[d.Device] = true
-			if d.Device == 500 && d.Labels != nil {
-				t.Fatal("the outsized labels were kept")
-			}
-		}
-	}
-	if len(seen) != 501 {
-		t.Fatalf("%d of 501 devices in the payloads", len(seen))
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
+	"github.com/devalloc/devalloc/db/internal/jitter"
 )
 
 // pruneBatch bounds one pruning statement: short transactions and few row
@@ -22,7 +23,7 @@ func (a *Allocator) runPruner(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(jitter(a.cfg.PruneInterval)):
+		case <-time.After(jitter.Spread(a.cfg.PruneInterval)):
 		}
 		a.prune(ctx, time.Now().Add(-a.cfg.HistoryRetention), pruneBatch)
 	}

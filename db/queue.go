@@ -10,6 +10,7 @@ import (
 
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 	"github.com/devalloc/devalloc/db/probe"
+	"github.com/devalloc/devalloc/db/wake"
 )
 
 // errDropped: the waiter's row left the line without a lease (its
@@ -64,7 +65,7 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 			// nil when an earlier try, whose answer was lost, joined and
 			// was served already: the wait below collects that.
 			at = p
-			w.markEnqueued()
+			w.MarkEnqueued()
 			// A line with nothing idle for its newest member is busy; one
 			// with an idle device it fits may have emptied.
 			a.busyLines.saw(req.Selector.Pool, !fittingIdle)
@@ -180,13 +181,13 @@ const registrationGrace = 2 * time.Second
 // devices were taken back, or its row was dropped. It goes back under a new
 // id: a waiter id is served at most once (see EnqueueWaiter), which is what
 // lets a retried join tell that it was served already.
-func (a *Allocator) rejoin(ctx context.Context, req AcquireRequest, w *Waiter, at *place, window waitWindow) error {
-	a.hub.renameWaiter(w) // first: late news for the old id is no longer w's
-	w.resetServed()
+func (a *Allocator) rejoin(ctx context.Context, req AcquireRequest, w *wake.Waiter, at *place, window waitWindow) error {
+	a.hub.RenameWaiter(w) // first: late news for the old id is no longer w's
+	w.ResetServed()
 	if _, _, err := a.enqueue(ctx, req, w.ID, at, a.attemptBound(window.remaining())); err != nil {
 		return err
 	}
-	w.markEnqueued()
+	w.MarkEnqueued()
 	return nil
 }
 
@@ -308,7 +309,7 @@ func (a *Allocator) tellServed(rows []dbsqlc.DevallocLease) {
 		}
 	}
 	if len(served) > 0 {
-		a.notifier.handedOver(served)
+		a.notifier.HandedOver(served)
 	}
 }
 
@@ -318,7 +319,7 @@ func (a *Allocator) tellServed(rows []dbsqlc.DevallocLease) {
 // given back at once). When the database will not let the row go within
 // what is left of the answer's time, the answer is cause anyway and the
 // row is stranded: the re-checker removes it (see strandedWaiters).
-func (a *Allocator) leaveLine(ctx context.Context, req AcquireRequest, w *Waiter, window waitWindow, cause error) (Lease, bool, error) {
+func (a *Allocator) leaveLine(ctx context.Context, req AcquireRequest, w *wake.Waiter, window waitWindow, cause error) (Lease, bool, error) {
 	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.attemptBound(window.remaining()))
 	defer cancel()
 	n, err := a.q.CancelWaiter(stmtCtx, w.ID)
@@ -363,8 +364,8 @@ func (a *Allocator) leaveLine(ctx context.Context, req AcquireRequest, w *Waiter
 // devices that answered, for the caller to release once the waiter is back
 // in line. replayed: the waiter was handed nothing, its row having gone
 // because its key has a lease (a twin's), and the answer is that lease.
-func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *Waiter) (lease Lease, replayed bool, giveBack []Lease, err error) {
-	rows := w.handedLeases()
+func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *wake.Waiter) (lease Lease, replayed bool, giveBack []Lease, err error) {
+	rows := w.HandedLeases()
 	if rows == nil {
 		// The news came without them (from this instance's own release, a
 		// re-check, or an outsized notice): read them.
@@ -467,7 +468,7 @@ var errHandoffEnded = errors.New("a handed lease ended before its handoff was co
 //
 // The confirm starts the leases' TTL over (the probe does not eat it), so
 // the answer carries the new expires_at: leases are updated in place.
-func (a *Allocator) confirmHandoff(ctx context.Context, req AcquireRequest, w *Waiter, leases []Lease) error {
+func (a *Allocator) confirmHandoff(ctx context.Context, req AcquireRequest, w *wake.Waiter, leases []Lease) error {
 	ids := make([]uuid.UUID, len(leases))
 	for i, l := range leases {
 		ids[i] = l.ID
@@ -496,7 +497,7 @@ func (a *Allocator) confirmHandoff(ctx context.Context, req AcquireRequest, w *W
 // hold them until their TTL. The re-checker reads and ends them on its next
 // pass (retrying while the database refuses), as it does for a stranded
 // row; a keyed request's leases stay, for its retry to replay.
-func (a *Allocator) giveBackUnread(req AcquireRequest, w *Waiter, err error) {
+func (a *Allocator) giveBackUnread(req AcquireRequest, w *wake.Waiter, err error) {
 	a.log.Warn("a served waiter could not collect its leases; the re-check gives them back", "waiter", w.ID, "pool", req.Selector.Pool, "err", err)
 	a.stranded.add(w.ID, req.IdempotencyKey != "")
 }

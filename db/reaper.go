@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
+	"github.com/devalloc/devalloc/db/internal/jitter"
 )
 
 // reapBatch bounds one reaper statement; a backlog is drained batch by batch.
@@ -24,7 +25,7 @@ func (a *Allocator) runReaper(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(jitter(a.cfg.ReapInterval)):
+		case <-time.After(jitter.Spread(a.cfg.ReapInterval)):
 		}
 		a.reap(ctx)
 	}

@@ -8,6 +8,8 @@ import (
 
 	"github.com/devalloc/devalloc/db/devalloctype"
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
+	"github.com/devalloc/devalloc/db/internal/jitter"
+	"github.com/devalloc/devalloc/db/wake"
 )
 
 // runRechecker looks, about once per RecheckInterval, for idle devices that
@@ -15,7 +17,7 @@ import (
 // each had been notified. It covers lost notifications: one query per pool
 // and instance, however many waiters there are.
 func (a *Allocator) runRechecker(ctx context.Context) {
-	timer := time.NewTimer(jitter(a.cfg.RecheckInterval))
+	timer := time.NewTimer(jitter.Spread(a.cfg.RecheckInterval))
 	defer timer.Stop()
 	for {
 		select {
@@ -31,7 +33,7 @@ func (a *Allocator) runRechecker(ctx context.Context) {
 			}
 		}
 		a.recheck(ctx)
-		timer.Reset(jitter(a.cfg.RecheckInterval))
+		timer.Reset(jitter.Spread(a.cfg.RecheckInterval))
 	}
 }
 
@@ -41,7 +43,7 @@ func (a *Allocator) runRechecker(ctx context.Context) {
 func (a *Allocator) recheck(ctx context.Context) {
 	a.clearStranded(ctx)
 	a.recheckServed(ctx)
-	for pool, selectors := range a.hub.waitingSelectors() {
+	for pool, selectors := range a.hub.WaitingSelectors() {
 		if !a.recheckPool(ctx, pool, selectors) {
 			return
 		}
@@ -66,7 +68,7 @@ func (a *Allocator) recheckPool(ctx context.Context, pool string, selectors []La
 		return false
 	}
 	for _, raw := range rows {
-		ev := idleEvent{Pool: pool}
+		ev := wake.IdleEvent{Pool: pool}
 		if labels, err := devalloctype.DecodeLabels(raw); err == nil {
 			ev.Labels, ev.LabelsKnown = labels, true
 		}
@@ -91,7 +93,7 @@ func encodeSelectors(selectors []Labels) []byte {
 // without them hearing of it (a lost notification): one query per pass for
 // all of them. Each then reads its leases (or learns it has none).
 func (a *Allocator) recheckServed(ctx context.Context) {
-	ids := a.hub.queuedIDs()
+	ids := a.hub.QueuedIDs()
 	if len(ids) == 0 {
 		return
 	}

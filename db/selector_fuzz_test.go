@@ -12,6 +12,7 @@ import (
 
 	"github.com/devalloc/devalloc/db/dbtest"
 	"github.com/devalloc/devalloc/db/devalloctype"
+	"github.com/devalloc/devalloc/db/wake"
 )
 
 // FuzzSelector checks the Go side of label matching against PostgreSQL's,
@@ -60,7 +61,7 @@ func FuzzSelector(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, poolName, k1, v1, k2, v2, k3, v3 string, mask uint8, payload string) {
 		// Never panics, whatever the payload.
-		ev := parseIdlePayload(payload)
+		ev := wake.ParseIdlePayload(payload)
 		if !json.Valid([]byte(payload)) && (ev.Pool != payload || ev.LabelsKnown) {
 			t.Fatalf("payload %q is not JSON but parsed as %+v", payload, ev)
 		}
@@ -143,15 +144,15 @@ func FuzzSelector(f *testing.F) {
 
 		// The hub wakes a waiter for (pool, b) when a device of that pool
 		// with labels a becomes idle exactly when a contains b.
-		h := NewHub()
+		h := wake.NewHub()
 		w := h.Join(Selector{Pool: poolName, Labels: b})
-		woken := h.Notify(idleEvent{Pool: poolName, Labels: a, LabelsKnown: true})
+		woken := h.Notify(wake.IdleEvent{Pool: poolName, Labels: a, LabelsKnown: true})
 		w.Leave()
 		if (woken == 1) != a.Contains(b) {
 			t.Fatalf("device %q, selector %q: woke %d, Contains %v", a, b, woken, a.Contains(b))
 		}
-		if len(h.waitingSelectors()) != 0 {
-			t.Fatalf("hub keeps pools after the waiter left: %v", h.waitingSelectors())
+		if len(h.WaitingSelectors()) != 0 {
+			t.Fatalf("hub keeps pools after the waiter left: %v", h.WaitingSelectors())
 		}
 
 		if !valid {
@@ -191,7 +192,7 @@ func FuzzSelector(f *testing.F) {
 		case err != nil:
 			t.Fatalf("payload for %q %q: %v", poolName, a, err)
 		default:
-			ev := parseIdlePayload(notified)
+			ev := wake.ParseIdlePayload(notified)
 			if ev.Pool != poolName || !ev.LabelsKnown || !maps.Equal(ev.Labels, a) {
 				t.Fatalf("payload %s parsed as %+v, want pool %q labels %q", notified, ev, poolName, a)
 			}

@@ -156,7 +156,7 @@ func (a *Allocator) clearStranded(ctx context.Context) {
 		// takes care of its row, and may yet be answered with a lease.
 		// Looked at again next pass, if still marked. Asked before claim:
 		// gone from the hub, the waiter's answer is final.
-		if a.hub.has(id) || !a.stranded.claim(id, m) {
+		if a.hub.Has(id) || !a.stranded.claim(id, m) {
 			continue
 		}
 		if err := a.clearStrandedOne(ctx, id, m); err != nil {

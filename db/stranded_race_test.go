@@ -8,6 +8,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/devalloc/devalloc/db/wake"
 )
 
 // A waiter whose first join failed carries a stranded mark (the row may
@@ -41,7 +43,7 @@ func inOwnPass(steps func()) func(ctx context.Context) {
 type markedWaiter struct {
 	a    *Allocator
 	req  AcquireRequest
-	w    *Waiter
+	w    *wake.Waiter
 	held Lease
 }
 
@@ -64,7 +66,7 @@ func (m *markedWaiter) join(t *testing.T) {
 		t.Errorf("retried join: %v", err)
 		return
 	}
-	m.w.markEnqueued()
+	m.w.MarkEnqueued()
 }
 
 // serveAndAnswer frees the device, which goes to the waiter; the waiter

@@ -1,4 +1,4 @@
-package db
+package wake
 
 import (
 	"context"
@@ -8,12 +8,12 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/devalloc/devalloc/db/devalloctype"
 )
 
-// notifier tells the other instances about devices this instance freed
+// Notifier tells the other instances about devices this instance freed
 // (released, revoked, expired): after the freeing statement committed, in
 // batches, rather than by a NOTIFY inside each freeing transaction. A
 // notifying commit holds a database-wide lock through its WAL flush, so
@@ -24,8 +24,8 @@ import (
 //
 // Waiters at this instance are woken directly (freed), not through the
 // database; the listener ignores this instance's own batches.
-type notifier struct {
-	pool *pgxpool.Pool
+type Notifier struct {
+	db Execer
 	// from identifies this instance in its batches.
 	from string
 	hub  *Hub
@@ -52,14 +52,24 @@ type noticeBatch struct {
 // maxPayload keeps a NOTIFY payload under PostgreSQL's 8000-byte limit.
 const maxPayload = 7900
 
-func newNotifier(pool *pgxpool.Pool, hub *Hub, log *slog.Logger) *notifier {
-	return &notifier{pool: pool, from: uuid.NewString(), hub: hub, log: log, kick: make(chan struct{}, 1)}
+// Execer runs the NOTIFY statements: a pool, best wrapped for safe retries.
+type Execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
-// freed announces a device the caller's committed statement made idle:
+// NewNotifier returns a notifier that sends through db and wakes hub's
+// waiters itself.
+func NewNotifier(db Execer, hub *Hub, log *slog.Logger) *Notifier {
+	return &Notifier{db: db, from: uuid.NewString(), hub: hub, log: log, kick: make(chan struct{}, 1)}
+}
+
+// Self is the id this instance's batches carry; its own listener skips them.
+func (n *Notifier) Self() string { return n.from }
+
+// Freed announces a device the caller's committed statement made idle:
 // waiters here at once, other instances with the next batch.
-func (n *notifier) freed(pool string, device int64, labels []byte) {
-	ev := idleEvent{Pool: pool}
+func (n *Notifier) Freed(pool string, device int64, labels []byte) {
+	ev := IdleEvent{Pool: pool}
 	if l, err := devalloctype.DecodeLabels(labels); err == nil {
 		ev.Labels, ev.LabelsKnown = l, true
 	}
@@ -73,20 +83,20 @@ func (n *notifier) freed(pool string, device int64, labels []byte) {
 	}
 }
 
-// handedOver wakes the waiters here that a committed transaction of this
+// HandedOver wakes the waiters here that a committed transaction of this
 // instance served, without waiting for the notification the transaction
 // sent (devalloc.grant_to_waiter notifies every instance at commit; waiters
 // elsewhere hear of it that way).
-func (n *notifier) handedOver(waiters []uuid.UUID) {
+func (n *Notifier) HandedOver(waiters []uuid.UUID) {
 	for _, id := range waiters {
 		n.hub.Served(id, nil)
 	}
 }
 
-// run sends batches until ctx ends: whatever was freed while the previous
+// Run sends batches until ctx ends: whatever was freed while the previous
 // NOTIFY was in flight goes in the next one, so under load one statement
 // carries many devices and when quiet each device goes out at once.
-func (n *notifier) run(ctx context.Context) {
+func (n *Notifier) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -104,7 +114,7 @@ func (n *notifier) run(ctx context.Context) {
 
 // send notifies everything pending. A failure loses only hints: the
 // waiters' periodic re-check finds the devices within about a second.
-func (n *notifier) send(ctx context.Context) {
+func (n *Notifier) send(ctx context.Context) {
 	n.mu.Lock()
 	batch := n.pending
 	n.pending = nil
@@ -113,7 +123,7 @@ func (n *notifier) send(ctx context.Context) {
 		return
 	}
 	payloads := n.payloads(batch)
-	if _, err := retrying(n.pool).Exec(ctx, `SELECT pg_notify('`+idleChannel+`', p) FROM unnest($1::text[]) AS p`, payloads); err != nil && ctx.Err() == nil {
+	if _, err := n.db.Exec(ctx, `SELECT pg_notify('`+IdleChannel+`', p) FROM unnest($1::text[]) AS p`, payloads); err != nil && ctx.Err() == nil {
 		n.log.Warn("notify freed devices failed; waiters elsewhere find them at their next re-check", "devices", len(batch), "err", err)
 	}
 }
@@ -121,7 +131,7 @@ func (n *notifier) send(ctx context.Context) {
 // payloads packs notices into as few payloads under maxPayload as it can.
 // A notice too large alone goes without its labels (waiters of every
 // selector of the pool then look).
-func (n *notifier) payloads(batch []idleNotice) []string {
+func (n *Notifier) payloads(batch []idleNotice) []string {
 	var out []string
 	cur := noticeBatch{From: n.from}
 	size := len(`{"from":"","idle":[]}`) + len(n.from)

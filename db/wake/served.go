@@ -1,7 +1,8 @@
-package db
+package wake
 
 import (
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/google/uuid"
@@ -52,4 +53,11 @@ func parseServed(payload string) (id uuid.UUID, handed []dbsqlc.WaiterLeasesRow,
 		})
 	}
 	return *n.Served, handed, true
+}
+
+// ServedChannel is the NOTIFY channel on which the transactions that hand
+// devices to an instance's waiters tell it (devalloc.grant_to_waiter,
+// EndLease).
+func ServedChannel(instance int64) string {
+	return fmt.Sprintf("devalloc_served_%d", instance)
 }

@@ -1,6 +1,10 @@
-package db
+package wake
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/devalloc/devalloc/db/devalloctype"
+)
 
 func woken(w *Waiter) bool {
 	select {
@@ -11,19 +15,19 @@ func woken(w *Waiter) bool {
 	}
 }
 
-func labelled(pool string, kv ...string) idleEvent {
-	l := Labels{}
+func labelled(pool string, kv ...string) IdleEvent {
+	l := devalloctype.Labels{}
 	for i := 0; i+1 < len(kv); i += 2 {
 		l[kv[i]] = kv[i+1]
 	}
-	return idleEvent{Pool: pool, Labels: l, LabelsKnown: true}
+	return IdleEvent{Pool: pool, Labels: l, LabelsKnown: true}
 }
 
 func TestHubWakesOldestMatchingWaiterOnce(t *testing.T) {
 	h := NewHub()
-	first := h.Join(Selector{Pool: "p"})
-	second := h.Join(Selector{Pool: "p"})
-	other := h.Join(Selector{Pool: "q"})
+	first := h.Join(devalloctype.Selector{Pool: "p"})
+	second := h.Join(devalloctype.Selector{Pool: "p"})
+	other := h.Join(devalloctype.Selector{Pool: "q"})
 	defer first.Leave()
 	defer second.Leave()
 	defer other.Leave()
@@ -38,8 +42,8 @@ func TestHubWakesOldestMatchingWaiterOnce(t *testing.T) {
 
 func TestHubSkipsWaitersWhoseSelectorDoesNotMatch(t *testing.T) {
 	h := NewHub()
-	wantsPixel := h.Join(Selector{Pool: "android", Labels: Labels{"model": "pixel"}})
-	wantsAny := h.Join(Selector{Pool: "android"})
+	wantsPixel := h.Join(devalloctype.Selector{Pool: "android", Labels: devalloctype.Labels{"model": "pixel"}})
+	wantsAny := h.Join(devalloctype.Selector{Pool: "android"})
 	defer wantsPixel.Leave()
 	defer wantsAny.Leave()
 
@@ -54,8 +58,8 @@ func TestHubSkipsWaitersWhoseSelectorDoesNotMatch(t *testing.T) {
 
 func TestHubDoesNotWakeTheSameWaiterTwiceForTwoDevices(t *testing.T) {
 	h := NewHub()
-	a := h.Join(Selector{Pool: "p"})
-	b := h.Join(Selector{Pool: "p"})
+	a := h.Join(devalloctype.Selector{Pool: "p"})
+	b := h.Join(devalloctype.Selector{Pool: "p"})
 	defer a.Leave()
 	defer b.Leave()
 
@@ -68,8 +72,8 @@ func TestHubDoesNotWakeTheSameWaiterTwiceForTwoDevices(t *testing.T) {
 
 func TestHubPrefersAWaiterThatIsNotMidAttempt(t *testing.T) {
 	h := NewHub()
-	busy := h.Join(Selector{Pool: "p"})
-	free := h.Join(Selector{Pool: "p"})
+	busy := h.Join(devalloctype.Selector{Pool: "p"})
+	free := h.Join(devalloctype.Selector{Pool: "p"})
 	defer busy.Leave()
 	defer free.Leave()
 
@@ -83,7 +87,7 @@ func TestHubPrefersAWaiterThatIsNotMidAttempt(t *testing.T) {
 
 func TestHubWakesAttemptingWaiterWhenNoOtherMatches(t *testing.T) {
 	h := NewHub()
-	w := h.Join(Selector{Pool: "p"})
+	w := h.Join(devalloctype.Selector{Pool: "p"})
 	defer w.Leave()
 
 	w.BeginAttempt()
@@ -96,8 +100,8 @@ func TestHubWakesAttemptingWaiterWhenNoOtherMatches(t *testing.T) {
 
 func TestHubLeavePassesAnUnusedWakeUpOn(t *testing.T) {
 	h := NewHub()
-	gone := h.Join(Selector{Pool: "p"})
-	next := h.Join(Selector{Pool: "p"})
+	gone := h.Join(devalloctype.Selector{Pool: "p"})
+	next := h.Join(devalloctype.Selector{Pool: "p"})
 	defer next.Leave()
 
 	h.Notify(labelled("p"))
@@ -112,14 +116,14 @@ func TestHubLeavePassesAnUnusedWakeUpOn(t *testing.T) {
 
 func TestHubPoolOnlyEventWakesOnePerSelector(t *testing.T) {
 	h := NewHub()
-	a1 := h.Join(Selector{Pool: "p", Labels: Labels{"a": "1"}})
-	a2 := h.Join(Selector{Pool: "p", Labels: Labels{"a": "1"}})
-	b := h.Join(Selector{Pool: "p", Labels: Labels{"b": "1"}})
+	a1 := h.Join(devalloctype.Selector{Pool: "p", Labels: devalloctype.Labels{"a": "1"}})
+	a2 := h.Join(devalloctype.Selector{Pool: "p", Labels: devalloctype.Labels{"a": "1"}})
+	b := h.Join(devalloctype.Selector{Pool: "p", Labels: devalloctype.Labels{"b": "1"}})
 	defer a1.Leave()
 	defer a2.Leave()
 	defer b.Leave()
 
-	if n := h.Notify(idleEvent{Pool: "p"}); n != 2 {
+	if n := h.Notify(IdleEvent{Pool: "p"}); n != 2 {
 		t.Fatalf("woke %d, want one per selector (2)", n)
 	}
 	if !woken(a1) || woken(a2) || !woken(b) {
@@ -129,20 +133,20 @@ func TestHubPoolOnlyEventWakesOnePerSelector(t *testing.T) {
 
 func TestHubForgetsEmptyPools(t *testing.T) {
 	h := NewHub()
-	w := h.Join(Selector{Pool: "p", Labels: Labels{"x": "y"}})
+	w := h.Join(devalloctype.Selector{Pool: "p", Labels: devalloctype.Labels{"x": "y"}})
 	w.Leave()
 	w.Leave() // twice is harmless
-	if len(h.waitingSelectors()) != 0 {
-		t.Fatalf("pools with waiters: %v, want none", h.waitingSelectors())
+	if len(h.WaitingSelectors()) != 0 {
+		t.Fatalf("pools with waiters: %v, want none", h.WaitingSelectors())
 	}
 }
 
 func TestParseIdlePayload(t *testing.T) {
-	ev := parseIdlePayload(`{"pool":"android","device":7,"labels":{"model":"pixel"}}`)
+	ev := ParseIdlePayload(`{"pool":"android","device":7,"labels":{"model":"pixel"}}`)
 	if ev.Pool != "android" || !ev.LabelsKnown || ev.Labels["model"] != "pixel" {
 		t.Fatalf("parsed %+v", ev)
 	}
-	ev = parseIdlePayload(`{"pool":"android","device":7}`)
+	ev = ParseIdlePayload(`{"pool":"android","device":7}`)
 	if ev.Pool != "android" || ev.LabelsKnown {
 		t.Fatalf("pool-only payload parsed as %+v", ev)
 	}

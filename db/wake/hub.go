@@ -1,4 +1,4 @@
-package db
+package wake
 
 import (
 	"container/list"
@@ -6,15 +6,16 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/devalloc/devalloc/db/devalloctype"
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 )
 
-// idleEvent says a device became idle: from a NOTIFY, or from a re-check
+// IdleEvent says a device became idle: from a NOTIFY, or from a re-check
 // that found it idle. Events are hints; the woken waiter still has to win
 // the device in a transaction.
-type idleEvent struct {
+type IdleEvent struct {
 	Pool   string
-	Labels Labels
+	Labels devalloctype.Labels
 	// LabelsKnown is false when the notification carried only the pool
 	// (outsized labels); then one waiter of every selector in the pool wakes.
 	LabelsKnown bool
@@ -42,7 +43,7 @@ type poolWaiters struct {
 
 // selectorQueue is the FIFO of waiters that share one selector.
 type selectorQueue struct {
-	sel     Selector
+	sel     devalloctype.Selector
 	key     string
 	waiters list.List // of *Waiter, oldest first
 }
@@ -55,14 +56,14 @@ type Waiter struct {
 	// waiter's own goroutine (renameWaiter, under the mutex); others read
 	// it under the mutex.
 	ID    uuid.UUID
-	sel   Selector
+	sel   devalloctype.Selector
 	seq   uint64
 	queue *selectorQueue
 	elem  *list.Element
 	// wake holds one token while a wake-up is pending.
 	wake chan struct{}
 	// pending is the event behind the token in wake; nil when none.
-	pending *idleEvent
+	pending *IdleEvent
 	// attempting is true while the waiter runs an acquire transaction.
 	attempting bool
 	// served is set once a transaction reported handing it its devices;
@@ -79,7 +80,7 @@ func NewHub() *Hub {
 }
 
 // Join queues a waiter for sel. The caller must Leave it.
-func (h *Hub) Join(sel Selector) *Waiter {
+func (h *Hub) Join(sel devalloctype.Selector) *Waiter {
 	sel = sel.Clone()
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -122,10 +123,10 @@ func (h *Hub) Served(id uuid.UUID, handed []dbsqlc.WaiterLeasesRow) {
 	}
 }
 
-// renameWaiter gives w a new id, for a row that goes back in line: the old
+// RenameWaiter gives w a new id, for a row that goes back in line: the old
 // one was served (or dropped) and is not used again. News for the old id is
 // no longer w's.
-func (h *Hub) renameWaiter(w *Waiter) {
+func (h *Hub) RenameWaiter(w *Waiter) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.byID, w.ID)
@@ -133,8 +134,8 @@ func (h *Hub) renameWaiter(w *Waiter) {
 	h.byID[w.ID] = w
 }
 
-// has reports whether a waiter with this id is waiting here.
-func (h *Hub) has(id uuid.UUID) bool {
+// Has reports whether a waiter with this id is waiting here.
+func (h *Hub) Has(id uuid.UUID) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.byID[id] != nil
@@ -147,15 +148,15 @@ func (w *Waiter) IsServed() bool {
 	return w.served
 }
 
-// handedLeases returns the leases the served news carried, if it did.
-func (w *Waiter) handedLeases() []dbsqlc.WaiterLeasesRow {
+// HandedLeases returns the leases the served news carried, if it did.
+func (w *Waiter) HandedLeases() []dbsqlc.WaiterLeasesRow {
 	w.hub.mu.Lock()
 	defer w.hub.mu.Unlock()
 	return w.handed
 }
 
-// resetServed makes the waiter wait again (it went back in line).
-func (w *Waiter) resetServed() {
+// ResetServed makes the waiter wait again (it went back in line).
+func (w *Waiter) ResetServed() {
 	w.hub.mu.Lock()
 	defer w.hub.mu.Unlock()
 	w.served = false
@@ -167,16 +168,16 @@ func (w *Waiter) resetServed() {
 	}
 }
 
-// markEnqueued records that the waiter's row is in line.
-func (w *Waiter) markEnqueued() {
+// MarkEnqueued records that the waiter's row is in line.
+func (w *Waiter) MarkEnqueued() {
 	w.hub.mu.Lock()
 	defer w.hub.mu.Unlock()
 	w.enqueued = true
 }
 
-// queuedIDs lists the waiters here whose rows are in line and that are not
+// QueuedIDs lists the waiters here whose rows are in line and that are not
 // yet known to be served.
-func (h *Hub) queuedIDs() []uuid.UUID {
+func (h *Hub) QueuedIDs() []uuid.UUID {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	out := make([]uuid.UUID, 0, len(h.byID))
@@ -240,7 +241,7 @@ func (w *Waiter) Leave() {
 }
 
 // Notify wakes waiters for ev and reports how many it woke.
-func (h *Hub) Notify(ev idleEvent) int {
+func (h *Hub) Notify(ev IdleEvent) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.wakeLocked(ev)
@@ -249,7 +250,7 @@ func (h *Hub) Notify(ev idleEvent) int {
 // wakeLocked signals the waiters ev may serve (under h.mu). A wake only
 // tells a waiter to look: the woken waiter runs the pool's dispatch, the
 // SQL that serves the line.
-func (h *Hub) wakeLocked(ev idleEvent) int {
+func (h *Hub) wakeLocked(ev IdleEvent) int {
 	pw := h.pools[ev.Pool]
 	if pw == nil {
 		return 0
@@ -312,7 +313,7 @@ func (w *Waiter) betterThan(other *Waiter) bool {
 	return w.seq < other.seq
 }
 
-func (w *Waiter) signal(ev idleEvent) {
+func (w *Waiter) signal(ev IdleEvent) {
 	w.pending = &ev
 	select {
 	case w.wake <- struct{}{}:
@@ -320,14 +321,14 @@ func (w *Waiter) signal(ev idleEvent) {
 	}
 }
 
-// waitingSelectors lists, per pool that has waiters here, the distinct
+// WaitingSelectors lists, per pool that has waiters here, the distinct
 // label selectors they wait with.
-func (h *Hub) waitingSelectors() map[string][]Labels {
+func (h *Hub) WaitingSelectors() map[string][]devalloctype.Labels {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make(map[string][]Labels, len(h.pools))
+	out := make(map[string][]devalloctype.Labels, len(h.pools))
 	for name, pw := range h.pools {
-		sels := make([]Labels, 0, len(pw.bySelector))
+		sels := make([]devalloctype.Labels, 0, len(pw.bySelector))
 		for _, q := range pw.bySelector {
 			// Never changed after Join's clone: safe to share.
 			sels = append(sels, q.sel.Labels)

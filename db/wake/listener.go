@@ -1,4 +1,4 @@
-package db
+package wake
 
 import (
 	"context"
@@ -10,17 +10,18 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/devalloc/devalloc/db/devalloctype"
+	"github.com/devalloc/devalloc/db/internal/jitter"
 )
 
-// idleChannel is the NOTIFY channel the devices triggers publish on
+// IdleChannel is the NOTIFY channel the devices triggers publish on
 // (migrations/00002_notify_idle.sql).
-const idleChannel = "devalloc_idle"
+const IdleChannel = "devalloc_idle"
 
-// listener owns this instance's one dedicated LISTEN connection. It is a
+// Listener owns this instance's one dedicated LISTEN connection. It is a
 // plain connection, never one from the pool: a pooled connection could be
 // handed to a transaction, and a LISTEN through a transaction pooler hears
 // nothing.
-type listener struct {
+type Listener struct {
 	connConfig *pgx.ConnConfig
 	hub        *Hub
 	log        *slog.Logger
@@ -36,11 +37,16 @@ type listener struct {
 	up   atomic.Bool
 }
 
-func newListener(cfg *pgx.ConnConfig, hub *Hub, log *slog.Logger, self string, claim func(context.Context, *pgx.Conn) error, reconnected func()) *listener {
-	return &listener{connConfig: cfg.Copy(), hub: hub, log: log, self: self, claim: claim, reconnected: reconnected}
+// NewListener returns the instance's listener: it wakes hub's waiters for
+// what it hears, skipping batches from self, runs claim on every new
+// connection before listening (the instance's liveness lock and served
+// channel) and calls reconnected after each (re)connect.
+func NewListener(cfg *pgx.ConnConfig, hub *Hub, log *slog.Logger, self string, claim func(context.Context, *pgx.Conn) error, reconnected func()) *Listener {
+	return &Listener{connConfig: cfg.Copy(), hub: hub, log: log, self: self, claim: claim, reconnected: reconnected}
 }
 
-func (l *listener) connected() bool { return l.up.Load() }
+// Connected reports whether the listener is listening now (readiness).
+func (l *Listener) Connected() bool { return l.up.Load() }
 
 // Reconnect backoff of the listener. The instance is not ready while its
 // listener is down, so the cap bounds how long it stays unready after the
@@ -50,10 +56,10 @@ const (
 	listenerRetryMax = 2 * time.Second
 )
 
-// run listens until ctx ends, reconnecting with backoff. The backoff starts
+// Run listens until ctx ends, reconnecting with backoff. The backoff starts
 // over whenever a connection had come up: a new outage is retried quickly
 // however long the instance has lived.
-func (l *listener) run(ctx context.Context) {
+func (l *Listener) Run(ctx context.Context) {
 	var backoff time.Duration
 	for ctx.Err() == nil {
 		err := l.listenOnce(ctx)
@@ -61,7 +67,7 @@ func (l *listener) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		wait := jitter(backoff)
+		wait := jitter.Spread(backoff)
 		l.log.Warn("listener lost its connection; reconnecting", "err", err, "retry_in", wait)
 		select {
 		case <-ctx.Done():
@@ -83,7 +89,7 @@ func nextListenerRetry(prev time.Duration, wasUp bool) time.Duration {
 
 // listenOnce connects, listens and delivers notifications until the
 // connection fails or ctx ends.
-func (l *listener) listenOnce(ctx context.Context) error {
+func (l *Listener) listenOnce(ctx context.Context) error {
 	conn, err := pgx.ConnectConfig(ctx, l.connConfig)
 	if err != nil {
 		return err
@@ -94,7 +100,7 @@ func (l *listener) listenOnce(ctx context.Context) error {
 		defer cancel()
 		conn.Close(closeCtx)
 	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+idleChannel); err != nil {
+	if _, err := conn.Exec(ctx, "LISTEN "+IdleChannel); err != nil {
 		return err
 	}
 	if l.claim != nil {
@@ -109,33 +115,33 @@ func (l *listener) listenOnce(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if n.Channel != idleChannel {
-			// This instance's served channel (see servedChannel).
+		if n.Channel != IdleChannel {
+			// This instance's served channel (see ServedChannel).
 			if id, handed, ok := parseServed(n.Payload); ok {
 				l.hub.Served(id, handed)
 			}
 			continue
 		}
-		for _, ev := range parseIdleNotification(n.Payload, l.self) {
+		for _, ev := range ParseIdleNotification(n.Payload, l.self) {
 			l.hub.Notify(ev)
 		}
 	}
 }
 
-// parseIdleNotification reads a notification on the idle channel: one
+// ParseIdleNotification reads a notification on the idle channel: one
 // device from the trigger, or a batch from an instance's notifier (none
 // when the batch is from self).
-func parseIdleNotification(payload, self string) []idleEvent {
+func ParseIdleNotification(payload, self string) []IdleEvent {
 	var batch noticeBatch
 	if json.Unmarshal([]byte(payload), &batch) != nil || batch.From == "" {
-		return []idleEvent{parseIdlePayload(payload)}
+		return []IdleEvent{ParseIdlePayload(payload)}
 	}
 	if batch.From == self {
 		return nil
 	}
-	out := make([]idleEvent, 0, len(batch.Idle))
+	out := make([]IdleEvent, 0, len(batch.Idle))
 	for _, n := range batch.Idle {
-		ev := idleEvent{Pool: n.Pool}
+		ev := IdleEvent{Pool: n.Pool}
 		if len(n.Labels) > 0 {
 			if labels, err := devalloctype.DecodeLabels(n.Labels); err == nil {
 				ev.Labels, ev.LabelsKnown = labels, true
@@ -146,17 +152,17 @@ func parseIdleNotification(payload, self string) []idleEvent {
 	return out
 }
 
-// parseIdlePayload reads {"pool":..., "device":..., "labels":{...}}. A payload
+// ParseIdlePayload reads {"pool":..., "device":..., "labels":{...}}. A payload
 // without readable labels still names the pool.
-func parseIdlePayload(payload string) idleEvent {
+func ParseIdlePayload(payload string) IdleEvent {
 	var p struct {
 		Pool   string          `json:"pool"`
 		Labels json.RawMessage `json:"labels"`
 	}
 	if err := json.Unmarshal([]byte(payload), &p); err != nil {
-		return idleEvent{Pool: payload}
+		return IdleEvent{Pool: payload}
 	}
-	ev := idleEvent{Pool: p.Pool}
+	ev := IdleEvent{Pool: p.Pool}
 	if len(p.Labels) > 0 {
 		if labels, err := devalloctype.DecodeLabels(p.Labels); err == nil {
 			ev.Labels, ev.LabelsKnown = labels, true
