@@ -33,12 +33,12 @@ func TestProbeFailureFallsThroughAndTheDeadDeviceRecovers(t *testing.T) {
 
 	// Still dead: the health checker leaves it offline.
 	time.Sleep(20 * time.Millisecond)
-	if n := a.checkOffline(t.Context()); n != 0 {
+	if n := a.health.pass(t.Context()); n != 0 {
 		t.Fatalf("recovered %d dead devices", n)
 	}
 	// It answers again: the next pass due brings it back to idle.
 	prober.setDead("10.0.0.9:22", false)
-	waitFor(t, "recovery", func() bool { return a.checkOffline(t.Context()) == 1 })
+	waitFor(t, "recovery", func() bool { return a.health.pass(t.Context()) == 1 })
 	if d := mustDevice(t, a, "dead"); d.State != StateIdle || d.StateReason != "" {
 		t.Fatalf("recovered device = %+v", d)
 	}

@@ -49,9 +49,11 @@ type Allocator struct {
 	// stranded holds waiters answered while their row could not leave the
 	// line; the re-checker removes those rows.
 	stranded strandedWaiters
-	// unreapable holds expired leases the reaper could not end lately; it
-	// passes them by for a while (see reapCooldown).
-	unreapable reapCooldown
+	// The background services with a type of their own (the re-checker
+	// and the instance keeper are still methods of the Allocator).
+	reaper *reaper
+	health *healthChecker
+	pruner *pruner
 	// instanceID is this instance's row in devalloc.instances, 0 until its
 	// listener first connects (see claimLiveness).
 	instanceID atomic.Int64
@@ -78,6 +80,12 @@ func New(pool *pgxpool.Pool, cfg Config) *Allocator {
 		draining:   make(chan struct{}),
 	}
 	a.notifier = wake.NewNotifier(retrying(pool), a.hub, a.log)
+	a.reaper = &reaper{q: a.q, interval: cfg.ReapInterval, probeTimeout: cfg.ProbeTimeout, log: a.log,
+		observer: cfg.Observer, ended: a.endedLease}
+	a.health = &healthChecker{q: a.q, interval: cfg.HealthInterval, probeTimeout: cfg.ProbeTimeout,
+		backoffMin: cfg.HealthBackoffMin, backoffMax: cfg.HealthBackoffMax, probe: a.probe,
+		handedOver: a.notifier.HandedOver, log: a.log}
+	a.pruner = &pruner{q: a.q, interval: cfg.PruneInterval, retention: cfg.HistoryRetention, log: a.log}
 	listenTo := cfg.ListenConnConfig
 	if listenTo == nil {
 		listenTo = pool.Config().ConnConfig
@@ -101,7 +109,10 @@ func (a *Allocator) Start(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.stop = cancel
-	services := []func(context.Context){a.listener.Run, a.notifier.Run, a.runRechecker, a.runReaper, a.runHealthChecker, a.runPruner, a.runInstanceKeeper}
+	a.reaper.Start(ctx)
+	a.health.Start(ctx)
+	a.pruner.Start(ctx)
+	services := []func(context.Context){a.listener.Run, a.notifier.Run, a.runRechecker, a.runInstanceKeeper}
 	for _, run := range services {
 		a.running.Add(1)
 		go func() {
@@ -122,6 +133,9 @@ func (a *Allocator) Stop() {
 		stop()
 	}
 	a.running.Wait()
+	a.reaper.Stop()
+	a.health.Stop()
+	a.pruner.Stop()
 	// Idempotent acquires run on their own goroutines; draining ended
 	// their waits, so they finish within one attempt.
 	a.flights.running.Wait()

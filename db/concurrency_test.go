@@ -202,7 +202,7 @@ func TestConcurrentInstancesNeverDoubleAllocate(t *testing.T) {
 
 	// Let abandoned leases expire and be reaped, then account for every device.
 	time.Sleep(400 * time.Millisecond)
-	allocs[0].reap(t.Context())
+	allocs[0].reaper.pass(t.Context())
 	checkDatabaseAgrees(t, url, led.granted, int(gaveUp.Load()), devices)
 }
 

@@ -40,7 +40,7 @@ func TestDrainTakesALeasedDeviceOutWhenItsLeaseEnds(t *testing.T) {
 			}
 		} else {
 			time.Sleep(100 * time.Millisecond)
-			if n := a.reap(t.Context()); n != 1 {
+			if n := a.reaper.pass(t.Context()); n != 1 {
 				t.Fatalf("reaped %d", n)
 			}
 		}
@@ -119,7 +119,7 @@ func TestDrainSetDuringAHandoverSurvives(t *testing.T) {
 					ended <- err
 					return
 				}
-				if n := a.reap(t.Context()); n != 1 {
+				if n := a.reaper.pass(t.Context()); n != 1 {
 					ended <- fmt.Errorf("reaped %d", n)
 					return
 				}
@@ -167,7 +167,7 @@ func TestDrainedOfflineDeviceRecoversIntoMaintenance(t *testing.T) {
 	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.devices SET state = 'offline', drain = true, next_probe_at = now() WHERE name = 'd1'`); err != nil {
 		t.Fatal(err)
 	}
-	if n := a.checkOffline(t.Context()); n != 1 {
+	if n := a.health.pass(t.Context()); n != 1 {
 		t.Fatalf("health pass recovered %d devices, want 1", n)
 	}
 	if d := mustDevice(t, a, "d1"); d.State != StateMaintenance || d.Drain || d.StateReason == "" {

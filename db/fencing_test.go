@@ -51,7 +51,7 @@ func TestOfflineDeviceWithoutNextProbeIsProbed(t *testing.T) {
 	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.devices SET state = 'offline', next_probe_at = NULL WHERE name = 'x'`); err != nil {
 		t.Fatal(err)
 	}
-	if n := a.checkOffline(t.Context()); n != 1 {
+	if n := a.health.pass(t.Context()); n != 1 {
 		t.Fatalf("health pass recovered %d devices, want the offline one with next_probe_at NULL", n)
 	}
 	if d := mustDevice(t, a, "x"); d.State != StateIdle {

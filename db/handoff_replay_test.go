@@ -281,7 +281,7 @@ func TestPendingLeaseThatEndsUnsettledIsNeverReplayed(t *testing.T) {
 	if _, err := b.pool.Exec(t.Context(), `UPDATE devalloc.leases SET expires_at = now() - interval '30 s' WHERE id = $1`, handed.ID); err != nil {
 		t.Fatal(err)
 	}
-	if n := b.reap(t.Context()); n != 1 {
+	if n := b.reaper.pass(t.Context()); n != 1 {
 		t.Fatalf("reaped %d leases, want the pending one", n)
 	}
 	retry := req

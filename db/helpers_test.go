@@ -66,6 +66,14 @@ func newAllocator(t testing.TB, url string, cfg Config) *Allocator {
 		t.Fatalf("pool: %v", err)
 	}
 	a := New(pool, cfg)
+	return started(t, a, pool)
+}
+
+// started starts a, stops it at cleanup and returns it once its listener
+// is up (the instance is ready).
+func started(t testing.TB, a *Allocator, pool *pgxpool.Pool) *Allocator {
+	t.Helper()
+	a.listener.Connects.Init()
 	if err := a.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -73,8 +81,14 @@ func newAllocator(t testing.TB, url string, cfg Config) *Allocator {
 		a.Stop()
 		pool.Close()
 	})
-	waitFor(t, "listener up", func() bool { return a.Ready(t.Context()) == nil })
+	a.listener.Connects.Wait(t, "the listener up", 10*time.Second)
 	return a
+}
+
+// useQueries makes a, and each of its services, run their queries as q.
+func (a *Allocator) useQueries(q *dbsqlc.Queries) {
+	a.q = q
+	a.reaper.q, a.health.q, a.pruner.q = q, q, q
 }
 
 // newAllocatorThrough is newAllocator (default test config) whose queries
@@ -88,16 +102,8 @@ func newAllocatorThrough(t testing.TB, url string, wrap func(*pgxpool.Pool) dbsq
 		t.Fatalf("pool: %v", err)
 	}
 	a := New(pool, testConfig(&fakeProber{}))
-	a.q = dbsqlc.New(wrap(pool))
-	if err := a.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		a.Stop()
-		pool.Close()
-	})
-	waitFor(t, "listener up", func() bool { return a.Ready(t.Context()) == nil })
-	return a
+	a.useQueries(dbsqlc.New(wrap(pool)))
+	return started(t, a, pool)
 }
 
 // waitFor polls cond (a test signal, not a sleep) for up to 10 s.

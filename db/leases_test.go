@@ -74,7 +74,7 @@ func TestExpiredLeaseIsReapedOnceAndFreesTheDevice(t *testing.T) {
 	lease := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, TTL: 200 * time.Millisecond})
 
 	// Not yet expired: nothing to reap.
-	if n := a.reap(t.Context()); n != 0 {
+	if n := a.reaper.pass(t.Context()); n != 0 {
 		t.Fatalf("reaped %d live leases", n)
 	}
 	time.Sleep(300 * time.Millisecond) // let the database clock pass the TTL
@@ -82,7 +82,7 @@ func TestExpiredLeaseIsReapedOnceAndFreesTheDevice(t *testing.T) {
 	// Two instances reap at once; the lease ends exactly once.
 	got := make(chan int, 2)
 	for _, x := range []*Allocator{a, b} {
-		go func() { got <- x.reap(t.Context()) }()
+		go func() { got <- x.reaper.pass(t.Context()) }()
 	}
 	if total := <-got + <-got; total != 1 {
 		t.Fatalf("two reapers ended %d leases, want exactly 1", total)

@@ -103,10 +103,10 @@ func TestDBAUpdateStillNotifiesFromTheTrigger(t *testing.T) {
 // An expiry on one instance wakes a waiter on another (the reaper's batch).
 func TestExpiryWakesAWaiterOnAnotherInstance(t *testing.T) {
 	url := newDB(t)
-	reaper := newAllocator(t, url, testConfig(&fakeProber{}))
+	reaping := newAllocator(t, url, testConfig(&fakeProber{}))
 	waiter := newAllocator(t, url, testConfig(&fakeProber{}))
-	mustCreate(t, reaper, "d1", "lab", "h:1", nil)
-	mustAcquire(t, reaper, AcquireRequest{Selector: Selector{Pool: "lab"}, TTL: 50 * time.Millisecond})
+	mustCreate(t, reaping, "d1", "lab", "h:1", nil)
+	mustAcquire(t, reaping, AcquireRequest{Selector: Selector{Pool: "lab"}, TTL: 50 * time.Millisecond})
 	got := make(chan error, 1)
 	go func() {
 		_, err := waiter.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 10 * time.Second, Owner: "w"})
@@ -114,7 +114,7 @@ func TestExpiryWakesAWaiterOnAnotherInstance(t *testing.T) {
 	}()
 	waitFor(t, "the waiter to queue", func() bool { return waiter.Hub().Waiting("lab") == 1 })
 	time.Sleep(100 * time.Millisecond) // past the lease's expiry
-	if n := reaper.reap(t.Context()); n != 1 {
+	if n := reaping.reaper.pass(t.Context()); n != 1 {
 		t.Fatalf("reaped %d leases, want 1", n)
 	}
 	select {

@@ -1,7 +1,6 @@
 package db
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
@@ -31,7 +30,7 @@ func TestPruneDeletesOnlyOldEndedLeases(t *testing.T) {
 		released_at = released_at - interval '40 days' WHERE id <> $1`, recent.ID); err != nil {
 		t.Fatal(err)
 	}
-	if n := a.prune(t.Context(), time.Now().Add(-30*24*time.Hour), 2); n != 5 {
+	if n := a.pruner.prune(t.Context(), time.Now().Add(-30*24*time.Hour), 2); n != 5 {
 		t.Fatalf("pruned %d leases, want the 5 old ended ones", n)
 	}
 	if got, err := a.GetLease(t.Context(), recent.ID); err != nil || got.EndReason != EndReleased {
@@ -40,24 +39,29 @@ func TestPruneDeletesOnlyOldEndedLeases(t *testing.T) {
 	if got, err := a.GetLease(t.Context(), held.ID); err != nil || !got.Active() {
 		t.Fatalf("the old active lease: %+v, %v", got, err)
 	}
-	if n := a.prune(t.Context(), time.Now().Add(-30*24*time.Hour), 2); n != 0 {
+	if n := a.pruner.prune(t.Context(), time.Now().Add(-30*24*time.Hour), 2); n != 0 {
 		t.Fatalf("second prune deleted %d", n)
 	}
 }
 
-// With no retention the pruner does not run at all.
-func TestPrunerOffWithoutRetention(t *testing.T) {
+// With no retention the pruner does not run at all; with one, it runs
+// passes until Stop, which waits for the pass in flight.
+func TestPrunerRunsOnlyWithRetention(t *testing.T) {
 	a := newAllocator(t, newDB(t), testConfig(&fakeProber{}))
-	done := make(chan struct{})
-	go func() {
-		a.runPruner(context.Background())
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("runPruner kept running with HistoryRetention 0")
+	off := &pruner{q: a.q, interval: time.Millisecond, log: a.log}
+	off.Start(t.Context())
+	off.loop.mu.Lock()
+	started := off.loop.cancel != nil
+	off.loop.mu.Unlock()
+	off.Stop()
+	if started {
+		t.Error("the pruner started with no retention")
 	}
+	on := &pruner{q: a.q, interval: 10 * time.Millisecond, retention: time.Hour, log: a.log}
+	on.passed.Init()
+	on.Start(t.Context())
+	on.passed.Wait(t, "a pruning pass", 10*time.Second)
+	on.Stop()
 }
 
 // Going offline, coming back and maintenance are recorded as device events
@@ -79,7 +83,7 @@ func TestDeviceEventsRecordedAndPruned(t *testing.T) {
 	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.devices SET next_probe_at = now()`); err != nil {
 		t.Fatal(err)
 	}
-	if n := a.checkOffline(t.Context()); n != 1 {
+	if n := a.health.pass(t.Context()); n != 1 {
 		t.Fatalf("recovered %d devices, want 1", n)
 	}
 	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.devices SET state = 'maintenance', state_reason = 'new cable'`); err != nil {
@@ -107,7 +111,7 @@ func TestDeviceEventsRecordedAndPruned(t *testing.T) {
 	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.device_events SET at = at - interval '40 days' WHERE to_state <> 'maintenance'`); err != nil {
 		t.Fatal(err)
 	}
-	if n := a.prune(t.Context(), time.Now().Add(-30*24*time.Hour), 500); n != 2 {
+	if n := a.pruner.prune(t.Context(), time.Now().Add(-30*24*time.Hour), 500); n != 2 {
 		t.Fatalf("pruned %d rows, want the 2 old events", n)
 	}
 }

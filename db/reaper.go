@@ -3,6 +3,7 @@ package db
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -10,57 +11,75 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
-	"github.com/devalloc/devalloc/db/internal/jitter"
+	"github.com/devalloc/devalloc/db/internal/testsignal"
 )
 
 // reapBatch bounds one reaper statement; a backlog is drained batch by batch.
 const reapBatch = 100
 
-// runReaper ends expired leases every ReapInterval (jittered). Every
-// instance runs one; EndLease's released_at guard makes each expiry happen
-// exactly once. A freed device goes to the line in the same statement, or
-// wakes waiters through the notifier after it commits.
-func (a *Allocator) runReaper(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(jitter.Spread(a.cfg.ReapInterval)):
-		}
-		a.reap(ctx)
-	}
+// reaper ends expired leases, one pass every interval (jittered). Every
+// instance runs one; EndLease's guards make each expiry happen exactly
+// once. A freed device goes to the line in the same statement, or wakes
+// waiters through ended (the Allocator's endedLease) after it commits.
+type reaper struct {
+	q        *dbsqlc.Queries
+	interval time.Duration
+	// probeTimeout: this instance's; a handoff still under its waiter's
+	// probe is left to that probe for a while past its expiry (DueLeases).
+	probeTimeout time.Duration
+	log          *slog.Logger
+	observer     Observer
+	// ended tells whoever needs to know what an ending did with the device.
+	ended func(dbsqlc.EndLeaseRow) dbsqlc.DevallocLease
+	// cooldown holds expired leases this reaper could not end lately; it
+	// passes them by for a while (see reapCooldown).
+	cooldown reapCooldown
+	// passed carries, for tests, how many leases each pass ended.
+	passed testsignal.Signal[int]
+	loop   loop
 }
 
-// reap ends every lease that has expired by the database clock and reports
+// Start runs a pass every interval until Stop.
+func (r *reaper) Start(ctx context.Context) {
+	r.loop.start(ctx, func(ctx context.Context) { every(ctx, r.interval, func(ctx context.Context) { r.pass(ctx) }) })
+}
+
+// Stop ends the passes and waits for the one running.
+func (r *reaper) Stop() { r.loop.stop() }
+
+// pass ends every lease that has expired by the database clock and reports
 // how many it ended. Each lease ends in its own statement (EndLease), which
 // hands its device to the first waiter in line it fits. The pass walks the
 // due leases once, oldest first, batch after batch from where the last one
 // ended: a lease that cannot be ended is skipped and reported, never
 // retried within the pass, so it holds up no other expiry.
-func (a *Allocator) reap(ctx context.Context) int {
+func (r *reaper) pass(ctx context.Context) int {
 	total := 0
 	// The probe timeout sets how long past its expiry a handoff still under
 	// its waiter's probe is left to that probe (see DueLeases).
-	params := dbsqlc.DueLeasesParams{Batch: reapBatch, ProbeTimeoutSeconds: a.cfg.ProbeTimeout.Seconds()}
+	params := dbsqlc.DueLeasesParams{Batch: reapBatch, ProbeTimeoutSeconds: r.probeTimeout.Seconds()}
 	for ctx.Err() == nil {
-		due, err := a.q.DueLeases(ctx, params)
+		due, err := r.q.DueLeases(ctx, params)
 		if err != nil {
 			if ctx.Err() == nil {
-				a.log.Warn("reaper failed", "err", err)
+				r.log.Warn("reaper failed", "err", err)
 			}
+			r.passed.Signal(total)
 			return total
 		}
-		ended, err := a.expire(ctx, due)
+		ended, err := r.expire(ctx, due)
 		total += ended
 		if ended > 0 {
-			a.cfg.Observer.LeasesReaped(ended)
+			r.observer.LeasesReaped(ended)
 		}
 		if err != nil || len(due) < reapBatch {
+			r.passed.Signal(total)
 			return total
 		}
 		last := due[len(due)-1]
 		params.AfterExpiresAt, params.AfterID = &last.ExpiresAt, &last.ID
 	}
+	r.passed.Signal(total)
 	return total
 }
 
@@ -72,15 +91,15 @@ func (a *Allocator) reap(ctx context.Context) int {
 // or statement timeout, see failedForNow) is skipped for this pass only and
 // tried again on the next. err is set only when the database itself
 // failed (out of reach, shutting down), which would fail every lease alike.
-func (a *Allocator) expire(ctx context.Context, due []dbsqlc.DueLeasesRow) (int, error) {
+func (r *reaper) expire(ctx context.Context, due []dbsqlc.DueLeasesRow) (int, error) {
 	ended := 0
 	now := time.Now()
-	a.unreapable.forgetBefore(now)
+	r.cooldown.forgetBefore(now)
 	for _, d := range due {
-		if a.unreapable.skips(d.ID, now) {
+		if r.cooldown.skips(d.ID, now) {
 			continue
 		}
-		r, err := endLease(ctx, a.q, dbsqlc.EndLeaseParams{ID: d.ID, EndReason: EndExpired, ExpiredOnly: true})
+		row, err := endLease(ctx, r.q, dbsqlc.EndLeaseParams{ID: d.ID, EndReason: EndExpired, ExpiredOnly: true})
 		if errors.Is(err, pgx.ErrNoRows) {
 			continue // ended first (another reaper, its holder), or renewed since it was read as due
 		}
@@ -89,7 +108,7 @@ func (a *Allocator) expire(ctx context.Context, due []dbsqlc.DueLeasesRow) (int,
 				return ended, err
 			}
 			if !refusedStatement(err) {
-				a.log.Warn("reaper failed", "lease", d.ID, "err", err)
+				r.log.Warn("reaper failed", "lease", d.ID, "err", err)
 				return ended, err
 			}
 			if failedForNow(err) {
@@ -97,18 +116,18 @@ func (a *Allocator) expire(ctx context.Context, due []dbsqlc.DueLeasesRow) (int,
 				// failure: this statement lost, the row is fine. The next
 				// pass tries again; a cool-down would leave the device to a
 				// dead holder for a minute past its expiry.
-				a.log.Warn("reaper could not end an expired lease this pass; the next pass tries again",
+				r.log.Warn("reaper could not end an expired lease this pass; the next pass tries again",
 					"lease", d.ID, "expired_at", d.ExpiresAt, "err", err)
 				continue
 			}
-			a.log.Error("reaper could not end an expired lease; skipping it", "lease", d.ID,
+			r.log.Error("reaper could not end an expired lease; skipping it", "lease", d.ID,
 				"expired_at", d.ExpiresAt, "retry_in", reapRetryAfter, "err", err)
-			a.cfg.Observer.ReapFailed()
-			a.unreapable.add(d.ID, now.Add(reapRetryAfter))
+			r.observer.ReapFailed()
+			r.cooldown.add(d.ID, now.Add(reapRetryAfter))
 			continue
 		}
-		a.log.Info("lease expired", "lease", r.ID, "device", r.DeviceName, "pool", r.Pool, "owner", r.Owner)
-		a.endedLease(r)
+		r.log.Info("lease expired", "lease", row.ID, "device", row.DeviceName, "pool", row.Pool, "owner", row.Owner)
+		r.ended(row)
 		ended++
 	}
 	return ended, nil

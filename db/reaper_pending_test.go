@@ -32,7 +32,7 @@ func TestReaperLeavesAHandoffUnderProbeToItsProbe(t *testing.T) {
 	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.leases SET expires_at = now() - interval '1 ms' WHERE id = $1`, pending); err != nil {
 		t.Fatal(err)
 	}
-	if n := b.reap(t.Context()); n != 0 {
+	if n := b.reaper.pass(t.Context()); n != 0 {
 		t.Errorf("a reaper pass during the handoff probe ended %d lease(s), want 0", n)
 	}
 	prober.let("h:dev", nil)
@@ -70,12 +70,12 @@ func TestReaperEndsAHandoffNobodyConfirms(t *testing.T) {
 	// 1 s = 4 s for the pair.
 	lapse(solo.ID, 2*time.Second)
 	lapse(*group.GroupID, 3500*time.Millisecond)
-	if n := a.reap(t.Context()); n != 0 {
+	if n := a.reaper.pass(t.Context()); n != 0 {
 		t.Errorf("reaped %d pending lease(s) within their settle bound, want 0", n)
 	}
 	lapse(solo.ID, 3500*time.Millisecond)
 	lapse(*group.GroupID, 5*time.Second)
-	if n := a.reap(t.Context()); n != 3 {
+	if n := a.reaper.pass(t.Context()); n != 3 {
 		t.Errorf("reaped %d pending lease(s) past their settle bound, want 3", n)
 	}
 	var leased int
@@ -117,7 +117,7 @@ func TestReaperLeavesAnotherInstancesHandoffToItsProbeTimeout(t *testing.T) {
 	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.leases SET expires_at = now() - interval '2 s' WHERE id = $1`, pending); err != nil {
 		t.Fatal(err)
 	}
-	if n := b.reap(t.Context()); n != 0 {
+	if n := b.reaper.pass(t.Context()); n != 0 {
 		t.Errorf("b's reaper ended %d lease(s) under a's handoff probe, 2 s past expiry, within a's settle bound (21 s): it used its own ProbeTimeout (100 ms)", n)
 	}
 	prober.let("h:dev", nil)

@@ -93,7 +93,7 @@ func TestReaperSparesALeaseRenewedAfterItWasReadAsDue(t *testing.T) {
 	}
 
 	// The reaper's second step must not end what was just renewed.
-	if _, err := a.expire(t.Context(), due); err != nil {
+	if _, err := a.reaper.expire(t.Context(), due); err != nil {
 		t.Fatal(err)
 	}
 	got, err := a.GetLease(t.Context(), lease.ID)
@@ -161,7 +161,7 @@ func TestReaperSkipsLeasesItCannotEnd(t *testing.T) {
 		return n == bad+good
 	})
 
-	if n := a.reap(t.Context()); n != good {
+	if n := a.reaper.pass(t.Context()); n != good {
 		t.Fatalf("one pass ended %d leases, want the %d good ones (behind %d that cannot end)", n, good, bad)
 	}
 	for _, l := range goodLeases {
@@ -176,7 +176,7 @@ func TestReaperSkipsLeasesItCannotEnd(t *testing.T) {
 		t.Fatalf("%d reaped reported, want %d", r, good)
 	}
 	// The next pass does not try them again at once: no spinning, no flood.
-	if n := a.reap(t.Context()); n != 0 {
+	if n := a.reaper.pass(t.Context()); n != 0 {
 		t.Fatalf("second pass ended %d", n)
 	}
 	if f := obs.failed.Load(); f != bad {
@@ -219,7 +219,7 @@ func TestReaperRetriesALeaseWhoseEndTimedOutOnALock(t *testing.T) {
 	if _, err := blocker.Exec(t.Context(), `SELECT 1 FROM devalloc.leases WHERE id = $1 FOR UPDATE`, lease.ID); err != nil {
 		t.Fatal(err)
 	}
-	if n := a.reap(t.Context()); n != 0 {
+	if n := a.reaper.pass(t.Context()); n != 0 {
 		t.Fatalf("a pass under the DBA's lock ended %d leases", n)
 	}
 	if err := blocker.Rollback(t.Context()); err != nil {
@@ -228,7 +228,7 @@ func TestReaperRetriesALeaseWhoseEndTimedOutOnALock(t *testing.T) {
 
 	ended := 0
 	for range 2 {
-		ended += a.reap(t.Context())
+		ended += a.reaper.pass(t.Context())
 	}
 	got, err := a.GetLease(t.Context(), lease.ID)
 	if err != nil {
@@ -258,4 +258,28 @@ func withRuntimeParam(t *testing.T, dbURL, name, value string) string {
 	q.Set(name, value)
 	u.RawQuery = q.Encode()
 	return u.String()
+}
+
+// The reaper as a service: Start runs passes (here every 10 ms) until
+// Stop, and a test waits for a pass's signal rather than polling the lease.
+func TestReaperServiceEndsAnExpiredLease(t *testing.T) {
+	url := newDB(t)
+	a := newAllocator(t, url, testConfig(&fakeProber{}))
+	mustCreate(t, a, "d1", "lab", "h:1", nil)
+	l := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, TTL: time.Hour})
+	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.leases SET expires_at = now() - interval '1 ms' WHERE id = $1`, l.ID); err != nil {
+		t.Fatal(err)
+	}
+	r := &reaper{q: a.q, interval: 10 * time.Millisecond, probeTimeout: time.Second, log: a.log,
+		observer: a.cfg.Observer, ended: a.endedLease}
+	r.passed.Init()
+	r.Start(t.Context())
+	n := r.passed.Wait(t, "a reaper pass", 10*time.Second)
+	r.Stop()
+	if n != 1 {
+		t.Fatalf("the first pass ended %d leases, want 1", n)
+	}
+	if got, err := a.GetLease(t.Context(), l.ID); err != nil || got.Active() || got.EndReason != EndExpired {
+		t.Fatalf("lease after the pass: active %v, end reason %q (%v); want ended as expired", got.Active(), got.EndReason, err)
+	}
 }

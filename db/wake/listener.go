@@ -11,6 +11,7 @@ import (
 
 	"github.com/devalloc/devalloc/db/devalloctype"
 	"github.com/devalloc/devalloc/db/internal/jitter"
+	"github.com/devalloc/devalloc/db/internal/testsignal"
 )
 
 // IdleChannel is the NOTIFY channel the devices triggers publish on
@@ -35,6 +36,9 @@ type Listener struct {
 	// their waiters having been woken directly.
 	self string
 	up   atomic.Bool
+	// Connects is signalled, for tests, each time the listener is up (its
+	// claim made and its channels listened to).
+	Connects testsignal.Signal[struct{}]
 }
 
 // NewListener returns the instance's listener: it wakes hub's waiters for
@@ -110,6 +114,7 @@ func (l *Listener) listenOnce(ctx context.Context) error {
 	}
 	l.up.Store(true)
 	l.reconnected()
+	l.Connects.Signal(struct{}{})
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
