@@ -3,8 +3,11 @@ package db
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -473,5 +476,59 @@ func TestRenewRacingTheConfirmIsNotToldExpired(t *testing.T) {
 	t.Logf("renew: %v (end reason %q); acquire: lease %s active=%v err=%v", rerr, endReason(rerr), r.lease.ID, r.lease.Active(), r.err)
 	if endReason(rerr) != "" && r.err == nil && r.lease.ID == pending && r.lease.Active() {
 		t.Errorf("lease %s: a renew was told it ended (%s) while the acquire answered 201 with it, live for an hour", pending, endReason(rerr))
+	}
+}
+
+// failNamed fails the next run of one statement (by its sqlc name) with a
+// lost connection, once armed; every other statement runs on PostgreSQL.
+type failNamed struct {
+	dbsqlc.DBTX
+	name  string
+	armed atomic.Bool
+}
+
+func (f *failNamed) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if strings.Contains(sql, "name: "+f.name+" ") && f.armed.CompareAndSwap(true, false) {
+		return errorRow{fmt.Errorf("%s: %w", f.name, io.ErrUnexpectedEOF)}
+	}
+	return f.DBTX.QueryRow(ctx, sql, args...)
+}
+
+// A handed device failed its probe and the statement ending its lease as
+// probe_failed failed too: the lease stayed active and pending, held by
+// nobody, until its TTL and settle bound had passed (up to a day), since
+// nothing marked it for the re-check. Now the waiter is marked: the next
+// re-check gives the lease back.
+func TestFailedEndOfAFailedHandoffIsGivenBackByTheRecheck(t *testing.T) {
+	url := newDB(t)
+	wrap := &failNamed{name: "FailHandedLease"}
+	prober := &fakeProber{}
+	a := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
+		wrap.DBTX = p
+		return wrap
+	})
+	a.cfg.ProbeOnHandoff = true
+	a.cfg.Prober = prober
+	b := newAllocator(t, url, testConfig(&fakeProber{}))
+	mustCreate(t, b, "bad", "lab", "h:bad", nil)
+	held := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
+	ctx, cancel := context.WithCancel(t.Context())
+	got := goAcquire(ctx, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second, TTL: time.Hour})
+	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	prober.setDead("h:bad", true)
+	wrap.armed.Store(true)
+	if _, err := b.Release(t.Context(), held.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the waiter back in line", func() bool { return !wrap.armed.Load() && queueLength(t, a, "lab") == 1 })
+	cancel()
+	<-got
+	a.recheck(t.Context())
+	var active int
+	if err := b.pool.QueryRow(t.Context(), `SELECT count(*) FROM devalloc.leases WHERE owner = 'w' AND released_at IS NULL`).Scan(&active); err != nil {
+		t.Fatal(err)
+	}
+	if active != 0 {
+		t.Errorf("%d lease(s) of the failed handoff still active after a re-check: held by nobody until TTL + settle bound", active)
 	}
 }

@@ -215,8 +215,9 @@ func TestUnprobedPartialReadWithTheKeysLeaseRevoked(t *testing.T) {
 	t.Logf("acquire: lease %s on %s replayed=%v err=%v group of %d", r.lease.ID, r.lease.Device.Name, r.replayed, r.err, len(r.lease.Group))
 	waitFlights(t, a)
 	time.Sleep(200 * time.Millisecond)
-	if r.err == nil {
-		t.Logf("answer active=%v end=%q", r.lease.Active(), r.lease.EndReason)
+	// An answer that says the lease is active must be true (the revoked
+	// key's lease is answered as revoked, as its retries answer it).
+	if r.err == nil && r.lease.Active() {
 		l, err := b.GetLease(t.Context(), r.lease.ID)
 		if err != nil {
 			t.Fatal(err)
@@ -235,4 +236,111 @@ func mustUUID(t *testing.T, s string) uuid.UUID {
 		t.Fatal(err)
 	}
 	return id
+}
+
+// ProbeOnHandoff off, UNKEYED group of 2. One lease of the handoff is
+// revoked (an admin; or a device removal) before the waiter reads its leases
+// back (outsized notice). No retry can have replayed anything (no key), yet
+// collect now answers 201 with a group of 1 for Count 2 (the seventh read:
+// a condition meant for keyed handoffs exempted every unprobed one).
+func TestUnkeyedUnprobedPartialGroupIsNoAnswer(t *testing.T) {
+	url := newDB(t)
+	wrap := &beforeWaiterLeasesDB{}
+	a := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
+		wrap.DBTX = p
+		return wrap
+	})
+	b := newAllocator(t, url, testConfig(&fakeProber{}))
+	big := Labels{"blob": strings.Repeat("x", 5000)}
+	mustCreate(t, b, "d1", "lab", "h:1", big)
+	mustCreate(t, b, "d2", "lab", "h:2", big)
+	h1 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
+	h2 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
+
+	req := AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second, TTL: time.Hour, Count: 2}
+	got := goAcquire(t.Context(), a, req)
+	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	wrap.mu.Lock()
+	wrap.before = func() {
+		var id string
+		if err := b.pool.QueryRow(context.Background(), `SELECT id FROM devalloc.leases
+			WHERE owner = 'w' AND released_at IS NULL AND device_name = 'd2'`).Scan(&id); err != nil {
+			t.Errorf("lease on d2: %v", err)
+			return
+		}
+		if _, err := b.Revoke(context.Background(), mustUUID(t, id)); err != nil {
+			t.Errorf("revoke: %v", err)
+		}
+	}
+	wrap.mu.Unlock()
+	if _, err := b.Release(t.Context(), h1.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Release(t.Context(), h2.ID); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	t.Logf("acquire: lease %s err=%v group of %d", r.lease.ID, r.err, len(r.lease.Group))
+	if r.err == nil && len(r.lease.Group) != 2 {
+		t.Errorf("an unkeyed request for a group of 2 (all or none) was answered 201 with a group of %d", len(r.lease.Group))
+	}
+}
+
+// keyed, ProbeOnHandoff off, group of 2; the lease carrying the key is
+// revoked before the waiter reads back. The waiter now answers 201 with the
+// survivor (group of 1). A retry with the same key replays the key's lease:
+// which answer does it give?
+func TestUnprobedPartialReadAndItsRetryAnswerTheSameLease(t *testing.T) {
+	url := newDB(t)
+	wrap := &beforeWaiterLeasesDB{}
+	a := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
+		wrap.DBTX = p
+		return wrap
+	})
+	b := newAllocator(t, url, testConfig(&fakeProber{}))
+	big := Labels{"blob": strings.Repeat("x", 5000)}
+	mustCreate(t, b, "d1", "lab", "h:1", big)
+	mustCreate(t, b, "d2", "lab", "h:2", big)
+	h1 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
+	h2 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
+
+	req := keyed("w", "k", "lab", 20*time.Second)
+	req.Count = 2
+	req.TTL = time.Hour
+	got := goAcquire(t.Context(), a, req)
+	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	var keyDev string
+	wrap.mu.Lock()
+	wrap.before = func() {
+		var id string
+		if err := b.pool.QueryRow(context.Background(), `SELECT id, device_name FROM devalloc.leases
+			WHERE owner = 'w' AND released_at IS NULL AND idempotency_key IS NOT NULL`).Scan(&id, &keyDev); err != nil {
+			t.Errorf("the key's lease: %v", err)
+			return
+		}
+		if _, err := b.Revoke(context.Background(), mustUUID(t, id)); err != nil {
+			t.Errorf("revoke: %v", err)
+		}
+	}
+	wrap.mu.Unlock()
+	if _, err := b.Release(t.Context(), h1.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Release(t.Context(), h2.ID); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	t.Logf("key was on %s; first answer: lease %s on %s err=%v group of %d", keyDev, r.lease.ID, r.lease.Device.Name, r.err, len(r.lease.Group))
+	waitFlights(t, a)
+	retry := req
+	retry.Wait = 0
+	rr, replayed, rerr := b.AcquireOrReplay(t.Context(), retry)
+	t.Logf("retry: lease %s on %s active=%v replayed=%v err=%v group of %d", rr.ID, rr.Device.Name, rr.Active(), replayed, rerr, len(rr.Group))
+	// The key's lease was revoked before anyone answered: every answer
+	// under the key is that lease, as it stands (revoked), never a
+	// survivor that the retry would contradict.
+	if r.err == nil && rerr == nil && (rr.ID != r.lease.ID || rr.Active() != r.lease.Active() || len(rr.Group) != len(r.lease.Group)) {
+		t.Errorf("first answer 201 lease %s (active %v, group of %d); the retry with the same key answers lease %s (active=%v, end %q, group of %d)",
+			r.lease.ID, r.lease.Active(), len(r.lease.Group), rr.ID, rr.Active(), rr.EndReason, len(rr.Group))
+	}
 }

@@ -42,7 +42,7 @@ func (a *Allocator) claimLiveness(ctx context.Context, conn *pgx.Conn) error {
 		name := instanceName()
 		var err error
 		if id, err = dbsqlc.New(conn).RegisterInstance(ctx, dbsqlc.RegisterInstanceParams{
-			Name: name, SilentSeconds: a.silentAfter().Seconds(), ProbeSeconds: a.cfg.ProbeTimeout.Seconds(),
+			Name: name, SilentSeconds: a.silentAfter().Seconds(), ProbeSeconds: a.registeredProbeTimeout().Seconds(),
 		}); err != nil {
 			return fmt.Errorf("register instance: %w", err)
 		}
@@ -55,7 +55,7 @@ func (a *Allocator) claimLiveness(ctx context.Context, conn *pgx.Conn) error {
 		// is back if another instance removed it). The reconnect's re-check
 		// then wakes the waiters that were skipped or lost their rows.
 		recreated, err := dbsqlc.New(conn).InstanceHeartbeat(ctx, dbsqlc.InstanceHeartbeatParams{
-			ID: id, Name: instanceName(), SilentSeconds: a.silentAfter().Seconds(), ProbeSeconds: a.cfg.ProbeTimeout.Seconds(),
+			ID: id, Name: instanceName(), SilentSeconds: a.silentAfter().Seconds(), ProbeSeconds: a.registeredProbeTimeout().Seconds(),
 		})
 		if err != nil {
 			return fmt.Errorf("heartbeat of instance %d on reconnect: %w", id, err)
@@ -178,7 +178,7 @@ func (a *Allocator) runInstanceKeeper(ctx context.Context) {
 // instance removed it; recreated says it had to.
 func (a *Allocator) heartbeat(ctx context.Context, id int64) (recreated bool, err error) {
 	return a.q.InstanceHeartbeat(ctx, dbsqlc.InstanceHeartbeatParams{
-		ID: id, Name: instanceName(), SilentSeconds: a.silentAfter().Seconds(), ProbeSeconds: a.cfg.ProbeTimeout.Seconds(),
+		ID: id, Name: instanceName(), SilentSeconds: a.silentAfter().Seconds(), ProbeSeconds: a.registeredProbeTimeout().Seconds(),
 	})
 }
 
@@ -223,4 +223,11 @@ func (a *Allocator) restoreInstance(ctx context.Context, id int64) error {
 		return fmt.Errorf("instance %d holds no liveness lock (its listener is reconnecting): %w", id, errNotRegistered)
 	}
 	return nil
+}
+
+// registeredProbeTimeout is the probe timeout this instance writes to its
+// row (devalloc.instances.probe_timeout, which must be positive): the
+// reapers of every instance wait that long per device for its handoffs.
+func (a *Allocator) registeredProbeTimeout() time.Duration {
+	return max(a.cfg.ProbeTimeout, time.Millisecond)
 }

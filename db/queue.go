@@ -366,7 +366,14 @@ func (a *Allocator) leaveLine(ctx context.Context, req AcquireRequest, w *wake.W
 // because its key has a lease (a twin's), and the answer is that lease.
 func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *wake.Waiter) (lease Lease, replayed bool, giveBack []Lease, err error) {
 	rows := w.HandedLeases()
-	if rows == nil {
+	if rows != nil {
+		// A served notice does not say whether the leases are pending: they
+		// are when this instance asked for them to be (the waiter's row
+		// carried probes_handoff from this instance's config).
+		for i := range rows {
+			rows[i].DevallocLease.HandoffPending = a.cfg.ProbeOnHandoff
+		}
+	} else {
 		// The news came without them (from this instance's own release, a
 		// re-check, or an outsized notice): read them.
 		readCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), attemptBoundSlack)
@@ -398,19 +405,29 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *wake.Wai
 		}
 		leases = append(leases, l)
 	}
-	if len(leases) < max(req.Count, 1) && leases[0].HandoffPending {
-		// Part of a pending handoff ended before it was read (WaiterLeases
-		// lists active leases only): an admin revoked one, or a take-back
-		// was cut between its statements. Confirming the rest would answer
-		// 201 with less than was asked, and without the key (it went with
-		// the ended pending lease). No answer: back in line, the rest given
-		// back; pending, they were nobody's answer. A handoff that is not
-		// probed is never pending: a retry may have replayed it already
-		// and its client may have released a lease of it, so what is left
-		// is answered as it stands.
-		a.log.Info("a handoff from the line lost a lease before it was collected; the waiter goes back in line",
-			"waiter", w.ID, "pool", req.Selector.Pool, "handed", len(leases), "count", req.Count)
-		return Lease{}, false, leases, nil
+	if len(leases) < max(req.Count, 1) {
+		// Part of the handoff ended before it was read (WaiterLeases lists
+		// active leases only): an admin revoked one, a device was removed,
+		// or a take-back was cut between its statements.
+		if req.IdempotencyKey != "" && !leases[0].HandoffPending {
+			// Not probed, so never pending: a retry may have replayed it
+			// already (and its client released a lease of it). The answer
+			// is what a replay answers, so that every answer under the key
+			// agrees, ended leases and all.
+			if lease, ok, err := a.replayWithin(ctx, req, attemptBoundSlack); err == nil && ok {
+				a.stranded.answeredWith(w.ID)
+				return lease, true, nil, nil
+			}
+		} else {
+			// Pending (nobody's answer yet) or unkeyed (nobody else can
+			// have been told of it): confirming or answering the rest would
+			// be 201 with less than was asked, and a pending group's key
+			// went with its ended lease. No answer: back in line, the rest
+			// given back.
+			a.log.Info("a handoff from the line lost a lease before it was collected; the waiter goes back in line",
+				"waiter", w.ID, "pool", req.Selector.Pool, "handed", len(leases), "count", req.Count)
+			return Lease{}, false, leases, nil
+		}
 	}
 	if a.cfg.ProbeOnHandoff && (ctx.Err() == nil || req.IdempotencyKey != "") {
 		// A keyed request whose client left still probes (each probe
@@ -420,7 +437,13 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *wake.Wai
 		if req.IdempotencyKey != "" {
 			probeCtx = context.WithoutCancel(ctx)
 		}
-		if good, failed := a.probeHanded(probeCtx, rows); failed {
+		if good, failed, unended := a.probeHanded(probeCtx, rows); failed {
+			if unended {
+				// A failed device's lease could not be ended: the re-check
+				// gives it back (what is still pending of it, for a keyed
+				// request), or nobody would until its TTL.
+				a.stranded.add(w.ID, req.IdempotencyKey != "")
+			}
 			return Lease{}, false, append([]Lease{}, good...), nil
 		}
 	}
@@ -528,8 +551,9 @@ func answerOf(leases []Lease) Lease {
 
 // probeHanded probes the devices handed over (ProbeOnHandoff). If any fails,
 // the failed ones go offline (their leases end as probe_failed) and good
-// lists the leases of the others.
-func (a *Allocator) probeHanded(ctx context.Context, rows []dbsqlc.WaiterLeasesRow) (good []Lease, failed bool) {
+// lists the leases of the others; unended says a failed one's lease could
+// not be ended.
+func (a *Allocator) probeHanded(ctx context.Context, rows []dbsqlc.WaiterLeasesRow) (good []Lease, failed, unended bool) {
 	errs := make([]error, len(rows))
 	for i, r := range rows {
 		if r.DeviceProbe == nil || r.DeviceAddress == nil || probe.Kind(*r.DeviceProbe) == probe.None {
@@ -542,12 +566,12 @@ func (a *Allocator) probeHanded(ctx context.Context, rows []dbsqlc.WaiterLeasesR
 			// Cut because the client left, not because the device failed:
 			// no verdict on it (the caller gives the leases back), and a
 			// healthy device must not go offline for it.
-			return nil, false
+			return nil, false, false
 		}
 		failed = failed || errs[i] != nil
 	}
 	if !failed {
-		return nil, false
+		return nil, false, false
 	}
 	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queueBound)
 	defer cancel()
@@ -561,12 +585,13 @@ func (a *Allocator) probeHanded(ctx context.Context, rows []dbsqlc.WaiterLeasesR
 		if _, err := a.q.FailHandedLease(stmtCtx, dbsqlc.FailHandedLeaseParams{
 			ID: l.ID, Reason: errs[i].Error(), RetryInSeconds: a.cfg.HealthBackoffMin.Seconds(),
 		}); err != nil {
-			// Still pending: the reaper ends it its settle bound past its
-			// expiry (see DueLeases); the waiter still goes back in line.
+			// The caller marks the waiter for the re-check, which gives
+			// the lease back; the waiter still goes back in line.
 			a.log.Error("could not end a lease whose device failed its probe", "lease", l.ID, "err", err)
+			unended = true
 		}
 	}
-	return good, true
+	return good, true, unended
 }
 
 // groupOf fills in lease.Group when the lease belongs to a group.

@@ -166,10 +166,12 @@ FROM ended LEFT JOIN freed ON true LEFT JOIN granted ON true;
 -- its probe: the confirm starts its TTL over (migrations/00020), so a probe
 -- slower than the TTL must not lose it. It is due only once the probe can
 -- no longer confirm it, its settle bound after expires_at: (devices in its
--- group + 1) times the probe timeout + 1 s, as handoffSettleBound in
--- db/idempotency.go (a waiter's instance that died mid-probe leaves it).
+-- group + 1) times the probe timeout + 1 s, the shape of handoffSettleBound
+-- in db/idempotency.go (a waiter's instance that died mid-probe leaves it).
 -- The probe timeout is the longest any instance registered (the waiter's
--- may be longer than this reaper's; migrations/00021), at least this one's.
+-- may be longer than this reaper's; migrations/00021), at least this one's;
+-- a retry's take-back still uses its own instance's (instances of one
+-- database should share --probe-timeout).
 -- The group is counted in a subquery run only for pending leases, so the
 -- scan of due leases stays an ordered index scan that stops at the batch.
 SELECT l.id, l.expires_at
