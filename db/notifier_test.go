@@ -176,3 +176,16 @@ func TestListenerUsesItsOwnConnConfig(t *testing.T) {
 		t.Fatal("the waiter was not woken through its listener")
 	}
 }
+
+// The payload bound is one number: the SQL senders' (served notices, idle
+// triggers) and the notifier's.
+func TestPayloadLimitIsTheSameInSQLAndGo(t *testing.T) {
+	a := newAllocator(t, newDB(t), testConfig(&fakeProber{}))
+	var limit int
+	if err := a.pool.QueryRow(t.Context(), `SELECT devalloc.notify_payload_limit()`).Scan(&limit); err != nil {
+		t.Fatal(err)
+	}
+	if limit != wake.MaxPayload {
+		t.Errorf("devalloc.notify_payload_limit() is %d, wake.MaxPayload %d", limit, wake.MaxPayload)
+	}
+}

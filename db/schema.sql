@@ -529,7 +529,6 @@ DECLARE
     v_device bigint;
     v_lease  uuid;
     v_first  boolean := true;
-    v_payload text;
     v_claim  text := devalloc.claim_idempotency_key(w.owner, w.idempotency_key);
 BEGIN
     IF v_claim = 'busy' THEN
@@ -566,24 +565,13 @@ BEGIN
     END LOOP;
     DELETE FROM devalloc.waiters WHERE id = w.id;
     -- Tell the waiter's instance, with everything its answer needs, at
-    -- commit: no second round trip after this one commit, and nothing to
-    -- read back. Outsized (huge labels, big groups): the id alone, and the
-    -- instance reads the leases. The release statement (queries/leases.sql,
-    -- EndLease) hands over a device in plain SQL for speed and sends the
-    -- same notice: change both together.
-    SELECT json_build_object('served', w.id, 'leases', json_agg(json_build_object(
-               'id', l.id, 'device_id', l.device_id, 'device_name', l.device_name, 'pool', l.pool,
-               'owner', l.owner, 'holder', l.holder, 'fencing_token', l.fencing_token,
-               'acquired_at', l.acquired_at, 'expires_at', l.expires_at, 'group_id', l.group_id,
-               'labels', d.labels, 'address', d.address, 'probe', d.probe) ORDER BY l.device_name))::text
-    INTO v_payload
-    FROM devalloc.leases l JOIN devalloc.devices d ON d.id = l.device_id
-    WHERE l.waiter_id = w.id AND l.released_at IS NULL;
-    IF octet_length(v_payload) > 7900 THEN
-        v_payload := json_build_object('served', w.id)::text;
-    END IF;
-    -- Only the waiter's instance listens on its own channel.
-    PERFORM pg_notify('devalloc_served_' || w.instance_id, v_payload);
+    -- commit (devalloc.notify_served, as the release statement does).
+    PERFORM devalloc.notify_served(w.instance_id, w.id,
+        (SELECT json_agg(devalloc.served_lease(l.id, l.device_id, l.device_name, l.pool, l.owner, l.holder,
+                                               l.fencing_token, l.acquired_at, l.expires_at, l.group_id,
+                                               d.labels, d.address, d.probe) ORDER BY l.device_name)
+         FROM devalloc.leases l JOIN devalloc.devices d ON d.id = l.device_id
+         WHERE l.waiter_id = w.id AND l.released_at IS NULL));
 END
 $function$;
 COMMENT ON FUNCTION devalloc.grant_to_waiter(w devalloc.waiters, p_devices bigint[]) IS 'Leases the given idle devices (locked by the caller) to the waiter, removes it from the line and notifies its instance (channel devalloc_served_<instance id>) with {served: waiter id, leases: [...]} at commit; one group when more than one device. A keyed waiter is claimed first (devalloc.claim_idempotency_key): left in line when its key is being granted elsewhere, removed without a lease when its key already has one. The leases are handoff_pending when the waiter''s instance probes them first (waiters.probes_handoff): a retry does not replay them until devalloc.confirm_handoff.';
@@ -679,7 +667,7 @@ BEGIN
     payload := json_build_object('pool', NEW.pool, 'device', NEW.id, 'labels', NEW.labels)::text;
     -- NOTIFY payloads are capped at 8000 bytes; with outsized labels the
     -- listener gets only the pool and wakes one waiter per selector there.
-    IF octet_length(payload) > 7900 THEN
+    IF octet_length(payload) > devalloc.notify_payload_limit() THEN
         payload := json_build_object('pool', NEW.pool, 'device', NEW.id)::text;
     END IF;
     -- The device id keeps payloads distinct: PostgreSQL folds identical
@@ -690,6 +678,34 @@ BEGIN
 END
 $function$;
 COMMENT ON FUNCTION devalloc.notify_idle() IS 'Trigger: NOTIFY devalloc_idle with {pool, device, labels} when a device becomes idle, unless the transaction set devalloc.notify_by_caller = on (devalloc''s release and expiry: the instance notifies after commit, in batches).';
+
+CREATE OR REPLACE FUNCTION devalloc.notify_payload_limit()
+ RETURNS integer
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    -- PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
+    SELECT 7900
+$function$;
+COMMENT ON FUNCTION devalloc.notify_payload_limit() IS 'The largest NOTIFY payload devalloc sends (bytes; PostgreSQL refuses 8000 or more): a larger one is sent without its details (labels, leases) and the listener reads them.';
+
+CREATE OR REPLACE FUNCTION devalloc.notify_served(p_instance bigint, p_waiter uuid, p_leases json)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_payload text := json_build_object('served', p_waiter, 'leases', p_leases)::text;
+BEGIN
+    -- Outsized (huge labels, big groups): the waiter's id alone, and its
+    -- instance reads the leases.
+    IF octet_length(v_payload) > devalloc.notify_payload_limit() THEN
+        v_payload := json_build_object('served', p_waiter)::text;
+    END IF;
+    -- Only the waiter's instance listens on its own channel.
+    PERFORM pg_notify('devalloc_served_' || p_instance, v_payload);
+END
+$function$;
+COMMENT ON FUNCTION devalloc.notify_served(p_instance bigint, p_waiter uuid, p_leases json) IS 'Tells instance p_instance, at commit, that its waiter p_waiter was handed p_leases (devalloc.served_lease entries): {served, leases} on channel devalloc_served_<instance>, or {served} alone when that would exceed devalloc.notify_payload_limit().';
 
 CREATE OR REPLACE FUNCTION devalloc.pending_group_ends()
  RETURNS trigger
@@ -777,6 +793,19 @@ BEGIN
 END
 $function$;
 COMMENT ON FUNCTION devalloc.record_device_event() IS 'Trigger: records a device''s change into or out of offline or maintenance in devalloc.device_events.';
+
+CREATE OR REPLACE FUNCTION devalloc.served_lease(p_id uuid, p_device_id bigint, p_device_name text, p_pool text, p_owner text, p_holder text, p_fencing_token bigint, p_acquired_at timestamp with time zone, p_expires_at timestamp with time zone, p_group_id uuid, p_labels jsonb, p_address text, p_probe text)
+ RETURNS json
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    SELECT json_build_object(
+        'id', p_id, 'device_id', p_device_id, 'device_name', p_device_name, 'pool', p_pool,
+        'owner', p_owner, 'holder', p_holder, 'fencing_token', p_fencing_token,
+        'acquired_at', p_acquired_at, 'expires_at', p_expires_at, 'group_id', p_group_id,
+        'labels', p_labels, 'address', p_address, 'probe', p_probe)
+$function$;
+COMMENT ON FUNCTION devalloc.served_lease(p_id uuid, p_device_id bigint, p_device_name text, p_pool text, p_owner text, p_holder text, p_fencing_token bigint, p_acquired_at timestamp with time zone, p_expires_at timestamp with time zone, p_group_id uuid, p_labels jsonb, p_address text, p_probe text) IS 'One lease of a served notice: what the waiter''s answer needs of the lease and of its device (db/wake/served.go reads it).';
 
 CREATE OR REPLACE FUNCTION devalloc.tell_twins()
  RETURNS trigger

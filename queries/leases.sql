@@ -131,18 +131,13 @@ WITH caller_notifies AS (
     FROM freed JOIN served ON freed.lease_id = served.lease_id
     RETURNING *
 ), told AS (
-    SELECT pg_notify('devalloc_served_' || n.instance_id,
-                     CASE WHEN octet_length(n.payload) > 7900
-                          THEN json_build_object('served', n.waiter_id)::text
-                          ELSE n.payload END) AS sent
-    FROM (SELECT granted.waiter_id, served.instance_id,
-                 json_build_object('served', granted.waiter_id, 'leases', json_build_array(json_build_object(
-                     'id', granted.id, 'device_id', granted.device_id, 'device_name', granted.device_name,
-                     'pool', granted.pool, 'owner', granted.owner, 'holder', granted.holder,
-                     'fencing_token', granted.fencing_token, 'acquired_at', granted.acquired_at,
-                     'expires_at', granted.expires_at, 'group_id', granted.group_id,
-                     'labels', freed.labels, 'address', freed.address, 'probe', freed.probe)))::text AS payload
-          FROM granted JOIN freed ON freed.id = granted.device_id JOIN served ON served.id = granted.waiter_id) n
+    -- The served notice, as devalloc.grant_to_waiter sends it
+    -- (migrations/00022).
+    SELECT devalloc.notify_served(served.instance_id, granted.waiter_id, json_build_array(devalloc.served_lease(
+               granted.id, granted.device_id, granted.device_name, granted.pool, granted.owner, granted.holder,
+               granted.fencing_token, granted.acquired_at, granted.expires_at, granted.group_id,
+               freed.labels, freed.address, freed.probe))) AS sent
+    FROM granted JOIN freed ON freed.id = granted.device_id JOIN served ON served.id = granted.waiter_id
 )
 SELECT ended.*, freed.id AS freed_device_id, freed.labels AS freed_labels,
        freed.state AS freed_state,

@@ -17,7 +17,8 @@
 //   - Served notices: a transaction handed this waiter its devices (a
 //     release's direct handoff in queries/leases.sql EndLease, or
 //     devalloc.grant_to_waiter from a dispatch) and tells the waiter's
-//     instance at commit on its own ServedChannel, with the leases, or with
+//     instance at commit on its own ServedChannel, both through
+//     devalloc.notify_served (migrations/00022): with the leases, or with
 //     the waiter's id alone when they would not fit a payload (then the
 //     waiter reads them). devalloc.tell_twins sends the same notice without
 //     leases to a keyed waiter whose key got a lease elsewhere. A handoff
@@ -27,6 +28,6 @@
 // Notifications are lost when the listener's connection drops, so every
 // (re)connect asks for a full re-check, and the re-checker in package db
 // covers lost hints and lost served notices on its passes. Payloads stay
-// under PostgreSQL's 8000-byte limit (maxPayload here; the SQL senders cut
-// at the same 7900 bytes).
+// under PostgreSQL's 8000-byte limit (MaxPayload here; the SQL senders cut
+// at devalloc.notify_payload_limit(), the same number).
 package wake

@@ -49,8 +49,9 @@ type noticeBatch struct {
 	Idle []idleNotice `json:"idle"`
 }
 
-// maxPayload keeps a NOTIFY payload under PostgreSQL's 8000-byte limit.
-const maxPayload = 7900
+// MaxPayload keeps a NOTIFY payload under PostgreSQL's 8000-byte limit: the
+// same number as devalloc.notify_payload_limit(), which the SQL senders use.
+const MaxPayload = 7900
 
 // Execer runs the NOTIFY statements: a pool, best wrapped for safe retries.
 type Execer interface {
@@ -128,7 +129,7 @@ func (n *Notifier) send(ctx context.Context) {
 	}
 }
 
-// payloads packs notices into as few payloads under maxPayload as it can.
+// payloads packs notices into as few payloads under MaxPayload as it can.
 // A notice too large alone goes without its labels (waiters of every
 // selector of the pool then look).
 func (n *Notifier) payloads(batch []idleNotice) []string {
@@ -145,9 +146,9 @@ func (n *Notifier) payloads(batch []idleNotice) []string {
 	}
 	for _, notice := range batch {
 		b, _ := json.Marshal(notice)
-		if size+len(b)+1 > maxPayload {
+		if size+len(b)+1 > MaxPayload {
 			flush()
-			if size+len(b) > maxPayload {
+			if size+len(b) > MaxPayload {
 				notice.Labels = nil
 				b, _ = json.Marshal(notice)
 			}

@@ -22,7 +22,7 @@ func TestNotifierPayloadsStayUnderTheLimit(t *testing.T) {
 		t.Fatalf("%d payloads for 501 devices", len(payloads))
 	}
 	for _, p := range payloads {
-		if len(p) > maxPayload {
+		if len(p) > MaxPayload {
 			t.Fatalf("payload of %d bytes", len(p))
 		}
 		var b noticeBatch
