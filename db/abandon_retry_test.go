@@ -96,7 +96,7 @@ func TestALeaseAbandonedByALeavingClientIsGivenBackEvenIfTheFirstTryFails(t *tes
 		t.Fatal("the lease handed to the leaving client was never given back at all (no EndLease ran)")
 	}
 	for range 3 {
-		a.recheck(t.Context())
+		a.rechecker.pass(t.Context())
 	}
 	if d := mustDevice(t, a, "d1"); d.State != StateIdle {
 		t.Fatalf("d1 after 3 re-check passes is %s (lease %v), want idle: the request it was handed to had left (answered %q); held by nobody until its TTL (1h)",

@@ -345,9 +345,9 @@ func TestRecheckQueriesDoNotGrowWithWaiters(t *testing.T) {
 		}()
 	}
 	waitFor(t, "all waiters queued", func() bool { return a.Hub().Waiting("lab") == waiters })
-	before := a.recheckQueries.Load()
+	before := a.rechecker.queries.Load()
 	time.Sleep(time.Second)
-	passes := a.recheckQueries.Load() - before
+	passes := a.rechecker.queries.Load() - before
 	cancel()
 	for range waiters {
 		<-done

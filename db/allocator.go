@@ -29,12 +29,6 @@ type Allocator struct {
 	notifier *wake.Notifier
 	// flights joins retries of an idempotent acquire that is still running.
 	flights flightGroup
-	// recheckNow asks the re-checker for an immediate full pass (after a
-	// listener reconnect, when notifications may have been missed).
-	recheckNow chan struct{}
-	// recheckQueries counts the re-checker's queries (a test signal now, a
-	// metric later).
-	recheckQueries atomic.Int64
 	// probedPools remembers the pools whose last grant needed a probe, so
 	// their acquires skip the one-statement path that cannot probe (see
 	// attemptUnprobed).
@@ -51,9 +45,10 @@ type Allocator struct {
 	stranded strandedWaiters
 	// The background services with a type of their own (the re-checker
 	// and the instance keeper are still methods of the Allocator).
-	reaper *reaper
-	health *healthChecker
-	pruner *pruner
+	reaper    *reaper
+	health    *healthChecker
+	pruner    *pruner
+	rechecker *rechecker
 	// instanceID is this instance's row in devalloc.instances, 0 until its
 	// listener first connects (see claimLiveness).
 	instanceID atomic.Int64
@@ -71,13 +66,12 @@ type Allocator struct {
 func New(pool *pgxpool.Pool, cfg Config) *Allocator {
 	cfg = cfg.withDefaults()
 	a := &Allocator{
-		pool:       pool,
-		q:          dbsqlc.New(retrying(pool)),
-		cfg:        cfg,
-		log:        cfg.Logger,
-		hub:        wake.NewHub(),
-		recheckNow: make(chan struct{}, 1),
-		draining:   make(chan struct{}),
+		pool:     pool,
+		q:        dbsqlc.New(retrying(pool)),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		hub:      wake.NewHub(),
+		draining: make(chan struct{}),
 	}
 	a.notifier = wake.NewNotifier(retrying(pool), a.hub, a.log)
 	a.reaper = &reaper{q: a.q, interval: cfg.ReapInterval, probeTimeout: cfg.ProbeTimeout, log: a.log,
@@ -86,6 +80,7 @@ func New(pool *pgxpool.Pool, cfg Config) *Allocator {
 		backoffMin: cfg.HealthBackoffMin, backoffMax: cfg.HealthBackoffMax, probe: a.probe,
 		handedOver: a.notifier.HandedOver, log: a.log}
 	a.pruner = &pruner{q: a.q, interval: cfg.PruneInterval, retention: cfg.HistoryRetention, log: a.log}
+	a.rechecker = newRechecker(a.q, a.hub, cfg.RecheckInterval, a.log, a.clearStranded)
 	listenTo := cfg.ListenConnConfig
 	if listenTo == nil {
 		listenTo = pool.Config().ConnConfig
@@ -112,7 +107,8 @@ func (a *Allocator) Start(ctx context.Context) error {
 	a.reaper.Start(ctx)
 	a.health.Start(ctx)
 	a.pruner.Start(ctx)
-	services := []func(context.Context){a.listener.Run, a.notifier.Run, a.runRechecker, a.runInstanceKeeper}
+	a.rechecker.Start(ctx)
+	services := []func(context.Context){a.listener.Run, a.notifier.Run, a.runInstanceKeeper}
 	for _, run := range services {
 		a.running.Add(1)
 		go func() {
@@ -126,6 +122,12 @@ func (a *Allocator) Start(ctx context.Context) error {
 // Stop ends the background services and waits for them.
 func (a *Allocator) Stop() {
 	a.Drain()
+	// The passes first: what they free is announced through the notifier,
+	// whose last batch goes out when it stops below.
+	a.reaper.Stop()
+	a.health.Stop()
+	a.pruner.Stop()
+	a.rechecker.Stop()
 	a.mu.Lock()
 	stop := a.stop
 	a.mu.Unlock()
@@ -133,9 +135,6 @@ func (a *Allocator) Stop() {
 		stop()
 	}
 	a.running.Wait()
-	a.reaper.Stop()
-	a.health.Stop()
-	a.pruner.Stop()
 	// Idempotent acquires run on their own goroutines; draining ended
 	// their waits, so they finish within one attempt.
 	a.flights.running.Wait()
@@ -183,9 +182,4 @@ func (a *Allocator) Ready(ctx context.Context) error {
 // Hub exposes the waiter hub (for pool summaries and tests).
 func (a *Allocator) Hub() *wake.Hub { return a.hub }
 
-func (a *Allocator) requestRecheck() {
-	select {
-	case a.recheckNow <- struct{}{}:
-	default:
-	}
-}
+func (a *Allocator) requestRecheck() { a.rechecker.request() }

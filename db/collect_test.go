@@ -108,7 +108,7 @@ func TestFailedReadOfHandedLeasesGivesThemBack(t *testing.T) {
 	}
 
 	// One re-check pass later nobody holds the device.
-	a.recheck(t.Context())
+	a.rechecker.pass(t.Context())
 	if dev := mustDevice(t, a, "only"); dev.State != StateIdle {
 		lease := "none"
 		if dev.LeaseID != nil {

@@ -197,7 +197,7 @@ func TestTakeBackCutBetweenItsStatementsNeverLeavesAPartialGroupToConfirm(t *tes
 	if r.err == nil && len(r.lease.Group) != 2 {
 		t.Errorf("a request for a group of 2 was answered (201) with a group of %d after a take-back cut between its statements", len(r.lease.Group))
 	}
-	c.recheck(t.Context()) // the take-back's mark: nothing pending is left to give back
+	c.rechecker.pass(t.Context()) // the take-back's mark: nothing pending is left to give back
 	if r.err == nil {
 		l, err := b.GetLease(t.Context(), r.lease.ID)
 		t.Logf("after the re-check at c: the answered lease %s active=%v (err %v)", l.ID, l.Active(), err)
@@ -338,7 +338,7 @@ func TestRecheckGiveBackAndConfirmDoNotDeadlock(t *testing.T) {
 	c.stranded.add(*waiter, true)
 	pass := make(chan struct{})
 	go func() {
-		c.recheck(context.Background())
+		c.rechecker.pass(context.Background())
 		close(pass)
 	}()
 	waitFor(t, "the re-check's give-back blocked on the key's lease", func() bool {
@@ -479,16 +479,16 @@ func TestRenewRacingTheConfirmIsNotToldExpired(t *testing.T) {
 	}
 }
 
-// failNamed fails the next run of one statement (by its sqlc name) with a
-// lost connection, once armed; every other statement runs on PostgreSQL.
+// failNamed fails the next left runs of one statement (by its sqlc name)
+// with a lost connection; every other statement runs on PostgreSQL.
 type failNamed struct {
 	dbsqlc.DBTX
-	name  string
-	armed atomic.Bool
+	name string
+	left atomic.Int32
 }
 
 func (f *failNamed) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if strings.Contains(sql, "name: "+f.name+" ") && f.armed.CompareAndSwap(true, false) {
+	if strings.Contains(sql, "name: "+f.name+" ") && f.left.Add(-1) >= 0 {
 		return errorRow{fmt.Errorf("%s: %w", f.name, io.ErrUnexpectedEOF)}
 	}
 	return f.DBTX.QueryRow(ctx, sql, args...)
@@ -516,14 +516,14 @@ func TestFailedEndOfAFailedHandoffIsGivenBackByTheRecheck(t *testing.T) {
 	got := goAcquire(ctx, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second, TTL: time.Hour})
 	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
 	prober.setDead("h:bad", true)
-	wrap.armed.Store(true)
+	wrap.left.Store(2) // the end, and its one retry
 	if _, err := b.Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the waiter back in line", func() bool { return !wrap.armed.Load() && queueLength(t, a, "lab") == 1 })
+	waitFor(t, "the waiter back in line", func() bool { return wrap.left.Load() <= 0 && queueLength(t, a, "lab") == 1 })
 	cancel()
 	<-got
-	a.recheck(t.Context())
+	a.rechecker.pass(t.Context())
 	var active int
 	if err := b.pool.QueryRow(t.Context(), `SELECT count(*) FROM devalloc.leases WHERE owner = 'w' AND released_at IS NULL`).Scan(&active); err != nil {
 		t.Fatal(err)

@@ -344,3 +344,56 @@ func TestUnprobedPartialReadAndItsRetryAnswerTheSameLease(t *testing.T) {
 			r.lease.ID, r.lease.Active(), len(r.lease.Group), rr.ID, rr.Active(), rr.EndReason, len(rr.Group))
 	}
 }
+
+// The eighth read: a keyed unprobed group read back short is answered with
+// what its replay answers; when that replay failed (a lost connection, a
+// timeout), the code went on and answered 201 with the survivors, a group
+// of 1 for Count 2. Now the failure is the answer (transient) and the
+// leases stay for the retry's replay.
+func TestKeyedShortReadWhoseReplayFailsIsNoPartialGroup(t *testing.T) {
+	url := newDB(t)
+	fail := &failNamed{name: "GetLeaseByIdempotencyKey"}
+	wrap := &beforeWaiterLeasesDB{}
+	a := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
+		fail.DBTX = p
+		wrap.DBTX = fail
+		return wrap
+	})
+	b := newAllocator(t, url, testConfig(&fakeProber{}))
+	big := Labels{"blob": strings.Repeat("x", 5000)}
+	mustCreate(t, b, "d1", "lab", "h:1", big)
+	mustCreate(t, b, "d2", "lab", "h:2", big)
+	h1 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
+	h2 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
+
+	req := keyed("w", "k", "lab", 20*time.Second)
+	req.Count = 2
+	req.TTL = time.Hour
+	got := goAcquire(t.Context(), a, req)
+	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	wrap.mu.Lock()
+	wrap.before = func() {
+		var id string
+		if err := b.pool.QueryRow(context.Background(), `SELECT id FROM devalloc.leases
+			WHERE owner = 'w' AND released_at IS NULL AND device_name = 'd2'`).Scan(&id); err != nil {
+			t.Errorf("lease on d2: %v", err)
+			return
+		}
+		if _, err := b.Revoke(context.Background(), mustUUID(t, id)); err != nil {
+			t.Errorf("revoke: %v", err)
+		}
+		fail.left.Store(1)
+	}
+	wrap.mu.Unlock()
+	if _, err := b.Release(t.Context(), h1.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Release(t.Context(), h2.ID); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	t.Logf("acquire: lease %s on %s replayed=%v err=%v group of %d", r.lease.ID, r.lease.Device.Name, r.replayed, r.err, len(r.lease.Group))
+	if r.err == nil && len(r.lease.Group) != 2 {
+		t.Errorf("a request for a group of 2 was answered 201 with a group of %d (the key's replay failed once)", len(r.lease.Group))
+	}
+}

@@ -415,7 +415,7 @@ func TestStrandedKeyedWaitersPendingHandoffIsGivenBack(t *testing.T) {
 		id).Scan(&handed, &pending); err != nil || !pending {
 		t.Fatalf("the lease handed to the stranded row: pending %v (%v), want pending", pending, err)
 	}
-	a.recheck(t.Context())
+	a.rechecker.pass(t.Context())
 	if l, err := a.GetLease(t.Context(), handed); err != nil || l.Active() {
 		t.Fatalf("the stranded row's pending lease: active %v (%v), want given back", l.Active(), err)
 	}

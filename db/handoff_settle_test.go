@@ -221,7 +221,7 @@ func TestGiveBackRacingALostConfirmNeverEndsTheConfirmedLease(t *testing.T) {
 	if w := <-waiting; w.err == nil {
 		t.Fatalf("the waiter was answered with lease %s; want the lost confirm's error", w.lease.ID)
 	}
-	a.recheck(t.Context())
+	a.rechecker.pass(t.Context())
 	select {
 	case <-race.raced:
 	case <-time.After(10 * time.Second):

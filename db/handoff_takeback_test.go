@@ -204,8 +204,8 @@ func TestPartialTakeBackOfAGroupIsFinishedByTheRecheck(t *testing.T) {
 	wrap.mu.Unlock()
 	r, _, err := c.AcquireOrReplay(t.Context(), req)
 	t.Logf("retry 2: lease %s (group of %d) err=%v", r.ID, len(r.Group), err)
-	c.recheck(t.Context())
-	b.recheck(t.Context())
+	c.rechecker.pass(t.Context())
+	b.rechecker.pass(t.Context())
 	rows, err := b.pool.Query(t.Context(), `SELECT id, device_name, idempotency_key IS NOT NULL FROM devalloc.leases
 		WHERE owner = 'w' AND released_at IS NULL AND handoff_pending`)
 	if err != nil {

@@ -88,7 +88,7 @@ func started(t testing.TB, a *Allocator, pool *pgxpool.Pool) *Allocator {
 // useQueries makes a, and each of its services, run their queries as q.
 func (a *Allocator) useQueries(q *dbsqlc.Queries) {
 	a.q = q
-	a.reaper.q, a.health.q, a.pruner.q = q, q, q
+	a.reaper.q, a.health.q, a.pruner.q, a.rechecker.q = q, q, q, q
 }
 
 // newAllocatorThrough is newAllocator (default test config) whose queries

@@ -184,7 +184,7 @@ func TestAServedJoinWhoseAnswerWasLostIsGivenBackWhenTheClientLeft(t *testing.T)
 	if r.err == nil {
 		t.Fatalf("the acquire whose client left was answered with %+v", r.lease)
 	}
-	a.recheck(t.Context())
+	a.rechecker.pass(t.Context())
 	if d := mustDevice(t, a, "d1"); d.State != StateIdle {
 		t.Fatalf("d1 after the re-check is %s (lease %v), want idle: the request it was handed to had given up", d.State, d.LeaseID)
 	}

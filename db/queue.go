@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 	"github.com/devalloc/devalloc/db/probe"
@@ -414,10 +415,22 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *wake.Wai
 			// already (and its client released a lease of it). The answer
 			// is what a replay answers, so that every answer under the key
 			// agrees, ended leases and all.
-			if lease, ok, err := a.replayWithin(ctx, req, attemptBoundSlack); err == nil && ok {
+			lease, ok, err := a.replayWithin(ctx, req, attemptBoundSlack)
+			switch {
+			case err != nil:
+				// No answer but the failure (transient): the leases stay,
+				// for the retry's replay, never part of the group.
+				return Lease{}, false, nil, fmt.Errorf("replay the handoff to waiter %s: %w", w.ID, err)
+			case ok:
 				a.stranded.answeredWith(w.ID)
 				return lease, true, nil, nil
 			}
+			// The key has no lease (only an ended pending lease gives its
+			// key up): nobody can have replayed this handoff, so it is
+			// nobody's, as an unkeyed one's.
+			a.log.Info("a handoff from the line lost a lease before it was collected; the waiter goes back in line",
+				"waiter", w.ID, "pool", req.Selector.Pool, "handed", len(leases), "count", req.Count)
+			return Lease{}, false, leases, nil
 		} else {
 			// Pending (nobody's answer yet) or unkeyed (nobody else can
 			// have been told of it): confirming or answering the rest would
@@ -582,9 +595,17 @@ func (a *Allocator) probeHanded(ctx context.Context, rows []dbsqlc.WaiterLeasesR
 			continue
 		}
 		a.log.Info("device handed over from the line failed its probe; taking it offline", "device", l.DeviceName, "pool", l.Pool, "err", errs[i])
-		if _, err := a.q.FailHandedLease(stmtCtx, dbsqlc.FailHandedLeaseParams{
-			ID: l.ID, Reason: errs[i].Error(), RetryInSeconds: a.cfg.HealthBackoffMin.Seconds(),
-		}); err != nil {
+		fail := dbsqlc.FailHandedLeaseParams{ID: l.ID, Reason: errs[i].Error(), RetryInSeconds: a.cfg.HealthBackoffMin.Seconds()}
+		_, err := a.q.FailHandedLease(stmtCtx, fail)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) && stmtCtx.Err() == nil {
+			// Once more: left active, the lease would keep a keyed
+			// retry waiting on it and the device from going offline.
+			_, err = a.q.FailHandedLease(stmtCtx, fail)
+		}
+		if errors.Is(err, pgx.ErrNoRows) {
+			continue // ended meanwhile (revoked, taken back): nothing to end
+		}
+		if err != nil {
 			// The caller marks the waiter for the re-check, which gives
 			// the lease back; the waiter still goes back in line.
 			a.log.Error("could not end a lease whose device failed its probe", "lease", l.ID, "err", err)

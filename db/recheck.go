@@ -2,6 +2,8 @@ package db
 
 import (
 	"context"
+	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -9,22 +11,61 @@ import (
 	"github.com/devalloc/devalloc/db/devalloctype"
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 	"github.com/devalloc/devalloc/db/internal/jitter"
+	"github.com/devalloc/devalloc/db/internal/testsignal"
 	"github.com/devalloc/devalloc/db/wake"
 )
 
-// runRechecker looks, about once per RecheckInterval, for idle devices that
-// fit the selectors waiting here, pool by pool, and wakes waiters as if
-// each had been notified. It covers lost notifications: one query per pool
-// and instance, however many waiters there are.
-func (a *Allocator) runRechecker(ctx context.Context) {
-	timer := time.NewTimer(jitter.Spread(a.cfg.RecheckInterval))
+// rechecker looks, about once per interval (jittered) and whenever asked
+// (after a listener reconnect or a heartbeat gap, when notifications may
+// have been missed), for what the wake-ups may have lost: rows stranded in
+// line, waiters served without hearing of it, and idle devices that fit
+// the selectors waiting here, pool by pool, waking waiters as if each had
+// been notified. One query per pool, however many waiters there are.
+type rechecker struct {
+	q        *dbsqlc.Queries
+	hub      *wake.Hub
+	interval time.Duration
+	log      *slog.Logger
+	// clearStranded gives back what stranded rows were handed (the
+	// Allocator's; see strandedWaiters).
+	clearStranded func(context.Context)
+	// now asks for an immediate pass; capacity 1, so asks coalesce.
+	now chan struct{}
+	// queries counts the re-checker's queries (tests hold it to one per
+	// pool and pass).
+	queries atomic.Int64
+	// passed is signalled, for tests, after each pass.
+	passed testsignal.Signal[struct{}]
+	loop   loop
+}
+
+func newRechecker(q *dbsqlc.Queries, hub *wake.Hub, interval time.Duration, log *slog.Logger, clearStranded func(context.Context)) *rechecker {
+	return &rechecker{q: q, hub: hub, interval: interval, log: log, clearStranded: clearStranded, now: make(chan struct{}, 1)}
+}
+
+// Start runs a pass every interval, and at once when asked, until Stop.
+func (r *rechecker) Start(ctx context.Context) { r.loop.start(ctx, r.run) }
+
+// Stop ends the passes and waits for the one running.
+func (r *rechecker) Stop() { r.loop.stop() }
+
+// request asks for a full pass as soon as possible.
+func (r *rechecker) request() {
+	select {
+	case r.now <- struct{}{}:
+	default:
+	}
+}
+
+func (r *rechecker) run(ctx context.Context) {
+	timer := time.NewTimer(jitter.Spread(r.interval))
 	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
-		case <-a.recheckNow:
+		case <-r.now:
 			if !timer.Stop() {
 				select {
 				case <-timer.C:
@@ -32,19 +73,19 @@ func (a *Allocator) runRechecker(ctx context.Context) {
 				}
 			}
 		}
-		a.recheck(ctx)
-		timer.Reset(jitter.Spread(a.cfg.RecheckInterval))
+		r.pass(ctx)
+		timer.Reset(jitter.Spread(r.interval))
 	}
 }
 
-// recheck runs one pass over the pools with waiters, looks for waiters
-// here that were served (or dropped) without the news reaching them, and
-// removes stranded rows (see strandedWaiters).
-func (a *Allocator) recheck(ctx context.Context) {
-	a.clearStranded(ctx)
-	a.recheckServed(ctx)
-	for pool, selectors := range a.hub.WaitingSelectors() {
-		if !a.recheckPool(ctx, pool, selectors) {
+// pass runs one re-check: stranded rows first, then the waiters here that
+// were served (or dropped) without the news reaching them, then the pools.
+func (r *rechecker) pass(ctx context.Context) {
+	defer r.passed.Signal(struct{}{})
+	r.clearStranded(ctx)
+	r.recheckServed(ctx)
+	for pool, selectors := range r.hub.WaitingSelectors() {
+		if !r.recheckPool(ctx, pool, selectors) {
 			return
 		}
 	}
@@ -55,15 +96,15 @@ func (a *Allocator) recheck(ctx context.Context) {
 // many idle devices fit nobody. A woken waiter runs the pool's dispatch,
 // which serves the whole line. One query, whatever the number of waiters
 // or selectors; false when it failed.
-func (a *Allocator) recheckPool(ctx context.Context, pool string, selectors []Labels) bool {
-	a.recheckQueries.Add(1)
-	rows, err := a.q.IdleDevicesFitting(ctx, dbsqlc.IdleDevicesFittingParams{
+func (r *rechecker) recheckPool(ctx context.Context, pool string, selectors []Labels) bool {
+	r.queries.Add(1)
+	rows, err := r.q.IdleDevicesFitting(ctx, dbsqlc.IdleDevicesFittingParams{
 		Pool:      pool,
 		Selectors: encodeSelectors(selectors),
 	})
 	if err != nil {
 		if ctx.Err() == nil {
-			a.log.Warn("re-check of idle devices failed", "pool", pool, "err", err)
+			r.log.Warn("re-check of idle devices failed", "pool", pool, "err", err)
 		}
 		return false
 	}
@@ -72,7 +113,7 @@ func (a *Allocator) recheckPool(ctx context.Context, pool string, selectors []La
 		if labels, err := devalloctype.DecodeLabels(raw); err == nil {
 			ev.Labels, ev.LabelsKnown = labels, true
 		}
-		a.hub.Notify(ev)
+		r.hub.Notify(ev)
 	}
 	return true
 }
@@ -92,16 +133,16 @@ func encodeSelectors(selectors []Labels) []byte {
 // recheckServed wakes, as served, the waiters here whose rows left the line
 // without them hearing of it (a lost notification): one query per pass for
 // all of them. Each then reads its leases (or learns it has none).
-func (a *Allocator) recheckServed(ctx context.Context) {
-	ids := a.hub.QueuedIDs()
+func (r *rechecker) recheckServed(ctx context.Context) {
+	ids := r.hub.QueuedIDs()
 	if len(ids) == 0 {
 		return
 	}
-	a.recheckQueries.Add(1)
-	still, err := a.q.WaitersStillQueued(ctx, ids)
+	r.queries.Add(1)
+	still, err := r.q.WaitersStillQueued(ctx, ids)
 	if err != nil {
 		if ctx.Err() == nil {
-			a.log.Warn("re-check of the line failed", "err", err)
+			r.log.Warn("re-check of the line failed", "err", err)
 		}
 		return
 	}
@@ -111,7 +152,7 @@ func (a *Allocator) recheckServed(ctx context.Context) {
 	}
 	for _, id := range ids {
 		if !queued[id] {
-			a.hub.Served(id, nil)
+			r.hub.Served(id, nil)
 		}
 	}
 }

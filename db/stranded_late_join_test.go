@@ -109,7 +109,7 @@ func TestAJoinCommittingAfterTheRecheckLookedIsNotServedToNobody(t *testing.T) {
 
 	// The re-check looks for the row (not there yet), finds no lease, and
 	// settles the mark.
-	a.recheck(t.Context())
+	a.rechecker.pass(t.Context())
 	t.Logf("marks after the first pass: %v", a.stranded.snapshot())
 
 	// The lock goes; the held-up join commits.
@@ -125,7 +125,7 @@ func TestAJoinCommittingAfterTheRecheckLookedIsNotServedToNobody(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 3 {
-		a.recheck(t.Context())
+		a.rechecker.pass(t.Context())
 	}
 	var n int
 	if err := a.pool.QueryRow(t.Context(),

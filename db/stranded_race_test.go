@@ -112,11 +112,11 @@ func (m *markedWaiter) stillHeld(t *testing.T, answered Lease) {
 func TestJoinRetriedDuringARecheckKeepsTheLeaseItIsAnsweredWith(t *testing.T) {
 	m := newMarkedWaiter(t)
 	m.a.stranded.setPassRead(inOwnPass(func() { m.join(t) }))
-	m.a.recheck(ownPassCtx(t))
+	m.a.rechecker.pass(ownPassCtx(t))
 	m.a.stranded.setPassRead(nil)
 
 	answered := m.serveAndAnswer(t)
-	m.a.recheck(t.Context())
+	m.a.rechecker.pass(t.Context())
 	m.stillHeld(t, answered)
 }
 
@@ -130,10 +130,10 @@ func TestWaiterAnsweredDuringARecheckKeepsItsLease(t *testing.T) {
 		m.join(t)
 		answered = m.serveAndAnswer(t)
 	}))
-	m.a.recheck(ownPassCtx(t))
+	m.a.rechecker.pass(ownPassCtx(t))
 	m.a.stranded.setPassRead(nil)
 	m.stillHeld(t, answered)
-	m.a.recheck(t.Context())
+	m.a.rechecker.pass(t.Context())
 	m.stillHeld(t, answered)
 }
 
@@ -145,7 +145,7 @@ func TestWaiterAnsweredWithALeaseLosesItsStrandedMark(t *testing.T) {
 	// A mark made after the join succeeded (no path does this today).
 	m.a.stranded.add(m.w.ID, false)
 	answered := m.serveAndAnswer(t)
-	m.a.recheck(t.Context())
+	m.a.rechecker.pass(t.Context())
 	m.stillHeld(t, answered)
 }
 
@@ -188,7 +188,7 @@ func TestFailedGiveBackOfAStrandedLeaseIsRetried(t *testing.T) {
 	passed := make(chan struct{})
 	go func() {
 		defer close(passed)
-		a.recheck(t.Context())
+		a.rechecker.pass(t.Context())
 	}()
 	watcher, err := pgx.Connect(t.Context(), url)
 	if err != nil {
@@ -215,7 +215,7 @@ func TestFailedGiveBackOfAStrandedLeaseIsRetried(t *testing.T) {
 		t.Fatalf("d1 is %s after the cancelled give-back, want still leased", d.State)
 	}
 
-	a.recheck(t.Context())
+	a.rechecker.pass(t.Context())
 	if d := mustDevice(t, a, "d1"); d.State != StateIdle {
 		t.Fatalf("d1 is %s after a later re-check, want idle: the failed give-back was not retried", d.State)
 	}

@@ -65,7 +65,7 @@ func TestALeaseHandedToAStrandedWaiterIsGivenBackWhenItsInstanceStops(t *testing
 	a.Stop()
 
 	b := newAllocator(t, url, testConfig(&fakeProber{}))
-	b.recheck(t.Context())
+	b.rechecker.pass(t.Context())
 	if d := mustDevice(t, b, "d1"); d.State != StateIdle {
 		t.Fatalf("d1 after its instance stopped (and another's re-check) is %s (lease %v), want idle: the request it was handed to was answered %q; held by nobody until its TTL (1h)",
 			d.State, d.LeaseID, r.err)

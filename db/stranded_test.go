@@ -47,7 +47,7 @@ func TestStrandedWaiterIsClearedByTheRecheck(t *testing.T) {
 		t.Fatalf("%d active leases handed to the stranded row (%v), want 1", handed, err)
 	}
 
-	a.recheck(t.Context())
+	a.rechecker.pass(t.Context())
 	if n := queueLength(t, a, "lab"); n != 0 {
 		t.Fatalf("%d rows in line after the re-check, want 0", n)
 	}
@@ -72,7 +72,7 @@ func TestStrandedMarkYieldsToALiveWaiter(t *testing.T) {
 	w := a.hub.Join(req.Selector)
 	defer w.Leave()
 	a.stranded.add(w.ID, false)
-	a.recheck(t.Context())
+	a.rechecker.pass(t.Context())
 	if _, ok := a.stranded.snapshot()[w.ID]; !ok {
 		t.Fatal("the mark of a waiter still here was dropped by the re-check")
 	}
@@ -82,7 +82,7 @@ func TestStrandedMarkYieldsToALiveWaiter(t *testing.T) {
 	if left := a.stranded.snapshot(); len(left) != 0 {
 		t.Fatalf("still marked stranded after its join succeeded: %v", left)
 	}
-	a.recheck(t.Context())
+	a.rechecker.pass(t.Context())
 	if n := queueLength(t, a, "lab"); n != 1 {
 		t.Fatalf("%d rows in line, want the waiter's own", n)
 	}
