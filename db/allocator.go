@@ -49,6 +49,7 @@ type Allocator struct {
 	health    *healthChecker
 	pruner    *pruner
 	rechecker *rechecker
+	keeper    *instanceKeeper
 	// instanceID is this instance's row in devalloc.instances, 0 until its
 	// listener first connects (see claimLiveness).
 	instanceID atomic.Int64
@@ -81,6 +82,8 @@ func New(pool *pgxpool.Pool, cfg Config) *Allocator {
 		handedOver: a.notifier.HandedOver, log: a.log}
 	a.pruner = &pruner{q: a.q, interval: cfg.PruneInterval, retention: cfg.HistoryRetention, log: a.log}
 	a.rechecker = newRechecker(a.q, a.hub, cfg.RecheckInterval, a.log, a.clearStranded)
+	a.keeper = &instanceKeeper{q: a.q, interval: cfg.HeartbeatInterval, silentAfter: a.silentAfter(),
+		probeTimeout: a.registeredProbeTimeout(), id: &a.instanceID, requestRecheck: a.requestRecheck, log: a.log}
 	listenTo := cfg.ListenConnConfig
 	if listenTo == nil {
 		listenTo = pool.Config().ConnConfig
@@ -108,7 +111,8 @@ func (a *Allocator) Start(ctx context.Context) error {
 	a.health.Start(ctx)
 	a.pruner.Start(ctx)
 	a.rechecker.Start(ctx)
-	services := []func(context.Context){a.listener.Run, a.notifier.Run, a.runInstanceKeeper}
+	a.keeper.Start(ctx)
+	services := []func(context.Context){a.listener.Run, a.notifier.Run}
 	for _, run := range services {
 		a.running.Add(1)
 		go func() {
@@ -135,6 +139,7 @@ func (a *Allocator) Stop() {
 		stop()
 	}
 	a.running.Wait()
+	a.keeper.Stop()
 	// Idempotent acquires run on their own goroutines; draining ended
 	// their waits, so they finish within one attempt.
 	a.flights.running.Wait()

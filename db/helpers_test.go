@@ -73,7 +73,14 @@ func newAllocator(t testing.TB, url string, cfg Config) *Allocator {
 // is up (the instance is ready).
 func started(t testing.TB, a *Allocator, pool *pgxpool.Pool) *Allocator {
 	t.Helper()
+	// Every test signal, before the services start (Init is not safe
+	// against a running service); unread ones cost a buffered send.
 	a.listener.Connects.Init()
+	a.keeper.beat.Init()
+	a.keeper.forgot.Init()
+	a.rechecker.passed.Init()
+	a.reaper.passed.Init()
+	a.health.passed.Init()
 	if err := a.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +95,7 @@ func started(t testing.TB, a *Allocator, pool *pgxpool.Pool) *Allocator {
 // useQueries makes a, and each of its services, run their queries as q.
 func (a *Allocator) useQueries(q *dbsqlc.Queries) {
 	a.q = q
-	a.reaper.q, a.health.q, a.pruner.q, a.rechecker.q = q, q, q, q
+	a.reaper.q, a.health.q, a.pruner.q, a.rechecker.q, a.keeper.q = q, q, q, q, q
 }
 
 // newAllocatorThrough is newAllocator (default test config) whose queries

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 	"github.com/devalloc/devalloc/db/internal/jitter"
+	"github.com/devalloc/devalloc/db/internal/testsignal"
 	"github.com/devalloc/devalloc/db/wake"
 )
 
@@ -110,7 +113,7 @@ func (a *Allocator) silentAfter() time.Duration {
 	return 3 * a.cfg.HeartbeatInterval
 }
 
-// runInstanceKeeper marks this instance alive every HeartbeatInterval and
+// instanceKeeper marks this instance alive every interval (jittered) and
 // removes instances that stopped or were cut off (with their waiters, which
 // the line has been skipping since; see ForgetGoneInstances). On stop it
 // removes this instance's own row.
@@ -119,19 +122,42 @@ func (a *Allocator) silentAfter() time.Duration {
 // instances may be skipping this one's waiters: devices freed meanwhile go
 // to others or stay idle, and nothing will tell these waiters. So when the
 // heartbeat succeeds again after such a gap (or had to put the row back,
-// which took the waiters' rows with it), a full re-check runs: it wakes the
-// waiters whose rows went (they rejoin at their old places) and the others
-// to dispatch the idle devices they fit.
-func (a *Allocator) runInstanceKeeper(ctx context.Context) {
+// which took the waiters' rows with it), it asks for a full re-check: that
+// wakes the waiters whose rows went (they rejoin at their old places) and
+// the others to dispatch the idle devices they fit.
+type instanceKeeper struct {
+	q        *dbsqlc.Queries
+	interval time.Duration
+	// silentAfter is this instance's bound (see Allocator.silentAfter),
+	// probeTimeout what it registers (registeredProbeTimeout).
+	silentAfter, probeTimeout time.Duration
+	// id is this instance's row, 0 until its listener first connects.
+	id             *atomic.Int64
+	requestRecheck func()
+	log            *slog.Logger
+	// beat is signalled, for tests, after each heartbeat that went through;
+	// forgot with how many gone instances a pass removed (when any).
+	beat   testsignal.Signal[struct{}]
+	forgot testsignal.Signal[int64]
+	loop   loop
+}
+
+// Start beats every interval until Stop.
+func (k *instanceKeeper) Start(ctx context.Context) { k.loop.start(ctx, k.run) }
+
+// Stop ends the heartbeats, removes this instance's row and waits.
+func (k *instanceKeeper) Stop() { k.loop.stop() }
+
+func (k *instanceKeeper) run(ctx context.Context) {
 	defer func() {
-		id := a.instanceID.Load()
+		id := k.id.Load()
 		if id == 0 {
 			return
 		}
 		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 		defer cancel()
-		if err := a.q.DeregisterInstance(stopCtx, id); err != nil {
-			a.log.Warn("could not deregister instance; others remove it later", "instance", id, "err", err)
+		if err := k.q.DeregisterInstance(stopCtx, id); err != nil {
+			k.log.Warn("could not deregister instance; others remove it later", "instance", id, "err", err)
 		}
 	}()
 	lastBeat := time.Now() // registration wrote seen_at
@@ -140,45 +166,47 @@ func (a *Allocator) runInstanceKeeper(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(jitter.Spread(a.cfg.HeartbeatInterval)):
+		case <-time.After(jitter.Spread(k.interval)):
 		}
-		if id := a.instanceID.Load(); id != 0 {
+		if id := k.id.Load(); id != 0 {
 			started := time.Now()
-			recreated, err := a.heartbeat(ctx, id)
+			recreated, err := k.heartbeat(ctx, id)
 			switch {
 			case err != nil && ctx.Err() == nil:
-				a.log.Warn("instance heartbeat failed", "instance", id, "err", err)
-				if !warned && time.Since(lastBeat) > a.silentAfter() {
+				k.log.Warn("instance heartbeat failed", "instance", id, "err", err)
+				if !warned && time.Since(lastBeat) > k.silentAfter {
 					warned = true
-					a.log.Warn("heartbeat failing past its bound: other instances skip this instance's waiters until it resumes",
-						"instance", id, "silent_for", time.Since(lastBeat).Round(time.Millisecond), "bound", a.silentAfter())
+					k.log.Warn("heartbeat failing past its bound: other instances skip this instance's waiters until it resumes",
+						"instance", id, "silent_for", time.Since(lastBeat).Round(time.Millisecond), "bound", k.silentAfter)
 				}
 			case err == nil:
 				// Since the last beat was sent: at least as long as the line
 				// went without one from this instance.
-				if gap := time.Since(lastBeat); recreated || gap > a.silentAfter()/2 {
-					a.log.Warn("heartbeat resumed after a gap; re-checking this instance's waiters",
+				if gap := time.Since(lastBeat); recreated || gap > k.silentAfter/2 {
+					k.log.Warn("heartbeat resumed after a gap; re-checking this instance's waiters",
 						"instance", id, "gap", gap.Round(time.Millisecond), "row_recreated", recreated)
-					a.requestRecheck()
+					k.requestRecheck()
 				}
 				lastBeat, warned = started, false
+				k.beat.Signal(struct{}{})
 			}
 		}
-		n, err := a.q.ForgetGoneInstances(ctx, a.silentAfter().Seconds())
+		n, err := k.q.ForgetGoneInstances(ctx, k.silentAfter.Seconds())
 		if err != nil && ctx.Err() == nil {
-			a.log.Warn("removing gone instances failed", "err", err)
+			k.log.Warn("removing gone instances failed", "err", err)
 		}
 		if n > 0 {
-			a.log.Info("removed instances that stopped or were cut off, with their waiters", "instances", n)
+			k.log.Info("removed instances that stopped or were cut off, with their waiters", "instances", n)
+			k.forgot.Signal(n)
 		}
 	}
 }
 
 // heartbeat marks the instance alive, putting its row back if another
 // instance removed it; recreated says it had to.
-func (a *Allocator) heartbeat(ctx context.Context, id int64) (recreated bool, err error) {
-	return a.q.InstanceHeartbeat(ctx, dbsqlc.InstanceHeartbeatParams{
-		ID: id, Name: instanceName(), SilentSeconds: a.silentAfter().Seconds(), ProbeSeconds: a.registeredProbeTimeout().Seconds(),
+func (k *instanceKeeper) heartbeat(ctx context.Context, id int64) (recreated bool, err error) {
+	return k.q.InstanceHeartbeat(ctx, dbsqlc.InstanceHeartbeatParams{
+		ID: id, Name: instanceName(), SilentSeconds: k.silentAfter.Seconds(), ProbeSeconds: k.probeTimeout.Seconds(),
 	})
 }
 
@@ -207,7 +235,7 @@ const sqlstateForeignKeyViolation = "23503"
 // The instance's other waiters lost their rows with it: a re-check wakes
 // them to rejoin at their places.
 func (a *Allocator) restoreInstance(ctx context.Context, id int64) error {
-	recreated, err := a.heartbeat(ctx, id)
+	recreated, err := a.keeper.heartbeat(ctx, id)
 	if err != nil {
 		return fmt.Errorf("put back the row of instance %d: %w", id, err)
 	}

@@ -349,7 +349,12 @@ func TestDeadInstanceWaitersAreNeverServed(t *testing.T) {
 	if err := a.pool.QueryRow(t.Context(), `SELECT count(*) FROM devalloc.leases WHERE waiter_id = ANY($1)`, deadWaiters).Scan(&handed); err != nil || handed != 0 {
 		t.Fatalf("%d leases handed to a dead instance's waiters (%v)", handed, err)
 	}
-	waitFor(t, "the dead instance's rows to go", func() bool { return queueLength(t, a, "lab") == 0 })
+	if n := a.keeper.forgot.Wait(t, "the dead instance removed", 10*time.Second); n != 1 {
+		t.Fatalf("the keeper removed %d instances, want the dead one", n)
+	}
+	if n := queueLength(t, a, "lab"); n != 0 {
+		t.Fatalf("%d rows in line after the dead instance was removed, want 0 (its waiters go with it)", n)
+	}
 }
 
 // With ProbeOnHandoff a device handed over from the line is probed by the

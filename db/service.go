@@ -26,9 +26,10 @@ func (l *loop) start(ctx context.Context, run func(context.Context)) {
 		return
 	}
 	ctx, l.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	l.done = make(chan struct{})
+	done := make(chan struct{}) // the goroutine's own: stop clears l.done
+	l.done = done
 	go func() {
-		defer close(l.done)
+		defer close(done)
 		run(ctx)
 	}()
 }
