@@ -83,7 +83,7 @@ func TestALeaseAbandonedByALeavingClientIsGivenBackEvenIfTheFirstTryFails(t *tes
 		cut.mu.Unlock()
 	}
 	got := goAcquire(ctx, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second, TTL: time.Hour})
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	leave()
 	r := <-got
 	if r.err == nil {

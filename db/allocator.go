@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
+	"github.com/devalloc/devalloc/db/internal/testsignal"
 	"github.com/devalloc/devalloc/db/wake"
 )
 
@@ -50,6 +51,9 @@ type Allocator struct {
 	pruner    *pruner
 	rechecker *rechecker
 	keeper    *instanceKeeper
+	// joined is signalled, for tests, each time a request of this
+	// instance is in line (joined or rejoined).
+	joined testsignal.Signal[joinedLine]
 	// instanceID is this instance's row in devalloc.instances, 0 until its
 	// listener first connects (see claimLiveness).
 	instanceID atomic.Int64

@@ -106,7 +106,7 @@ func TestForcedDeleteOfALeasedDeviceHandsItToNobody(t *testing.T) {
 	mustCreate(t, a, "x", "lab", "h:1", nil)
 	lease := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
 	waiting := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 2 * time.Second})
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	if err := a.DeleteDevice(t.Context(), "x", true); err != nil {
 		t.Fatalf("forced delete of a leased device: %v", err)
 	}

@@ -102,7 +102,7 @@ func TestDrainSetDuringAHandoverSurvives(t *testing.T) {
 			}
 			held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, TTL: ttl})
 			waiting := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 30 * time.Second, Owner: "w"})
-			waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+			awaitJoin(t, a, "w")
 			if end == "expiry" {
 				waitFor(t, "the lease to lapse", func() bool {
 					var due bool

@@ -25,7 +25,7 @@ func TestReleaseSucceedsWhenADirectAcquireTakesTheWaitersKey(t *testing.T) {
 	h1 := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
 	h2 := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
 	waiting := goAcquire(t.Context(), a, keyed("alice", "k", "lab", 5*time.Second))
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "alice")
 
 	// The retry's direct grant of d2, open before its commit: d2 is freed
 	// under the table's nose (a DBA's session stands in for the instance
@@ -191,9 +191,9 @@ func releaseAfterTwoConflicts(t *testing.T, count int, release func(*Allocator, 
 	h2 := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
 	h3 := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
 	first := goAcquire(t.Context(), a, keyed("alice", "k1", "lab", 8*time.Second))
-	waitFor(t, "the first waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "alice")
 	second := goAcquire(t.Context(), a, keyed("alice", "k2", "lab", 8*time.Second))
-	waitFor(t, "the second waiter in line", func() bool { return queueLength(t, a, "lab") == 2 })
+	awaitJoin(t, a, "alice")
 
 	g1 := openRetryGrant(t, url, h2, "alice", "k1")
 	g2 := openRetryGrant(t, url, h3, "alice", "k2")

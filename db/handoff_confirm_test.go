@@ -81,7 +81,7 @@ func TestPartialGroupIsNeverConfirmed(t *testing.T) {
 	req.Count = 2
 	req.TTL = time.Hour
 	got := goAcquire(t.Context(), a, req)
-	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 
 	var revoked uuid.UUID
 	wrap.mu.Lock()
@@ -166,7 +166,7 @@ func TestTakeBackCutBetweenItsStatementsNeverLeavesAPartialGroupToConfirm(t *tes
 	req.Count = 2
 	req.TTL = time.Hour
 	got := goAcquire(t.Context(), a, req)
-	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 
 	retried := make(chan result, 1)
 	wrapA.mu.Lock()
@@ -232,7 +232,7 @@ func TestUnkeyedClientLeavingDuringConfirmLeavesNoLease(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	got := goAcquire(ctx, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second, TTL: time.Hour})
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	prober.hold("h:dev")
 	if _, err := b.Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)
@@ -380,7 +380,7 @@ func TestRenewOfAPendingHandoffPastItsFirstTTLIsNotToldItEnded(t *testing.T) {
 	mustCreate(t, a, "dev", "lab", "h:dev", nil)
 	held := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
 	got := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second, TTL: time.Second})
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	prober.hold("h:dev")
 	if _, err := b.Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)
@@ -457,7 +457,7 @@ func TestRenewRacingTheConfirmIsNotToldExpired(t *testing.T) {
 	mustCreate(t, a, "dev", "lab", "h:dev", nil)
 	held := mustAcquire(t, c, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
 	got := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second, TTL: time.Hour})
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	prober.hold("h:dev")
 	if _, err := c.Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)

@@ -42,7 +42,7 @@ func TestUnprobedPartialReadNeverEndsAGroupAReplayAnswered(t *testing.T) {
 	req.Count = 2
 	req.TTL = time.Hour
 	got := goAcquire(t.Context(), a, req)
-	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 
 	replayed := make(chan result, 1)
 	wrap.mu.Lock()
@@ -118,7 +118,7 @@ func TestUnprobedPartialReadNeverGivesBackItsAnswer(t *testing.T) {
 	req.Count = 2
 	req.TTL = time.Hour
 	got := goAcquire(t.Context(), a, req)
-	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	wrap.mu.Lock()
 	wrap.before = func() {
 		// An admin revokes the group's lease that does not carry the key.
@@ -182,7 +182,7 @@ func TestUnprobedPartialReadWithTheKeysLeaseRevoked(t *testing.T) {
 	req.Count = 2
 	req.TTL = time.Hour
 	got := goAcquire(t.Context(), a, req)
-	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	wrap.mu.Lock()
 	wrap.before = func() {
 		// An admin revokes the group's lease that carries the key.
@@ -259,7 +259,7 @@ func TestUnkeyedUnprobedPartialGroupIsNoAnswer(t *testing.T) {
 
 	req := AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second, TTL: time.Hour, Count: 2}
 	got := goAcquire(t.Context(), a, req)
-	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	wrap.mu.Lock()
 	wrap.before = func() {
 		var id string
@@ -308,7 +308,7 @@ func TestUnprobedPartialReadAndItsRetryAnswerTheSameLease(t *testing.T) {
 	req.Count = 2
 	req.TTL = time.Hour
 	got := goAcquire(t.Context(), a, req)
-	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	var keyDev string
 	wrap.mu.Lock()
 	wrap.before = func() {
@@ -370,7 +370,7 @@ func TestKeyedShortReadWhoseReplayFailsIsNoPartialGroup(t *testing.T) {
 	req.Count = 2
 	req.TTL = time.Hour
 	got := goAcquire(t.Context(), a, req)
-	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	wrap.mu.Lock()
 	wrap.before = func() {
 		var id string

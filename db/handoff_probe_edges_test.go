@@ -39,7 +39,7 @@ func TestRenewOfAPendingHandoffIsRefused(t *testing.T) {
 	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
 
 	original := goAcquire(t.Context(), a, keyed("w", "k", "lab", 20*time.Second))
-	waitFor(t, "the original in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	prober.hold("h:dev")
 	if _, err := a.Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)
@@ -91,7 +91,7 @@ func TestHandoffIsNeverAnsweredWithALapsedLease(t *testing.T) {
 
 	req := AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second, TTL: time.Second}
 	got := goAcquire(t.Context(), a, req)
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	if _, err := b.Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestClientLeavingDuringHandoffProbeKeepsTheDeviceOnline(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	got := goAcquire(ctx, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second})
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	prober.hold("h:dev")
 	if _, err := b.Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)

@@ -207,7 +207,7 @@ func TestHandoffRevokedDuringItsProbeIsNeverTheAnswer(t *testing.T) {
 	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
 
 	waiting := goAcquire(t.Context(), a, keyed("w", "k", "lab", 20*time.Second))
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	prober.hold("h:dev")
 	if _, err := a.Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)
@@ -261,7 +261,7 @@ func TestPendingLeaseThatEndsUnsettledIsNeverReplayed(t *testing.T) {
 	req := keyed("w", "k", "lab", 20*time.Second)
 	req.TTL = time.Second
 	waiting := goAcquire(t.Context(), a, req)
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	prober.hold("h:dev")
 	if _, err := a.Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)
@@ -442,7 +442,7 @@ func TestKeyedGroupIsAnsweredWithTheLeaseItsRetryReplays(t *testing.T) {
 	req := keyed("w", "k", "lab", 20*time.Second)
 	req.Count = 2
 	waiting := goAcquire(t.Context(), a, req)
-	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	for _, name := range []string{"b2", "a1"} { // b2 idle first: its lease is granted first
 		if _, err := a.Release(t.Context(), byName[name].ID); err != nil {
 			t.Fatal(err)

@@ -46,7 +46,7 @@ func TestDirectGrantBehindAPendingHandoffThatFailsGetsALiveDevice(t *testing.T) 
 	retry := goAcquire(t.Context(), b, keyed("w", "k", "lab", 20*time.Second))
 	proberB.awaitProbe(t, "h:spare")
 	waiting := goAcquire(t.Context(), a, keyed("w", "k", "lab", 20*time.Second))
-	waitFor(t, "the first request in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	proberA.hold("h:flaky")
 	if _, err := a.Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)
@@ -211,7 +211,7 @@ func TestGiveBackRacingALostConfirmNeverEndsTheConfirmedLease(t *testing.T) {
 	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
 
 	waiting := goAcquire(t.Context(), a, keyed("w", "k", "lab", 20*time.Second))
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	race.mu.Lock()
 	race.armed = true
 	race.mu.Unlock()

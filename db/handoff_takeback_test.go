@@ -39,7 +39,7 @@ func TestKeyReuseNeverTakesBackTheOriginalsHandoff(t *testing.T) {
 	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
 
 	original := goAcquire(t.Context(), a, keyed("w", "k", "lab", 20*time.Second))
-	waitFor(t, "the original in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	prober.hold("h:dev")
 	if _, err := a.Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)
@@ -109,7 +109,7 @@ func TestKeyReuseWithAnotherCountNeverTakesBackAGroup(t *testing.T) {
 	req := keyed("w", "k", "lab", 20*time.Second)
 	req.Count = 4
 	original := goAcquire(t.Context(), a, req)
-	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	for _, l := range held {
 		if _, err := b.Release(t.Context(), l.ID); err != nil {
 			t.Fatal(err)
@@ -290,7 +290,7 @@ func TestHandoffToAKeyedRequestWhoseClientLeftIsProbedBeforeItIsConfirmed(t *tes
 
 	ctx, cancel := context.WithCancel(t.Context())
 	waiting := goAcquire(ctx, a, keyed("w", "k", "lab", 20*time.Second))
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	handed := make(chan error, 1)
 	wrap.mu.Lock()
 	wrap.before = func() {

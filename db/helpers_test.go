@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -81,6 +82,7 @@ func started(t testing.TB, a *Allocator, pool *pgxpool.Pool) *Allocator {
 	a.rechecker.passed.Init()
 	a.reaper.passed.Init()
 	a.health.passed.Init()
+	a.joined.Init()
 	if err := a.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -213,3 +215,50 @@ func dbaLock(t *testing.T, url, table, mode string) pgx.Tx {
 	}
 	return tx
 }
+
+// awaitJoin waits until a request of owner is in the line at a (its row
+// committed and still there): the join's signal, not a poll of the line.
+// Joins of other owners at a are kept for their own waits; a join whose row
+// has left the line already (an earlier request of owner that gave up, or
+// was served) is passed over.
+func awaitJoin(t testing.TB, a *Allocator, owner string) uuid.UUID {
+	t.Helper()
+	v, _ := joinsSeen.LoadOrStore(a, &seenJoins{})
+	seen := v.(*seenJoins)
+	seen.mu.Lock()
+	defer seen.mu.Unlock()
+	stillInLine := func(j joinedLine) bool {
+		var in bool
+		if err := a.pool.QueryRow(t.Context(), `SELECT EXISTS (SELECT 1 FROM devalloc.waiters WHERE id = $1)`, j.Waiter).Scan(&in); err != nil {
+			t.Fatalf("is waiter %s in line: %v", j.Waiter, err)
+		}
+		return in
+	}
+	for i := 0; i < len(seen.joins); i++ {
+		if j := seen.joins[i]; j.Owner == owner {
+			seen.joins = append(seen.joins[:i], seen.joins[i+1:]...)
+			i--
+			if stillInLine(j) {
+				return j.Waiter
+			}
+		}
+	}
+	for {
+		j := a.joined.Wait(t, owner+"'s request in line", 10*time.Second)
+		switch {
+		case j.Owner != owner:
+			seen.joins = append(seen.joins, j) // another owner's, for its own wait
+		case stillInLine(j):
+			return j.Waiter
+		}
+	}
+}
+
+// seenJoins keeps the joins an awaitJoin read while waiting for another
+// owner's, per allocator (joinsSeen).
+type seenJoins struct {
+	mu    sync.Mutex
+	joins []joinedLine
+}
+
+var joinsSeen sync.Map // *Allocator → *seenJoins

@@ -244,7 +244,7 @@ func TestRetryWhileWaitingJoinsTheFirstRequest(t *testing.T) {
 	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
 
 	first := goAcquire(t.Context(), a, keyed("alice", "k", "lab", 10*time.Second))
-	waitFor(t, "the first request to wait", func() bool { return a.Hub().Waiting("lab") == 1 })
+	awaitJoin(t, a, "alice")
 	retry := goAcquire(t.Context(), a, keyed("alice", "k", "lab", 10*time.Second))
 	waitFor(t, "the retry to join", func() bool { return a.flights.callersOf("alice", "k") == 2 })
 	if n := a.Hub().Waiting("lab"); n != 1 {
@@ -277,7 +277,7 @@ func TestJoinedAcquireOutlivesTheFirstCaller(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(t.Context())
 	first := goAcquire(ctx, a, keyed("alice", "k", "lab", 10*time.Second))
-	waitFor(t, "the first request to wait", func() bool { return a.Hub().Waiting("lab") == 1 })
+	awaitJoin(t, a, "alice")
 	retry := goAcquire(t.Context(), a, keyed("alice", "k", "lab", 10*time.Second))
 	waitFor(t, "the retry to join", func() bool { return a.flights.callersOf("alice", "k") == 2 })
 
@@ -310,7 +310,7 @@ func TestAcquireWithNoCallersLeftStops(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(t.Context())
 	first := goAcquire(ctx, a, keyed("alice", "k", "lab", 10*time.Second))
-	waitFor(t, "the request to wait", func() bool { return a.Hub().Waiting("lab") == 1 })
+	awaitJoin(t, a, "alice")
 	cancel()
 	if r := <-first; !errors.Is(r.err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", r.err)
@@ -339,7 +339,7 @@ func TestDifferentRequestWithAKeyInFlight(t *testing.T) {
 	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
 
 	first := goAcquire(t.Context(), a, keyed("alice", "k", "lab", 10*time.Second))
-	waitFor(t, "the first request to wait", func() bool { return a.Hub().Waiting("lab") == 1 })
+	awaitJoin(t, a, "alice")
 	other := keyed("alice", "k", "lab", 10*time.Second)
 	other.Holder = "job-2"
 	if _, err := a.Acquire(t.Context(), other); !errors.Is(err, ErrIdempotencyKeyReused) {
@@ -366,7 +366,7 @@ func TestJoinedAcquireWaitsForTheLongestWait(t *testing.T) {
 
 	start := time.Now()
 	first := goAcquire(t.Context(), a, keyed("alice", "k", "lab", time.Second))
-	waitFor(t, "the first request to wait", func() bool { return a.Hub().Waiting("lab") == 1 })
+	awaitJoin(t, a, "alice")
 	retry := goAcquire(t.Context(), a, keyed("alice", "k", "lab", 10*time.Second))
 	waitFor(t, "the retry to join", func() bool { return a.flights.callersOf("alice", "k") == 2 })
 	if left := a.flights.remainingOf("alice", "k"); left < 5*time.Second {

@@ -192,7 +192,7 @@ func TestReconnectedInstanceBeatsAtOnce(t *testing.T) {
 	mustCreate(t, a, "d1", "lab", "h:1", nil)
 	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
 	waiting := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 20 * time.Second, Owner: "w"})
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 
 	// The outage: silent past the bound, and the listener's session cut.
 	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.instances SET seen_at = now() - silent_after - interval '1 minute' WHERE id = $1`, a.instanceID.Load()); err != nil {
@@ -235,7 +235,7 @@ func TestWaitersSkippedWhileTheHeartbeatFailedAreServedWhenItResumes(t *testing.
 	mustCreate(t, a, "d1", "lab", "h:1", nil)
 	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
 	waiting := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 20 * time.Second, Owner: "w"})
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 
 	// A DBA's lock holds the heartbeat back (reads go on).
 	dba := dbaLock(t, url, "devalloc.instances", "EXCLUSIVE")

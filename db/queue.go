@@ -67,6 +67,7 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 			// was served already: the wait below collects that.
 			at = p
 			w.MarkEnqueued()
+			a.joined.Signal(joinedLine{Waiter: w.ID, Owner: req.Owner, Pool: req.Selector.Pool})
 			// A line with nothing idle for its newest member is busy; one
 			// with an idle device it fits may have emptied.
 			a.busyLines.saw(req.Selector.Pool, !fittingIdle)
@@ -178,6 +179,14 @@ func (a *Allocator) rejoinFailed(ctx context.Context, req AcquireRequest, window
 // first connection), rather than fail.
 const registrationGrace = 2 * time.Second
 
+// joinedLine is a test signal: a request of Owner is in the line of Pool
+// (its row committed) as Waiter, by a join or a rejoin.
+type joinedLine struct {
+	Waiter uuid.UUID
+	Owner  string
+	Pool   string
+}
+
 // rejoin puts a served waiter back in line at its old place (at): its
 // devices were taken back, or its row was dropped. It goes back under a new
 // id: a waiter id is served at most once (see EnqueueWaiter), which is what
@@ -189,6 +198,7 @@ func (a *Allocator) rejoin(ctx context.Context, req AcquireRequest, w *wake.Wait
 		return err
 	}
 	w.MarkEnqueued()
+	a.joined.Signal(joinedLine{Waiter: w.ID, Owner: req.Owner, Pool: req.Selector.Pool})
 	return nil
 }
 

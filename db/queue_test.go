@@ -168,7 +168,7 @@ func TestGroupAcquireAllOrNothing(t *testing.T) {
 		t.Fatalf("a failed group left %s %s", d.Name, d.State)
 	}
 	waiting := goAcquire(t.Context(), a, AcquireRequest{Selector: lab, Count: 3, Owner: "g", Wait: 10 * time.Second})
-	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "g")
 	// A single request behind the group does not take the idle devices
 	// the group is waiting to complete.
 	if _, err := a.Acquire(t.Context(), AcquireRequest{Selector: lab, Owner: "single2"}); !errors.Is(err, ErrNoDevice) {
@@ -423,7 +423,7 @@ func TestRecoveryHandsTheDeviceToTheLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	waiting := goAcquire(t.Context(), b, AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 10 * time.Second, Owner: "w"})
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, b, "w")
 	var id int64
 	if err := a.pool.QueryRow(t.Context(), `SELECT id FROM devalloc.devices WHERE name = 'd1'`).Scan(&id); err != nil {
 		t.Fatal(err)

@@ -22,7 +22,7 @@ func TestReaperLeavesAHandoffUnderProbeToItsProbe(t *testing.T) {
 	prober.hold("h:dev")
 	got := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w",
 		Wait: 20 * time.Second, TTL: time.Second})
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	if _, err := b.Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)
 	}

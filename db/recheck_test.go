@@ -51,7 +51,7 @@ func TestRecheckFindsTheOneFittingDeviceBehindManyIdleOnes(t *testing.T) {
 	waiting := goAcquire(t.Context(), a, AcquireRequest{
 		Selector: Selector{Pool: "lab", Labels: Labels{"kind": "new"}}, Wait: 5 * time.Second, Owner: "w",
 	})
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	makeIdleSilently(t, url, "new")
 	r := <-waiting
 	if r.err != nil || r.lease.Device.Name != "new" {
@@ -71,9 +71,9 @@ func TestGroupLeavingTheLineReleasesTheDevicesItHeldBack(t *testing.T) {
 	mustAcquire(t, a, AcquireRequest{Selector: lab, Owner: "single"})
 	groupCtx, leave := context.WithCancel(t.Context())
 	group := goAcquire(groupCtx, a, AcquireRequest{Selector: lab, Count: 3, Owner: "g", Wait: time.Minute})
-	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "g")
 	behind := goAcquire(t.Context(), a, AcquireRequest{Selector: lab, Owner: "w", Wait: time.Minute})
-	waitFor(t, "the single behind the group", func() bool { return queueLength(t, a, "lab") == 2 })
+	awaitJoin(t, a, "w")
 	leave()
 	if r := <-group; r.err == nil {
 		t.Fatalf("the group that left got %+v", r.lease)

@@ -19,7 +19,7 @@ func TestStrandedWaiterIsClearedByTheRecheck(t *testing.T) {
 	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
 
 	waiting := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 300 * time.Millisecond, Owner: "w"})
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	var id uuid.UUID
 	if err := a.pool.QueryRow(t.Context(), `SELECT id FROM devalloc.waiters`).Scan(&id); err != nil {
 		t.Fatal(err)
