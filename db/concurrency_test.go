@@ -203,14 +203,27 @@ func TestConcurrentInstancesNeverDoubleAllocate(t *testing.T) {
 	// Let abandoned leases expire and be reaped, then account for every device.
 	time.Sleep(400 * time.Millisecond)
 	allocs[0].reaper.pass(t.Context())
-	checkDatabaseAgrees(t, url, led.granted, int(gaveUp.Load()), devices)
+	// A request whose row could not leave the line in time (a loaded
+	// database) was answered "no device" and its row stranded; a device
+	// handed to that row meanwhile is a lease no client saw, given back by
+	// the re-check. Each mark allows one, as each client that gave up does.
+	stranded := 0
+	for _, a := range allocs {
+		a.stranded.mu.Lock()
+		stranded += int(a.stranded.made)
+		a.stranded.mu.Unlock()
+	}
+	t.Logf("%d rows stranded (their leave failed)", stranded)
+	checkDatabaseAgrees(t, url, led.granted, int(gaveUp.Load())+stranded, devices)
 }
 
 // checkDatabaseAgrees checks the database's own history: per device, no two
 // leases overlap in time; every lease is one a client was granted, or one
 // granted to a client that gave up at that very moment (ended at once by the
-// allocator); and every device is idle with no active lease.
-func checkDatabaseAgrees(t *testing.T, url string, granted map[uuid.UUID]bool, gaveUp, devices int) {
+// allocator); and every device is idle with no active lease. unseenAllowed
+// counts the requests whose grant may have gone to nobody (clients that
+// gave up, rows stranded by a failed leave).
+func checkDatabaseAgrees(t *testing.T, url string, granted map[uuid.UUID]bool, unseenAllowed, devices int) {
 	t.Helper()
 	conn, err := pgx.Connect(t.Context(), url)
 	if err != nil {
@@ -260,8 +273,8 @@ func checkDatabaseAgrees(t *testing.T, url string, granted map[uuid.UUID]bool, g
 			t.Errorf("lease %s granted to a client is not in the database", id)
 		}
 	}
-	if unseen > gaveUp {
-		t.Errorf("%d leases no client saw, but only %d clients gave up", unseen, gaveUp)
+	if unseen > unseenAllowed {
+		t.Errorf("%d leases no client saw, but only %d requests gave up or were stranded", unseen, unseenAllowed)
 	}
 	if active != 0 || idle != devices || all != devices {
 		t.Errorf("at the end: %d active leases, %d of %d devices idle (want 0, %d of %d)", active, idle, all, devices, devices)

@@ -514,7 +514,7 @@ func TestFailedEndOfAFailedHandoffIsGivenBackByTheRecheck(t *testing.T) {
 	held := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
 	ctx, cancel := context.WithCancel(t.Context())
 	got := goAcquire(ctx, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second, TTL: time.Hour})
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	prober.setDead("h:bad", true)
 	wrap.left.Store(2) // the end, and its one retry
 	if _, err := b.Release(t.Context(), held.ID); err != nil {

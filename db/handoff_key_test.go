@@ -23,13 +23,13 @@ func TestKeyedWaiterWhoseHandedDeviceFailsGetsALiveDevice(t *testing.T) {
 	prober.setDead("h:dead", true)
 
 	waiting := goAcquire(t.Context(), a, keyed("w", "k", "lab", 10*time.Second))
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	if _, err := a.Release(t.Context(), byName["dead"].ID); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the dead device offline", func() bool { return mustDevice(t, a, "dead").State == StateOffline })
 	// It keeps its place: after the failed probe it is back in line.
-	waitFor(t, "the waiter back in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	if _, err := a.Release(t.Context(), byName["good"].ID); err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func TestKeyedGroupWhoseOtherDeviceFailsGetsALiveGroup(t *testing.T) {
 	req := keyed("w", "k", "lab", 10*time.Second)
 	req.Count = 2
 	waiting := goAcquire(t.Context(), a, req)
-	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	// good1 idle first: its lease is the group's first and carries the key.
 	for _, name := range []string{"good1", "dead"} {
 		if _, err := a.Release(t.Context(), byName[name].ID); err != nil {
@@ -84,7 +84,7 @@ func TestKeyedGroupWhoseOtherDeviceFailsGetsALiveGroup(t *testing.T) {
 		}
 	}
 	waitFor(t, "the dead device offline", func() bool { return mustDevice(t, a, "dead").State == StateOffline })
-	waitFor(t, "the group back in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	if _, err := a.Release(t.Context(), byName["good2"].ID); err != nil {
 		t.Fatal(err)
 	}

@@ -114,7 +114,7 @@ func TestRetryDuringHandoffProbeIsNotAnsweredWithTheHandedLease(t *testing.T) {
 	}
 
 	waiting := goAcquire(t.Context(), a, keyed("w", "k", "lab", 20*time.Second))
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	prober.hold("h:flaky")
 	if _, err := a.Release(t.Context(), byName["flaky"].ID); err != nil {
 		t.Fatal(err)
@@ -125,7 +125,7 @@ func TestRetryDuringHandoffProbeIsNotAnsweredWithTheHandedLease(t *testing.T) {
 	notYet(t, retry, "while the handed device was under probe")
 	prober.let("h:flaky", fmt.Errorf("connection refused"))
 	waitFor(t, "the flaky device offline", func() bool { return mustDevice(t, a, "flaky").State == StateOffline })
-	waitFor(t, "the waiter back in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	if _, err := a.Release(t.Context(), byName["good"].ID); err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func TestRetryDuringHandoffProbeIsNotAnsweredWithTheHandedGroup(t *testing.T) {
 	req := keyed("w", "k", "lab", 20*time.Second)
 	req.Count = 2
 	waiting := goAcquire(t.Context(), a, req)
-	waitFor(t, "the group in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	prober.hold("h:flaky")
 	// good1 idle first: its lease is the group's first and carries the key.
 	for _, name := range []string{"good1", "flaky"} {
@@ -173,7 +173,7 @@ func TestRetryDuringHandoffProbeIsNotAnsweredWithTheHandedGroup(t *testing.T) {
 	notYet(t, retry, "while a device of the handed group was under probe")
 	prober.let("h:flaky", fmt.Errorf("connection refused"))
 	waitFor(t, "the flaky device offline", func() bool { return mustDevice(t, a, "flaky").State == StateOffline })
-	waitFor(t, "the group back in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	if _, err := a.Release(t.Context(), byName["good2"].ID); err != nil {
 		t.Fatal(err)
 	}

@@ -135,12 +135,12 @@ func TestWaitersRejoinWhenTheHeartbeatPutsTheRowBack(t *testing.T) {
 	mustCreate(t, a, "d1", "lab", "h:1", nil)
 	held := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
 	waiting := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 20 * time.Second, Owner: "w"})
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 
 	if _, err := a.pool.Exec(t.Context(), `DELETE FROM devalloc.instances WHERE id = $1`, a.instanceID.Load()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the waiter back in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	if _, err := a.Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)
 	}

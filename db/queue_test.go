@@ -374,13 +374,13 @@ func TestProbeOnHandoffSkipsADeadDevice(t *testing.T) {
 	prober.setDead("h:dead", true)
 
 	waiting := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 10 * time.Second, Owner: "w"})
-	waitFor(t, "the waiter in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	if _, err := a.Release(t.Context(), byName["dead"].ID); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the dead device offline", func() bool { return mustDevice(t, a, "dead").State == StateOffline })
 	// It goes offline first, then the waiter rejoins.
-	waitFor(t, "the waiter back in line", func() bool { return queueLength(t, a, "lab") == 1 })
+	awaitJoin(t, a, "w")
 	if _, err := a.Release(t.Context(), byName["good"].ID); err != nil {
 		t.Fatal(err)
 	}
