@@ -131,19 +131,11 @@ func (a *Allocator) Start(ctx context.Context) error {
 func (a *Allocator) Stop() {
 	a.Drain()
 	// The passes first: what they free is announced through the notifier,
-	// whose last batch goes out when it stops below.
+	// which stops last.
 	a.reaper.Stop()
 	a.health.Stop()
 	a.pruner.Stop()
 	a.rechecker.Stop()
-	a.mu.Lock()
-	stop := a.stop
-	a.mu.Unlock()
-	if stop != nil {
-		stop()
-	}
-	a.running.Wait()
-	a.keeper.Stop()
 	// Idempotent acquires run on their own goroutines; draining ended
 	// their waits, so they finish within one attempt.
 	a.flights.running.Wait()
@@ -153,6 +145,16 @@ func (a *Allocator) Stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), queueBound)
 	defer cancel()
 	a.clearStranded(ctx)
+	// Then the listener and the notifier (its last batch announces what
+	// the steps above freed), and this instance's row.
+	a.mu.Lock()
+	stop := a.stop
+	a.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	a.running.Wait()
+	a.keeper.Stop()
 }
 
 // Drain makes this instance give up its waiting acquires at once, with

@@ -797,7 +797,7 @@ COMMENT ON FUNCTION devalloc.record_device_event() IS 'Trigger: records a device
 CREATE OR REPLACE FUNCTION devalloc.served_lease(p_id uuid, p_device_id bigint, p_device_name text, p_pool text, p_owner text, p_holder text, p_fencing_token bigint, p_acquired_at timestamp with time zone, p_expires_at timestamp with time zone, p_group_id uuid, p_labels jsonb, p_address text, p_probe text)
  RETURNS json
  LANGUAGE sql
- IMMUTABLE
+ STABLE
 AS $function$
     SELECT json_build_object(
         'id', p_id, 'device_id', p_device_id, 'device_name', p_device_name, 'pool', p_pool,

@@ -17,12 +17,15 @@ $$;
 COMMENT ON FUNCTION devalloc.notify_payload_limit() IS
     'The largest NOTIFY payload devalloc sends (bytes; PostgreSQL refuses 8000 or more): a larger one is sent without its details (labels, leases) and the listener reads them.';
 
+-- STABLE, not IMMUTABLE: timestamps render in the session's TimeZone; and
+-- only a function no more volatile than its body is inlined into the
+-- statement that calls it (the release's handoff pays no call).
 -- +goose StatementBegin
 CREATE FUNCTION devalloc.served_lease(p_id uuid, p_device_id bigint, p_device_name text, p_pool text, p_owner text,
                                       p_holder text, p_fencing_token bigint, p_acquired_at timestamptz,
                                       p_expires_at timestamptz, p_group_id uuid, p_labels jsonb, p_address text,
                                       p_probe text)
-RETURNS json LANGUAGE sql IMMUTABLE AS $$
+RETURNS json LANGUAGE sql STABLE AS $$
     SELECT json_build_object(
         'id', p_id, 'device_id', p_device_id, 'device_name', p_device_name, 'pool', p_pool,
         'owner', p_owner, 'holder', p_holder, 'fencing_token', p_fencing_token,
