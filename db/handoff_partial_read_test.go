@@ -25,24 +25,11 @@ import (
 // leases, finds 1 < Count and "gives back the rest": it ends the lease on
 // d1, which the client was told it holds (201) and never released.
 func TestUnprobedPartialReadNeverEndsAGroupAReplayAnswered(t *testing.T) {
-	url := newDB(t)
-	wrap := &beforeWaiterLeasesDB{}
-	a := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
-		wrap.DBTX = p
-		return wrap
-	})
-	b := newAllocator(t, url, testConfig(&fakeProber{}))
-	big := Labels{"blob": strings.Repeat("x", 5000)}
-	mustCreate(t, b, "d1", "lab", "h:1", big)
-	mustCreate(t, b, "d2", "lab", "h:2", big)
-	h1 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-	h2 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-
 	req := keyed("w", "k", "lab", 20*time.Second)
 	req.Count = 2
 	req.TTL = time.Hour
-	got := goAcquire(t.Context(), a, req)
-	awaitJoin(t, a, "w")
+	f := newShortRead(t, req, nil)
+	a, b, wrap, got := f.a, f.b, f.wrap, f.got
 
 	replayed := make(chan result, 1)
 	wrap.mu.Lock()
@@ -65,12 +52,7 @@ func TestUnprobedPartialReadNeverEndsAGroupAReplayAnswered(t *testing.T) {
 		}
 	}
 	wrap.mu.Unlock()
-	if _, err := b.Release(t.Context(), h1.ID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Release(t.Context(), h2.ID); err != nil {
-		t.Fatal(err)
-	}
+	f.release(t)
 	rr := <-replayed
 	r := <-got
 	t.Logf("replay at b: lease %s replayed=%v err=%v group of %d", rr.lease.ID, rr.replayed, rr.err, len(rr.lease.Group))
@@ -101,24 +83,11 @@ func TestUnprobedPartialReadNeverEndsAGroupAReplayAnswered(t *testing.T) {
 // survivor, active), answers 201 with it, then abandons giveBack: the very
 // lease it answered with.
 func TestUnprobedPartialReadNeverGivesBackItsAnswer(t *testing.T) {
-	url := newDB(t)
-	wrap := &beforeWaiterLeasesDB{}
-	a := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
-		wrap.DBTX = p
-		return wrap
-	})
-	b := newAllocator(t, url, testConfig(&fakeProber{}))
-	big := Labels{"blob": strings.Repeat("x", 5000)}
-	mustCreate(t, b, "d1", "lab", "h:1", big)
-	mustCreate(t, b, "d2", "lab", "h:2", big)
-	h1 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-	h2 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-
 	req := keyed("w", "k", "lab", 20*time.Second)
 	req.Count = 2
 	req.TTL = time.Hour
-	got := goAcquire(t.Context(), a, req)
-	awaitJoin(t, a, "w")
+	f := newShortRead(t, req, nil)
+	a, b, wrap, got := f.a, f.b, f.wrap, f.got
 	wrap.mu.Lock()
 	wrap.before = func() {
 		// An admin revokes the group's lease that does not carry the key.
@@ -141,12 +110,7 @@ func TestUnprobedPartialReadNeverGivesBackItsAnswer(t *testing.T) {
 		}
 	}
 	wrap.mu.Unlock()
-	if _, err := b.Release(t.Context(), h1.ID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Release(t.Context(), h2.ID); err != nil {
-		t.Fatal(err)
-	}
+	f.release(t)
 	r := <-got
 	t.Logf("acquire: lease %s on %s replayed=%v err=%v group of %d", r.lease.ID, r.lease.Device.Name, r.replayed, r.err, len(r.lease.Group))
 	waitFlights(t, a)
@@ -165,24 +129,11 @@ func TestUnprobedPartialReadNeverGivesBackItsAnswer(t *testing.T) {
 
 // The same with the lease that carries the key revoked.
 func TestUnprobedPartialReadWithTheKeysLeaseRevoked(t *testing.T) {
-	url := newDB(t)
-	wrap := &beforeWaiterLeasesDB{}
-	a := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
-		wrap.DBTX = p
-		return wrap
-	})
-	b := newAllocator(t, url, testConfig(&fakeProber{}))
-	big := Labels{"blob": strings.Repeat("x", 5000)}
-	mustCreate(t, b, "d1", "lab", "h:1", big)
-	mustCreate(t, b, "d2", "lab", "h:2", big)
-	h1 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-	h2 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-
 	req := keyed("w", "k", "lab", 20*time.Second)
 	req.Count = 2
 	req.TTL = time.Hour
-	got := goAcquire(t.Context(), a, req)
-	awaitJoin(t, a, "w")
+	f := newShortRead(t, req, nil)
+	a, b, wrap, got := f.a, f.b, f.wrap, f.got
 	wrap.mu.Lock()
 	wrap.before = func() {
 		// An admin revokes the group's lease that carries the key.
@@ -205,12 +156,7 @@ func TestUnprobedPartialReadWithTheKeysLeaseRevoked(t *testing.T) {
 		}
 	}
 	wrap.mu.Unlock()
-	if _, err := b.Release(t.Context(), h1.ID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Release(t.Context(), h2.ID); err != nil {
-		t.Fatal(err)
-	}
+	f.release(t)
 	r := <-got
 	t.Logf("acquire: lease %s on %s replayed=%v err=%v group of %d", r.lease.ID, r.lease.Device.Name, r.replayed, r.err, len(r.lease.Group))
 	waitFlights(t, a)
@@ -244,22 +190,9 @@ func mustUUID(t *testing.T, s string) uuid.UUID {
 // collect now answers 201 with a group of 1 for Count 2 (the seventh read:
 // a condition meant for keyed handoffs exempted every unprobed one).
 func TestUnkeyedUnprobedPartialGroupIsNoAnswer(t *testing.T) {
-	url := newDB(t)
-	wrap := &beforeWaiterLeasesDB{}
-	a := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
-		wrap.DBTX = p
-		return wrap
-	})
-	b := newAllocator(t, url, testConfig(&fakeProber{}))
-	big := Labels{"blob": strings.Repeat("x", 5000)}
-	mustCreate(t, b, "d1", "lab", "h:1", big)
-	mustCreate(t, b, "d2", "lab", "h:2", big)
-	h1 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-	h2 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-
 	req := AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second, TTL: time.Hour, Count: 2}
-	got := goAcquire(t.Context(), a, req)
-	awaitJoin(t, a, "w")
+	f := newShortRead(t, req, nil)
+	b, wrap, got := f.b, f.wrap, f.got
 	wrap.mu.Lock()
 	wrap.before = func() {
 		var id string
@@ -273,12 +206,7 @@ func TestUnkeyedUnprobedPartialGroupIsNoAnswer(t *testing.T) {
 		}
 	}
 	wrap.mu.Unlock()
-	if _, err := b.Release(t.Context(), h1.ID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Release(t.Context(), h2.ID); err != nil {
-		t.Fatal(err)
-	}
+	f.release(t)
 	r := <-got
 	t.Logf("acquire: lease %s err=%v group of %d", r.lease.ID, r.err, len(r.lease.Group))
 	if r.err == nil && len(r.lease.Group) != 2 {
@@ -291,24 +219,11 @@ func TestUnkeyedUnprobedPartialGroupIsNoAnswer(t *testing.T) {
 // survivor (group of 1). A retry with the same key replays the key's lease:
 // which answer does it give?
 func TestUnprobedPartialReadAndItsRetryAnswerTheSameLease(t *testing.T) {
-	url := newDB(t)
-	wrap := &beforeWaiterLeasesDB{}
-	a := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
-		wrap.DBTX = p
-		return wrap
-	})
-	b := newAllocator(t, url, testConfig(&fakeProber{}))
-	big := Labels{"blob": strings.Repeat("x", 5000)}
-	mustCreate(t, b, "d1", "lab", "h:1", big)
-	mustCreate(t, b, "d2", "lab", "h:2", big)
-	h1 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-	h2 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-
 	req := keyed("w", "k", "lab", 20*time.Second)
 	req.Count = 2
 	req.TTL = time.Hour
-	got := goAcquire(t.Context(), a, req)
-	awaitJoin(t, a, "w")
+	f := newShortRead(t, req, nil)
+	a, b, wrap, got := f.a, f.b, f.wrap, f.got
 	var keyDev string
 	wrap.mu.Lock()
 	wrap.before = func() {
@@ -323,12 +238,7 @@ func TestUnprobedPartialReadAndItsRetryAnswerTheSameLease(t *testing.T) {
 		}
 	}
 	wrap.mu.Unlock()
-	if _, err := b.Release(t.Context(), h1.ID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Release(t.Context(), h2.ID); err != nil {
-		t.Fatal(err)
-	}
+	f.release(t)
 	r := <-got
 	t.Logf("key was on %s; first answer: lease %s on %s err=%v group of %d", keyDev, r.lease.ID, r.lease.Device.Name, r.err, len(r.lease.Group))
 	waitFlights(t, a)
@@ -351,26 +261,15 @@ func TestUnprobedPartialReadAndItsRetryAnswerTheSameLease(t *testing.T) {
 // of 1 for Count 2. Now the failure is the answer (transient) and the
 // leases stay for the retry's replay.
 func TestKeyedShortReadWhoseReplayFailsIsNoPartialGroup(t *testing.T) {
-	url := newDB(t)
 	fail := &failNamed{name: "GetLeaseByIdempotencyKey"}
-	wrap := &beforeWaiterLeasesDB{}
-	a := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
-		fail.DBTX = p
-		wrap.DBTX = fail
-		return wrap
-	})
-	b := newAllocator(t, url, testConfig(&fakeProber{}))
-	big := Labels{"blob": strings.Repeat("x", 5000)}
-	mustCreate(t, b, "d1", "lab", "h:1", big)
-	mustCreate(t, b, "d2", "lab", "h:2", big)
-	h1 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-	h2 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-
 	req := keyed("w", "k", "lab", 20*time.Second)
 	req.Count = 2
 	req.TTL = time.Hour
-	got := goAcquire(t.Context(), a, req)
-	awaitJoin(t, a, "w")
+	f := newShortRead(t, req, func(p *pgxpool.Pool) dbsqlc.DBTX {
+		fail.DBTX = p
+		return fail
+	})
+	b, wrap, got := f.b, f.wrap, f.got
 	wrap.mu.Lock()
 	wrap.before = func() {
 		var id string
@@ -385,15 +284,56 @@ func TestKeyedShortReadWhoseReplayFailsIsNoPartialGroup(t *testing.T) {
 		fail.left.Store(1)
 	}
 	wrap.mu.Unlock()
-	if _, err := b.Release(t.Context(), h1.ID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Release(t.Context(), h2.ID); err != nil {
-		t.Fatal(err)
-	}
+	f.release(t)
 	r := <-got
 	t.Logf("acquire: lease %s on %s replayed=%v err=%v group of %d", r.lease.ID, r.lease.Device.Name, r.replayed, r.err, len(r.lease.Group))
 	if r.err == nil && len(r.lease.Group) != 2 {
 		t.Errorf("a request for a group of 2 was answered 201 with a group of %d (the key's replay failed once)", len(r.lease.Group))
+	}
+}
+
+// shortRead is the set-up of a group handoff read back short: d1 and d2,
+// with labels too big for the served notice (so the waiter reads its
+// leases back), held by "other" at b; req waits for both at a, whose
+// queries go through wrap, so that a test's hook runs just before the
+// waiter reads what it was handed; release frees both devices, to req.
+type shortRead struct {
+	a, b *Allocator
+	wrap *beforeWaiterLeasesDB
+	got  <-chan result
+	held [2]Lease
+}
+
+// newShortRead builds it; under (nil: the pool) stands between a's hook
+// and the pool.
+func newShortRead(t *testing.T, req AcquireRequest, under func(*pgxpool.Pool) dbsqlc.DBTX) *shortRead {
+	t.Helper()
+	url := newDB(t)
+	f := &shortRead{wrap: &beforeWaiterLeasesDB{}}
+	f.a = newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
+		f.wrap.DBTX = p
+		if under != nil {
+			f.wrap.DBTX = under(p)
+		}
+		return f.wrap
+	})
+	f.b = newAllocator(t, url, testConfig(&fakeProber{}))
+	big := Labels{"blob": strings.Repeat("x", 5000)}
+	for i, name := range []string{"d1", "d2"} {
+		mustCreate(t, f.b, name, "lab", "h:"+name, big)
+		f.held[i] = mustAcquire(t, f.b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
+	}
+	f.got = goAcquire(t.Context(), f.a, req)
+	awaitJoin(t, f.a, req.Owner)
+	return f
+}
+
+// release frees both devices; the line hands them to req.
+func (f *shortRead) release(t *testing.T) {
+	t.Helper()
+	for _, h := range f.held {
+		if _, err := f.b.Release(t.Context(), h.ID); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
