@@ -61,27 +61,11 @@ func (d *beforeWaiterLeasesDB) Query(ctx context.Context, sql string, args ...an
 // (pending_handoff_ends / pending_group_ends), so the confirmed lease has
 // no key: a retry acquires a second group.
 func TestPartialGroupIsNeverConfirmed(t *testing.T) {
-	url := newDB(t)
-	wrap := &beforeWaiterLeasesDB{}
-	a := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
-		wrap.DBTX = p
-		return wrap
-	})
-	a.cfg.ProbeOnHandoff = true
-	b := newAllocator(t, url, testConfig(&fakeProber{}))
-	// Big labels: the served notice is outsized, so the waiter reads its
-	// leases back (as after a dispatch at its own instance or a re-check).
-	big := Labels{"blob": strings.Repeat("x", 5000)}
-	mustCreate(t, b, "d1", "lab", "h:1", big)
-	mustCreate(t, b, "d2", "lab", "h:2", big)
-	h1 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-	h2 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-
 	req := keyed("w", "k", "lab", 20*time.Second)
 	req.Count = 2
 	req.TTL = time.Hour
-	got := goAcquire(t.Context(), a, req)
-	awaitJoin(t, a, "w")
+	f := newShortReadProbed(t, req, nil, true)
+	a, b, wrap, got := f.a, f.b, f.wrap, f.got
 
 	var revoked uuid.UUID
 	wrap.mu.Lock()
@@ -99,12 +83,7 @@ func TestPartialGroupIsNeverConfirmed(t *testing.T) {
 		}
 	}
 	wrap.mu.Unlock()
-	if _, err := b.Release(t.Context(), h1.ID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Release(t.Context(), h2.ID); err != nil {
-		t.Fatal(err)
-	}
+	f.release(t)
 	r := <-got
 	t.Logf("first answer: lease %s err=%v group of %d (revoked %s)", r.lease.ID, r.err, len(r.lease.Group), revoked)
 	for _, l := range r.lease.Group {
@@ -115,7 +94,7 @@ func TestPartialGroupIsNeverConfirmed(t *testing.T) {
 			len(r.lease.Group))
 	}
 	// The retry the client would send had the answer been lost.
-	mustCreate(t, b, "d3", "lab", "h:3", big)
+	mustCreate(t, b, "d3", "lab", "h:3", outsized)
 	retry := req
 	retry.Wait = 0
 	rr, replayed, rerr := b.AcquireOrReplay(t.Context(), retry)
@@ -142,31 +121,17 @@ func TestPartialGroupIsNeverConfirmed(t *testing.T) {
 // leases in between, finds one, probes and confirms it: 201 with a group
 // of 1, keyless. (Without the cut the window is one statement wide.)
 func TestTakeBackCutBetweenItsStatementsNeverLeavesAPartialGroupToConfirm(t *testing.T) {
-	url := newDB(t)
-	wrapA := &beforeWaiterLeasesDB{}
-	a := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
-		wrapA.DBTX = p
-		return wrapA
-	})
-	a.cfg.ProbeOnHandoff = true
-	b := newAllocator(t, url, testConfig(&fakeProber{}))
+	req := keyed("w", "k", "lab", 20*time.Second)
+	req.Count = 2
+	req.TTL = time.Hour
+	f := newShortReadProbed(t, req, nil, true)
+	a, b, wrapA, got := f.a, f.b, f.wrap, f.got
 	wrapC := &failNthEndLease{n: 2}
-	c := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
+	c := newAllocatorThrough(t, f.url, func(p *pgxpool.Pool) dbsqlc.DBTX {
 		wrapC.DBTX = p
 		return wrapC
 	})
 	c.cfg.ProbeTimeout = 200 * time.Millisecond // settle bound 1.6 s for 2
-	big := Labels{"blob": strings.Repeat("x", 5000)}
-	mustCreate(t, b, "d1", "lab", "h:1", big)
-	mustCreate(t, b, "d2", "lab", "h:2", big)
-	h1 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-	h2 := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
-
-	req := keyed("w", "k", "lab", 20*time.Second)
-	req.Count = 2
-	req.TTL = time.Hour
-	got := goAcquire(t.Context(), a, req)
-	awaitJoin(t, a, "w")
 
 	retried := make(chan result, 1)
 	wrapA.mu.Lock()
@@ -184,12 +149,7 @@ func TestTakeBackCutBetweenItsStatementsNeverLeavesAPartialGroupToConfirm(t *tes
 		retried <- result{l, rep, err}
 	}
 	wrapA.mu.Unlock()
-	if _, err := b.Release(t.Context(), h1.ID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Release(t.Context(), h2.ID); err != nil {
-		t.Fatal(err)
-	}
+	f.release(t)
 	r := <-got
 	rr := <-retried
 	t.Logf("retry during the slow collect: lease %s err=%v", rr.lease.ID, rr.err)
@@ -202,7 +162,7 @@ func TestTakeBackCutBetweenItsStatementsNeverLeavesAPartialGroupToConfirm(t *tes
 		l, err := b.GetLease(t.Context(), r.lease.ID)
 		t.Logf("after the re-check at c: the answered lease %s active=%v (err %v)", l.ID, l.Active(), err)
 	}
-	mustCreate(t, b, "d3", "lab", "h:3", big)
+	mustCreate(t, b, "d3", "lab", "h:3", outsized)
 	retry := req
 	retry.Wait = 0
 	r2, replayed, err := b.AcquireOrReplay(t.Context(), retry)

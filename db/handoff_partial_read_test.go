@@ -292,12 +292,18 @@ func TestKeyedShortReadWhoseReplayFailsIsNoPartialGroup(t *testing.T) {
 	}
 }
 
+// outsized labels make a served notice too big to carry the leases: the
+// waiter reads them back (as after a dispatch at its own instance or a
+// re-check).
+var outsized = Labels{"blob": strings.Repeat("x", 5000)}
+
 // shortRead is the set-up of a group handoff read back short: d1 and d2,
 // with labels too big for the served notice (so the waiter reads its
 // leases back), held by "other" at b; req waits for both at a, whose
 // queries go through wrap, so that a test's hook runs just before the
 // waiter reads what it was handed; release frees both devices, to req.
 type shortRead struct {
+	url  string
 	a, b *Allocator
 	wrap *beforeWaiterLeasesDB
 	got  <-chan result
@@ -307,9 +313,15 @@ type shortRead struct {
 // newShortRead builds it; under (nil: the pool) stands between a's hook
 // and the pool.
 func newShortRead(t *testing.T, req AcquireRequest, under func(*pgxpool.Pool) dbsqlc.DBTX) *shortRead {
+	return newShortReadProbed(t, req, under, false)
+}
+
+// newShortReadProbed is newShortRead whose waiter probes what it is handed
+// (ProbeOnHandoff) when probes is set.
+func newShortReadProbed(t *testing.T, req AcquireRequest, under func(*pgxpool.Pool) dbsqlc.DBTX, probes bool) *shortRead {
 	t.Helper()
 	url := newDB(t)
-	f := &shortRead{wrap: &beforeWaiterLeasesDB{}}
+	f := &shortRead{url: url, wrap: &beforeWaiterLeasesDB{}}
 	f.a = newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
 		f.wrap.DBTX = p
 		if under != nil {
@@ -317,10 +329,10 @@ func newShortRead(t *testing.T, req AcquireRequest, under func(*pgxpool.Pool) db
 		}
 		return f.wrap
 	})
+	f.a.cfg.ProbeOnHandoff = probes
 	f.b = newAllocator(t, url, testConfig(&fakeProber{}))
-	big := Labels{"blob": strings.Repeat("x", 5000)}
 	for i, name := range []string{"d1", "d2"} {
-		mustCreate(t, f.b, name, "lab", "h:"+name, big)
+		mustCreate(t, f.b, name, "lab", "h:"+name, outsized)
 		f.held[i] = mustAcquire(t, f.b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "other"})
 	}
 	f.got = goAcquire(t.Context(), f.a, req)
