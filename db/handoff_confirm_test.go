@@ -243,46 +243,10 @@ func TestRecheckGiveBackAndConfirmDoNotDeadlock(t *testing.T) {
 	url := newDB(t)
 	b := newAllocator(t, url, testConfig(&fakeProber{}))
 	c := newAllocator(t, url, testConfig(&fakeProber{}))
-	for _, name := range []string{"d1", "d2"} {
-		mustCreate(t, b, name, "lab", "h:"+name, nil)
-	}
-	req := keyed("w", "k", "lab", 0)
-	req.Count = 2
-	req.TTL = time.Hour
-	first, _, err := b.AcquireOrReplay(t.Context(), req)
-	if err != nil || len(first.Group) != 2 {
-		t.Fatalf("group: %v", err)
-	}
-	lo, hi := first.Group[0].ID, first.Group[1].ID
-	if hi.String() < lo.String() {
-		lo, hi = hi, lo
-	}
+	_, lo, hi := pendingGroupKeyedOnItsFirstLock(t, b)
 	var waiter *uuid.UUID
 	if err := b.pool.QueryRow(t.Context(), `SELECT waiter_id FROM devalloc.leases WHERE id = $1`, lo).Scan(&waiter); err != nil || waiter == nil {
 		t.Fatalf("waiter_id: %v %v", waiter, err)
-	}
-	for _, q := range []string{
-		`UPDATE devalloc.leases SET handoff_pending = true WHERE owner = 'w'`,
-		`CREATE TEMP TABLE k AS SELECT idempotency_key, request_fingerprint FROM devalloc.leases WHERE owner = 'w' AND idempotency_key IS NOT NULL`,
-	} {
-		if _, err := b.pool.Exec(t.Context(), q); err != nil && !strings.Contains(q, "TEMP") {
-			t.Fatal(err)
-		}
-	}
-	conn, err := b.pool.Acquire(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Release()
-	for _, q := range []string{
-		`CREATE TEMP TABLE k2 AS SELECT idempotency_key, request_fingerprint FROM devalloc.leases WHERE owner = 'w' AND idempotency_key IS NOT NULL`,
-		`UPDATE devalloc.leases SET idempotency_key = NULL, request_fingerprint = NULL WHERE owner = 'w'`,
-		// The key on the lease of the smaller id, whose device sorts last.
-		`UPDATE devalloc.leases l SET idempotency_key = k2.idempotency_key, request_fingerprint = k2.request_fingerprint, device_name = 'zz' FROM k2 WHERE l.id = '` + lo.String() + `'`,
-	} {
-		if _, err := conn.Exec(t.Context(), q); err != nil {
-			t.Fatal(err)
-		}
 	}
 	// The waiter's confirm has locked the key's lease (id order) ...
 	tx, err := b.pool.Begin(t.Context())

@@ -156,44 +156,7 @@ func TestTakeBackAndConfirmDoNotDeadlock(t *testing.T) {
 	cfgC := testConfig(&fakeProber{})
 	cfgC.ProbeTimeout = 200 * time.Millisecond
 	c := newAllocator(t, url, cfgC)
-	for _, name := range []string{"d1", "d2"} {
-		mustCreate(t, b, name, "lab", "h:"+name, nil)
-	}
-	req := keyed("w", "k", "lab", 0)
-	req.Count = 2
-	req.TTL = time.Hour
-	first, _, err := b.AcquireOrReplay(t.Context(), req)
-	if err != nil || len(first.Group) != 2 {
-		t.Fatalf("group: %v", err)
-	}
-	lo, hi := first.Group[0].ID, first.Group[1].ID
-	if hi.String() < lo.String() {
-		lo, hi = hi, lo
-	}
-	// As handed to a waiter still probing, with the key on the lease of the
-	// smaller id whose device sorts last (one group in four or so, with
-	// random ids, is like this).
-	for _, q := range []string{
-		`UPDATE devalloc.leases SET handoff_pending = true WHERE owner = 'w'`,
-	} {
-		if _, err := b.pool.Exec(t.Context(), q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	conn, err := b.pool.Acquire(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Release()
-	for _, q := range []string{
-		`CREATE TEMP TABLE k AS SELECT idempotency_key, request_fingerprint FROM devalloc.leases WHERE owner = 'w' AND idempotency_key IS NOT NULL`,
-		`UPDATE devalloc.leases SET idempotency_key = NULL, request_fingerprint = NULL WHERE owner = 'w'`,
-		`UPDATE devalloc.leases l SET idempotency_key = k.idempotency_key, request_fingerprint = k.request_fingerprint, device_name = 'zz' FROM k WHERE l.id = '` + lo.String() + `'`,
-	} {
-		if _, err := conn.Exec(t.Context(), q); err != nil {
-			t.Fatal(err)
-		}
-	}
+	req, lo, hi := pendingGroupKeyedOnItsFirstLock(t, b)
 	tx, err := b.pool.Begin(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -225,4 +188,43 @@ func TestTakeBackAndConfirmDoNotDeadlock(t *testing.T) {
 		t.Errorf("take-back and confirm deadlocked: confirm err=%v, retry err=%v", cerr, r.err)
 	}
 	waitFlights(t, c)
+}
+
+// pendingGroupKeyedOnItsFirstLock gives "w" a keyed group of two (d1, d2)
+// at b and makes it look handed to a waiter still probing, with the key on
+// the lease of the smaller id (lo, which a confirm locks first) whose
+// device sorts last (so a give-back in device-name order reaches it
+// second): one group in four or so, with random ids, is like this.
+func pendingGroupKeyedOnItsFirstLock(t *testing.T, b *Allocator) (req AcquireRequest, lo, hi uuid.UUID) {
+	t.Helper()
+	for _, name := range []string{"d1", "d2"} {
+		mustCreate(t, b, name, "lab", "h:"+name, nil)
+	}
+	req = keyed("w", "k", "lab", 0)
+	req.Count = 2
+	req.TTL = time.Hour
+	first, _, err := b.AcquireOrReplay(t.Context(), req)
+	if err != nil || len(first.Group) != 2 {
+		t.Fatalf("group: %v", err)
+	}
+	lo, hi = first.Group[0].ID, first.Group[1].ID
+	if hi.String() < lo.String() {
+		lo, hi = hi, lo
+	}
+	var key string
+	var fingerprint []byte
+	if err := b.pool.QueryRow(t.Context(), `SELECT idempotency_key, request_fingerprint FROM devalloc.leases
+		WHERE owner = 'w' AND idempotency_key IS NOT NULL`).Scan(&key, &fingerprint); err != nil {
+		t.Fatal(err)
+	}
+	// Two statements: the key is unique per owner, checked row by row.
+	if _, err := b.pool.Exec(t.Context(), `UPDATE devalloc.leases SET handoff_pending = true, idempotency_key = NULL,
+		request_fingerprint = NULL WHERE owner = 'w'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(t.Context(), `UPDATE devalloc.leases SET idempotency_key = $2, request_fingerprint = $3,
+		device_name = 'zz' WHERE id = $1`, lo, key, fingerprint); err != nil {
+		t.Fatal(err)
+	}
+	return req, lo, hi
 }
