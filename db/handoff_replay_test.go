@@ -276,9 +276,10 @@ func TestPendingLeaseThatEndsUnsettledIsNeverReplayed(t *testing.T) {
 		handed = ls[0]
 		return true
 	})
-	// Stuck past its settle bound ((1 + 1) × the longest probe timeout, a's
-	// 10 s, + 1 s) after its expiry: the reaper ends it.
-	if _, err := b.pool.Exec(t.Context(), `UPDATE devalloc.leases SET expires_at = now() - interval '30 s' WHERE id = $1`, handed.ID); err != nil {
+	// Expired, and stuck past its settle bound ((1 + 1) × the longest probe
+	// timeout, a's 10 s, + 1 s) since the handoff: the reaper ends it.
+	if _, err := b.pool.Exec(t.Context(), `UPDATE devalloc.leases SET acquired_at = now() - interval '30 s',
+		expires_at = now() - interval '1 ms' WHERE id = $1`, handed.ID); err != nil {
 		t.Fatal(err)
 	}
 	if n := b.reaper.pass(t.Context()); n != 1 {

@@ -51,8 +51,8 @@ func TestReaperLeavesAHandoffUnderProbeToItsProbe(t *testing.T) {
 }
 
 // A handoff whose probe can no longer confirm it (its instance died during
-// the probe) is still reaped, once the settle bound has passed after its
-// expiry: no device stays pending forever.
+// the probe) is still reaped, at its expiry once the settle bound has passed
+// since the handoff: no device stays pending forever, nor much past its TTL.
 func TestReaperEndsAHandoffNobodyConfirms(t *testing.T) {
 	url := newDB(t)
 	cfg := testConfig(&fakeProber{})
@@ -63,10 +63,12 @@ func TestReaperEndsAHandoffNobodyConfirms(t *testing.T) {
 	mustCreate(t, a, "g2", "pair", "h:g2", nil)
 	solo := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", TTL: time.Hour})
 	group := mustAcquire(t, a, AcquireRequest{Selector: Selector{Pool: "pair"}, Owner: "w", Count: 2, TTL: time.Hour})
+	// Handed over ago, expired a moment ago.
 	lapse := func(id any, ago time.Duration) {
 		t.Helper()
 		if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.leases SET handoff_pending = true,
-			expires_at = now() - make_interval(secs => $2) WHERE id = $1 OR group_id = $1`, id, ago.Seconds()); err != nil {
+			acquired_at = now() - make_interval(secs => $2), expires_at = now() - interval '1 ms'
+			WHERE id = $1 OR group_id = $1`, id, ago.Seconds()); err != nil {
 			t.Fatal(err)
 		}
 	}

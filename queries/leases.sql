@@ -159,10 +159,12 @@ FROM ended LEFT JOIN freed ON true LEFT JOIN granted ON true;
 --
 -- A handoff still under its waiter's probe (handoff_pending) is left to
 -- its probe: the confirm starts its TTL over (migrations/00020), so a probe
--- slower than the TTL must not lose it. It is due only once the probe can
--- no longer confirm it, its settle bound after expires_at: (devices in its
--- group + 1) times the probe timeout + 1 s, the shape of handoffSettleBound
--- in db/idempotency.go (a waiter's instance that died mid-probe leaves it).
+-- slower than the TTL must not lose it. Past its expires_at it is due once
+-- the probe can no longer confirm it either, its settle bound after the
+-- handoff (acquired_at): (devices in its group + 1) times the probe timeout
+-- + 1 s, the shape of handoffSettleBound in db/idempotency.go. So a
+-- handoff whose waiter's instance died mid-probe ends at its expiry, as any
+-- lease, unless its TTL is shorter than that bound.
 -- The probe timeout is the longest any instance registered (the waiter's
 -- may be longer than this reaper's; migrations/00021), at least this one's;
 -- a retry's take-back still uses its own instance's (instances of one
@@ -173,7 +175,7 @@ SELECT l.id, l.expires_at
 FROM devalloc.leases l
 WHERE l.released_at IS NULL AND l.expires_at <= now()
   AND (NOT l.handoff_pending
-       OR l.expires_at + make_interval(secs => 1 + (1 + greatest(1, (SELECT count(*) FROM devalloc.leases m WHERE m.group_id = l.group_id)))
+       OR l.acquired_at + make_interval(secs => 1 + (1 + greatest(1, (SELECT count(*) FROM devalloc.leases m WHERE m.group_id = l.group_id)))
               * greatest((SELECT max(extract(epoch FROM i.probe_timeout)) FROM devalloc.instances i)::float8,
                          @probe_timeout_seconds::float8)) <= now())
   AND (l.expires_at, l.id) > (coalesce(sqlc.narg('after_expires_at')::timestamptz, '-infinity'),
