@@ -134,7 +134,7 @@ func TestWaiterWokenByReleaseOnAnotherInstance(t *testing.T) {
 			}
 			got <- err
 		}()
-		waitFor(t, "the waiter to queue", func() bool { return waiter.Hub().Waiting("lab") == 1 })
+		awaitJoin(t, waiter, "w")
 		time.Sleep(5 * time.Millisecond) // let it finish its empty first attempt
 		if _, err := holder.Release(t.Context(), held.ID); err != nil {
 			t.Fatal(err)
@@ -171,7 +171,7 @@ func TestRecheckCoversLostNotifications(t *testing.T) {
 		_, err := a.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 10 * time.Second, Owner: "w"})
 		got <- err
 	}()
-	waitFor(t, "the waiter to queue", func() bool { return a.Hub().Waiting("lab") == 1 })
+	awaitJoin(t, a, "w")
 	if _, err := silentInstance(a).Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestListenerReconnectServesWaiters(t *testing.T) {
 		_, err := a.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 10 * time.Second, Owner: "w"})
 		got <- err
 	}()
-	waitFor(t, "the waiter to queue", func() bool { return a.Hub().Waiting("lab") == 1 })
+	awaitJoin(t, a, "w")
 
 	conn, err := pgx.Connect(t.Context(), url)
 	if err != nil {
@@ -236,7 +236,7 @@ func TestCancelledWaitLeavesNothing(t *testing.T) {
 		_, err := a.Acquire(ctx, AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 10 * time.Second, Owner: "gone"})
 		got <- err
 	}()
-	waitFor(t, "the waiter to queue", func() bool { return a.Hub().Waiting("lab") == 1 })
+	awaitJoin(t, a, "gone")
 	cancel()
 	if err := <-got; !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
@@ -371,7 +371,7 @@ func TestDrainEndsWaits(t *testing.T) {
 		_, err := a.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: time.Minute, Owner: "w"})
 		got <- err
 	}()
-	waitFor(t, "the waiter to queue", func() bool { return a.Hub().Waiting("lab") == 1 })
+	awaitJoin(t, a, "w")
 	a.Drain()
 	select {
 	case err := <-got:

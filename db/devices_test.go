@@ -33,7 +33,7 @@ func TestMaintenanceTakesADeviceOutOfRotationAndBack(t *testing.T) {
 		_, err := a.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "p"}, Wait: 10 * time.Second, Owner: "o"})
 		got <- err
 	}()
-	waitFor(t, "the waiter to queue", func() bool { return a.Hub().Waiting("p") == 1 })
+	awaitJoin(t, a, "o")
 	if _, err := a.UpdateDevice(t.Context(), "x", DevicePatch{State: ptr(StateIdle)}); err != nil {
 		t.Fatal(err)
 	}

@@ -33,7 +33,7 @@ func TestDrainTakesALeasedDeviceOutWhenItsLeaseEnds(t *testing.T) {
 			_, err := a.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 500 * time.Millisecond, Owner: "w"})
 			waiting <- err
 		}()
-		waitFor(t, "the waiter to queue", func() bool { return a.Hub().Waiting("lab") == 1 })
+		awaitJoin(t, a, "w")
 		if end == "release" {
 			if _, err := a.Release(t.Context(), lease.ID); err != nil {
 				t.Fatal(err)

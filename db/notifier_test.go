@@ -112,7 +112,7 @@ func TestExpiryWakesAWaiterOnAnotherInstance(t *testing.T) {
 		_, err := waiter.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 10 * time.Second, Owner: "w"})
 		got <- err
 	}()
-	waitFor(t, "the waiter to queue", func() bool { return waiter.Hub().Waiting("lab") == 1 })
+	awaitJoin(t, waiter, "w")
 	time.Sleep(100 * time.Millisecond) // past the lease's expiry
 	if n := reaping.reaper.pass(t.Context()); n != 1 {
 		t.Fatalf("reaped %d leases, want 1", n)
@@ -163,7 +163,7 @@ func TestListenerUsesItsOwnConnConfig(t *testing.T) {
 		_, err := waiter.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 10 * time.Second, Owner: "w"})
 		got <- err
 	}()
-	waitFor(t, "the waiter to queue", func() bool { return waiter.Hub().Waiting("lab") == 1 })
+	awaitJoin(t, waiter, "w")
 	if _, err := holder.Release(t.Context(), held.ID); err != nil {
 		t.Fatal(err)
 	}

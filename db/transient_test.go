@@ -54,7 +54,7 @@ func TestWaiterSurvivesTerminatedConnections(t *testing.T) {
 		_, err := a.Acquire(t.Context(), AcquireRequest{Selector: Selector{Pool: "lab"}, Wait: 15 * time.Second, Owner: "w"})
 		got <- err
 	}()
-	waitFor(t, "the waiter to queue", func() bool { return a.Hub().Waiting("lab") == 1 })
+	awaitJoin(t, a, "w")
 
 	conn, err := pgx.Connect(t.Context(), url)
 	if err != nil {
