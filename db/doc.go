@@ -12,13 +12,15 @@
 //     answer), acquire_unprobed.go (the one-statement path), flight.go and
 //     idempotency.go (one request per key; replays, take-backs),
 //     saferetry.go and transient.go (which failures are retried or 503).
-//   - The line: queue.go (join, wait, collect what was handed, dispatch),
-//     queue_list.go (listing it), groups.go (multi-device acquires), busy.go
+//   - The line: queue.go (join, wait, leave, dispatch), handoff.go
+//     (collect what was handed: probe, confirm, answer), queue_list.go
+//     (listing it), groups.go (multi-device acquires), busy.go
 //     and satisfiable.go (when an acquire may wait at all), stranded.go
 //     (rows left behind by a failed leave or collect).
 //   - Holding and ending: leases.go (read, renew, release, revoke),
-//     endlease.go (the one EndLease call every ending goes through, and
-//     what it tells afterwards), devices.go (the registry).
+//     endlease.go (the one EndLease call every ending goes through, what it
+//     tells afterwards, and the give-back of leases nobody will hold),
+//     devices.go (the registry).
 //   - Wake-ups: package db/wake (this instance's waiters, its LISTEN
 //     connection, NOTIFY after commit, the served notice: who is told what
 //     and when); instance.go (this instance's row, heartbeat and liveness).

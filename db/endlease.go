@@ -2,8 +2,11 @@ package db
 
 import (
 	"context"
+	"errors"
+	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 )
@@ -67,4 +70,42 @@ func (a *Allocator) announceFreed(pool string, device *int64, labels []byte, sta
 	if device != nil && state != nil && *state == StateIdle {
 		a.notifier.Freed(pool, *device, labels)
 	}
+}
+
+// abandon ends a lease whose requester left before it could be handed over.
+func (a *Allocator) abandon(lease Lease) { a.abandonFrom(lease, nil) }
+
+// abandonHanded is abandon for leases the line handed to waiter: a
+// give-back that fails is retried by the re-checker.
+func (a *Allocator) abandonHanded(lease Lease, waiter uuid.UUID) { a.abandonFrom(lease, &waiter) }
+
+func (a *Allocator) abandonFrom(lease Lease, waiter *uuid.UUID) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// A lease read as pending ends only while it still is: pending, it was
+	// nobody's answer; confirmed since, it is someone's (see EndLease).
+	r, err := endLease(ctx, a.q, dbsqlc.EndLeaseParams{ID: lease.ID, EndReason: EndReleased, PendingOnly: lease.HandoffPending})
+	if err == nil {
+		a.endedLease(r)
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Ended already: a pending handoff revoked or reaped during its
+		// probe, or given back by the re-checker. Nothing to give back.
+		return
+	}
+	if err == nil {
+		return
+	}
+	if waiter != nil {
+		// Handed from the line to a waiter that is no longer anybody's
+		// (its client left, or it went back in line under a new id): the
+		// re-checker retries the give-back on its passes, as for a
+		// stranded waiter, rather than leave the device to nobody until
+		// the TTL. An unkeyed mark: these leases are nobody's answer.
+		a.log.Warn("could not end an abandoned lease; the re-check retries", "lease", lease.ID, "device", lease.Device.Name, "err", err)
+		a.stranded.add(*waiter, false)
+		return
+	}
+	// A direct grant whose client left: the reaper reclaims it at expiry.
+	a.log.Error("could not end an abandoned lease", "lease", lease.ID, "device", lease.Device.Name, "err", err)
 }
