@@ -87,21 +87,16 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *wake.Wai
 				return lease, true, nil, nil
 			}
 			// The key has no lease (only an ended pending lease gives its
-			// key up): nobody can have replayed this handoff, so it is
-			// nobody's, as an unkeyed one's.
-			a.log.Info("a handoff from the line lost a lease before it was collected; the waiter goes back in line",
-				"waiter", w.ID, "pool", req.Selector.Pool, "handed", len(leases), "count", req.Count)
-			return Lease{}, false, leases, nil
-		} else {
-			// Pending (nobody's answer yet) or unkeyed (nobody else can
-			// have been told of it): confirming or answering the rest would
-			// be 201 with less than was asked, and a pending group's key
-			// went with its ended lease. No answer: back in line, the rest
-			// given back.
-			a.log.Info("a handoff from the line lost a lease before it was collected; the waiter goes back in line",
-				"waiter", w.ID, "pool", req.Selector.Pool, "handed", len(leases), "count", req.Count)
-			return Lease{}, false, leases, nil
+			// key up): nobody can have replayed this handoff.
 		}
+		// Pending (nobody's answer yet), unkeyed (nobody else can have been
+		// told of it) or keyless now: confirming or answering the rest
+		// would be 201 with less than was asked, and a pending group's key
+		// went with its ended lease. No answer: back in line, the rest
+		// given back.
+		a.log.Info("a handoff from the line lost a lease before it was collected; the waiter goes back in line",
+			"waiter", w.ID, "pool", req.Selector.Pool, "handed", len(leases), "count", req.Count)
+		return Lease{}, false, leases, nil
 	}
 	if a.cfg.ProbeOnHandoff && (ctx.Err() == nil || req.IdempotencyKey != "") {
 		// A keyed request whose client left still probes (each probe
