@@ -228,3 +228,60 @@ func pendingGroupKeyedOnItsFirstLock(t *testing.T, b *Allocator) (req AcquireReq
 	}
 	return req, lo, hi
 }
+
+// The tenth read (migrations/00020): confirm_handoff_until took its "now"
+// before it locked the leases, so a confirm that waited on a lease's row
+// lock longer than the TTL wrote an expires_at already past, and the waiter
+// answered 201 with a lapsed lease (what 00020 meant to end). Now the TTL
+// starts once the leases are locked (migrations/00023).
+func TestConfirmWaitingOnALockStartsTheTTLAfterIt(t *testing.T) {
+	url := newDB(t)
+	prober := newHeldProber()
+	a := newAllocator(t, url, probedConfig(prober))
+	b := newAllocator(t, url, testConfig(&fakeProber{}))
+	mustCreate(t, a, "dev", "lab", "h:dev", nil)
+	held := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
+
+	prober.hold("h:dev")
+	got := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w",
+		Wait: 20 * time.Second, TTL: time.Second})
+	awaitJoin(t, a, "w")
+	if _, err := b.Release(t.Context(), held.ID); err != nil {
+		t.Fatal(err)
+	}
+	prober.awaitProbe(t, "h:dev")
+	pending := pendingLeaseOf(t, a, "w")
+
+	// Someone holds the lease's row (an admin statement, a DBA) for longer
+	// than the TTL; the confirm queues behind it.
+	tx, err := b.pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.WithoutCancel(t.Context()))
+	if _, err := tx.Exec(t.Context(), `SELECT 1 FROM devalloc.leases WHERE id = $1 FOR UPDATE`, pending); err != nil {
+		t.Fatal(err)
+	}
+	prober.let("h:dev", nil)
+	waitFor(t, "the confirm blocked on the lease", func() bool {
+		var n int
+		if err := b.pool.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND query LIKE '%confirm_handoff_until%'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n > 0
+	})
+	time.Sleep(1500 * time.Millisecond) // the lock outlasts the 1 s TTL
+	if err := tx.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	unlocked := time.Now()
+	r := <-got
+	if r.err != nil {
+		t.Fatalf("acquire: %v", r.err)
+	}
+	if !r.lease.ExpiresAt.After(unlocked) {
+		t.Errorf("201 with lease %s expiring %v, %v before the lock it waited on was let go: its 1 s TTL ran during the wait",
+			r.lease.ID, r.lease.ExpiresAt.Format(time.TimeOnly), unlocked.Sub(r.lease.ExpiresAt).Round(time.Millisecond))
+	}
+}

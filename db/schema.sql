@@ -342,7 +342,7 @@ CREATE OR REPLACE FUNCTION devalloc.confirm_handoff_until(p_leases uuid[])
 AS $function$
 DECLARE
     v_live    int;
-    v_now     timestamptz := clock_timestamp();
+    v_now     timestamptz;
     v_expires timestamptz;
 BEGIN
     -- Locked in id order, as devalloc.confirm_handoff does, so an end
@@ -354,6 +354,9 @@ BEGIN
     IF v_live < cardinality(p_leases) THEN
         RETURN NULL;
     END IF;
+    -- Now that the leases are locked: a confirm that waited on a lock
+    -- (an admin's statement, a DBA) starts the TTL after the wait.
+    v_now := clock_timestamp();
     UPDATE devalloc.leases SET handoff_pending = false, expires_at = v_now + (expires_at - acquired_at)
     WHERE id = ANY (p_leases) AND handoff_pending;
     SELECT max(expires_at) INTO v_expires FROM devalloc.leases WHERE id = ANY (p_leases);

@@ -101,16 +101,26 @@ func (n *Notifier) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			// What is left goes out before the instance stops (bounded: the
-			// database may be the reason it stops).
-			flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-			n.send(flushCtx)
-			cancel()
+			// What is left goes out before the instance stops.
+			n.flush(ctx)
 			return
 		case <-n.kick:
 		}
-		n.send(ctx)
+		n.flush(ctx)
 	}
+}
+
+// sendBound bounds one NOTIFY statement: the database may be the reason the
+// instance stops.
+const sendBound = time.Second
+
+// flush sends what is pending, within sendBound, whether or not ctx has
+// ended: a stop must not drop the batch it comes upon (a send on an ended
+// context fails at once, and select may take the kick before the stop).
+func (n *Notifier) flush(ctx context.Context) {
+	sendCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sendBound)
+	defer cancel()
+	n.send(sendCtx)
 }
 
 // send notifies everything pending. A failure loses only hints: the
@@ -124,7 +134,7 @@ func (n *Notifier) send(ctx context.Context) {
 		return
 	}
 	payloads := n.payloads(batch)
-	if _, err := n.db.Exec(ctx, `SELECT pg_notify('`+IdleChannel+`', p) FROM unnest($1::text[]) AS p`, payloads); err != nil && ctx.Err() == nil {
+	if _, err := n.db.Exec(ctx, `SELECT pg_notify('`+IdleChannel+`', p) FROM unnest($1::text[]) AS p`, payloads); err != nil {
 		n.log.Warn("notify freed devices failed; waiters elsewhere find them at their next re-check", "devices", len(batch), "err", err)
 	}
 }

@@ -1,9 +1,14 @@
 package wake
 
 import (
+	"context"
 	"encoding/json"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Batches stay under PostgreSQL's payload limit and carry every device; a
@@ -38,5 +43,41 @@ func TestNotifierPayloadsStayUnderTheLimit(t *testing.T) {
 	}
 	if len(seen) != 501 {
 		t.Fatalf("%d of 501 devices in the payloads", len(seen))
+	}
+}
+
+// recordingExecer records, for each Exec, whether its context had already
+// ended (a pool's Exec then fails at once and the batch is lost).
+type recordingExecer struct {
+	mu   sync.Mutex
+	live int
+}
+
+func (r *recordingExecer) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if ctx.Err() != nil {
+		return pgconn.CommandTag{}, ctx.Err()
+	}
+	r.live++
+	return pgconn.CommandTag{}, nil
+}
+
+// The tenth read: Allocator.Stop frees devices (the last stranded pass)
+// and then stops the notifier at once. When the kick and the stop were
+// both ready, Run could take the kick and send on the ended context: the
+// batch was dropped (32 of 64 stops), and other instances heard of those
+// devices only at their next re-check.
+func TestNotifierSendsTheLastBatchAtStop(t *testing.T) {
+	for i := range 64 {
+		ex := &recordingExecer{}
+		n := NewNotifier(ex, NewHub(), slog.New(slog.DiscardHandler))
+		n.Freed("pool", 1, []byte(`{}`))
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // stopped right after the device was freed
+		n.Run(ctx)
+		if ex.live == 0 {
+			t.Fatalf("stop %d: the last batch was not sent", i+1)
+		}
 	}
 }
