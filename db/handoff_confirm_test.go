@@ -182,23 +182,10 @@ func TestTakeBackCutBetweenItsStatementsNeverLeavesAPartialGroupToConfirm(t *tes
 // The direct grant (grant, attemptUnprobed) looks after its commit and
 // gives the lease back.
 func TestUnkeyedClientLeavingDuringConfirmLeavesNoLease(t *testing.T) {
-	url := newDB(t)
-	prober := newHeldProber()
-	a := newAllocator(t, url, probedConfig(prober))
-	b := newAllocator(t, url, testConfig(&fakeProber{}))
-	mustCreate(t, a, "dev", "lab", "h:dev", nil)
-	held := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
-
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	got := goAcquire(ctx, a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second, TTL: time.Hour})
-	awaitJoin(t, a, "w")
-	prober.hold("h:dev")
-	if _, err := b.Release(t.Context(), held.ID); err != nil {
-		t.Fatal(err)
-	}
-	prober.awaitProbe(t, "h:dev")
-	pending := pendingLeaseOf(t, a, "w")
+	f := newUnderProbe(t, ctx, time.Hour, nil)
+	b, prober, got, pending := f.b, f.prober, f.got, f.pending
 	tx, err := b.pool.Begin(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -297,20 +284,8 @@ func TestRecheckGiveBackAndConfirmDoNotDeadlock(t *testing.T) {
 // waiter's client is told 201 with that very lease: the owner was told the
 // lease ended, and then that it holds it.
 func TestRenewOfAPendingHandoffPastItsFirstTTLIsNotToldItEnded(t *testing.T) {
-	url := newDB(t)
-	prober := newHeldProber()
-	a := newAllocator(t, url, probedConfig(prober))
-	b := newAllocator(t, url, testConfig(&fakeProber{}))
-	mustCreate(t, a, "dev", "lab", "h:dev", nil)
-	held := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
-	got := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second, TTL: time.Second})
-	awaitJoin(t, a, "w")
-	prober.hold("h:dev")
-	if _, err := b.Release(t.Context(), held.ID); err != nil {
-		t.Fatal(err)
-	}
-	prober.awaitProbe(t, "h:dev")
-	pending := pendingLeaseOf(t, a, "w")
+	f := newUnderProbe(t, t.Context(), time.Second, nil)
+	b, prober, got, pending := f.b, f.prober, f.got, f.pending
 	time.Sleep(1200 * time.Millisecond) // the first TTL runs out under the probe
 	_, rerr := b.Renew(t.Context(), pending, time.Hour)
 	t.Logf("renew of the pending lease: %v (end reason %q)", rerr, endReason(rerr))
@@ -370,24 +345,14 @@ func (d *beforeGetLeaseDB) QueryRow(ctx context.Context, sql string, args ...any
 // (expired) although its expires_at is an hour ahead. Then the acquire
 // answers 201 with it.
 func TestRenewRacingTheConfirmIsNotToldExpired(t *testing.T) {
-	url := newDB(t)
-	prober := newHeldProber()
-	a := newAllocator(t, url, probedConfig(prober))
 	wrap := &beforeGetLeaseDB{}
-	c := newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
-		wrap.DBTX = p
-		return wrap
+	f := newUnderProbe(t, t.Context(), time.Hour, func(url string) *Allocator {
+		return newAllocatorThrough(t, url, func(p *pgxpool.Pool) dbsqlc.DBTX {
+			wrap.DBTX = p
+			return wrap
+		})
 	})
-	mustCreate(t, a, "dev", "lab", "h:dev", nil)
-	held := mustAcquire(t, c, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
-	got := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second, TTL: time.Hour})
-	awaitJoin(t, a, "w")
-	prober.hold("h:dev")
-	if _, err := c.Release(t.Context(), held.ID); err != nil {
-		t.Fatal(err)
-	}
-	prober.awaitProbe(t, "h:dev")
-	pending := pendingLeaseOf(t, a, "w")
+	c, prober, got, pending := f.b, f.prober, f.got, f.pending
 	answered := make(chan result, 1)
 	wrap.mu.Lock()
 	wrap.before = func() {

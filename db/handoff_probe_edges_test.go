@@ -235,22 +235,8 @@ func pendingGroupKeyedOnItsFirstLock(t *testing.T, b *Allocator) (req AcquireReq
 // answered 201 with a lapsed lease (what 00020 meant to end). Now the TTL
 // starts once the leases are locked (migrations/00023).
 func TestConfirmWaitingOnALockStartsTheTTLAfterIt(t *testing.T) {
-	url := newDB(t)
-	prober := newHeldProber()
-	a := newAllocator(t, url, probedConfig(prober))
-	b := newAllocator(t, url, testConfig(&fakeProber{}))
-	mustCreate(t, a, "dev", "lab", "h:dev", nil)
-	held := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
-
-	prober.hold("h:dev")
-	got := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w",
-		Wait: 20 * time.Second, TTL: time.Second})
-	awaitJoin(t, a, "w")
-	if _, err := b.Release(t.Context(), held.ID); err != nil {
-		t.Fatal(err)
-	}
-	prober.awaitProbe(t, "h:dev")
-	pending := pendingLeaseOf(t, a, "w")
+	f := newUnderProbe(t, t.Context(), time.Second, nil)
+	b, prober, got, pending := f.b, f.prober, f.got, f.pending
 
 	// Someone holds the lease's row (an admin statement, a DBA) for longer
 	// than the TTL; the confirm queues behind it.
@@ -284,4 +270,40 @@ func TestConfirmWaitingOnALockStartsTheTTLAfterIt(t *testing.T) {
 		t.Errorf("201 with lease %s expiring %v, %v before the lock it waited on was let go: its 1 s TTL ran during the wait",
 			r.lease.ID, r.lease.ExpiresAt.Format(time.TimeOnly), unlocked.Sub(r.lease.ExpiresAt).Round(time.Millisecond))
 	}
+}
+
+// underProbe is the set-up of a handoff held under its waiter's probe:
+// device dev, leased by "holder" at b, is released there and handed to the
+// request of "w" waiting at a (ProbeOnHandoff, probe timeout 10 s), whose
+// probe of it is held until the test lets it go (prober.let).
+type underProbe struct {
+	url     string
+	a, b    *Allocator
+	prober  *heldProber
+	got     <-chan result
+	pending uuid.UUID // the lease handed over, still pending
+}
+
+// newUnderProbe builds it: the request runs on ctx with ttl; other, when
+// given, makes b (the holder's instance) on the test's database.
+func newUnderProbe(t *testing.T, ctx context.Context, ttl time.Duration, other func(url string) *Allocator) *underProbe {
+	t.Helper()
+	f := &underProbe{url: newDB(t), prober: newHeldProber()}
+	f.a = newAllocator(t, f.url, probedConfig(f.prober))
+	if other != nil {
+		f.b = other(f.url)
+	} else {
+		f.b = newAllocator(t, f.url, testConfig(&fakeProber{}))
+	}
+	mustCreate(t, f.a, "dev", "lab", "h:dev", nil)
+	held := mustAcquire(t, f.b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
+	f.prober.hold("h:dev")
+	f.got = goAcquire(ctx, f.a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w", Wait: 20 * time.Second, TTL: ttl})
+	awaitJoin(t, f.a, "w")
+	if _, err := f.b.Release(t.Context(), held.ID); err != nil {
+		t.Fatal(err)
+	}
+	f.prober.awaitProbe(t, "h:dev")
+	f.pending = pendingLeaseOf(t, f.a, "w")
+	return f
 }

@@ -12,22 +12,8 @@ import (
 // it ended and the waiter went back in line; with a TTL shorter than the
 // probe that repeats forever.
 func TestReaperLeavesAHandoffUnderProbeToItsProbe(t *testing.T) {
-	url := newDB(t)
-	prober := newHeldProber()
-	a := newAllocator(t, url, probedConfig(prober))
-	b := newAllocator(t, url, testConfig(&fakeProber{}))
-	mustCreate(t, a, "dev", "lab", "h:dev", nil)
-	held := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
-
-	prober.hold("h:dev")
-	got := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w",
-		Wait: 20 * time.Second, TTL: time.Second})
-	awaitJoin(t, a, "w")
-	if _, err := b.Release(t.Context(), held.ID); err != nil {
-		t.Fatal(err)
-	}
-	prober.awaitProbe(t, "h:dev")
-	pending := pendingLeaseOf(t, a, "w")
+	f := newUnderProbe(t, t.Context(), time.Second, nil)
+	a, b, prober, got, pending := f.a, f.b, f.prober, f.got, f.pending
 	// The probe has outlived the 1 s TTL it was handed with.
 	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.leases SET expires_at = now() - interval '1 ms' WHERE id = $1`, pending); err != nil {
 		t.Fatal(err)
@@ -101,24 +87,12 @@ func TestReaperEndsAHandoffNobodyConfirms(t *testing.T) {
 // well within its bound. With a TTL shorter than the probe, the handoff
 // loops as before 2a1196e.
 func TestReaperLeavesAnotherInstancesHandoffToItsProbeTimeout(t *testing.T) {
-	url := newDB(t)
-	prober := newHeldProber()
-	a := newAllocator(t, url, probedConfig(prober))
-	cfg := testConfig(&fakeProber{})
-	cfg.ProbeTimeout = 100 * time.Millisecond
-	b := newAllocator(t, url, cfg)
-	mustCreate(t, a, "dev", "lab", "h:dev", nil)
-	held := mustAcquire(t, b, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "holder"})
-
-	prober.hold("h:dev")
-	got := goAcquire(t.Context(), a, AcquireRequest{Selector: Selector{Pool: "lab"}, Owner: "w",
-		Wait: 20 * time.Second, TTL: time.Second})
-	awaitJoin(t, a, "w")
-	if _, err := b.Release(t.Context(), held.ID); err != nil {
-		t.Fatal(err)
-	}
-	prober.awaitProbe(t, "h:dev")
-	pending := pendingLeaseOf(t, a, "w")
+	f := newUnderProbe(t, t.Context(), time.Second, func(url string) *Allocator {
+		cfg := testConfig(&fakeProber{})
+		cfg.ProbeTimeout = 100 * time.Millisecond
+		return newAllocator(t, url, cfg)
+	})
+	a, b, prober, got, pending := f.a, f.b, f.prober, f.got, f.pending
 	// a's probe has run 3 s (of its 10 s ProbeTimeout), 2 s past the TTL.
 	if _, err := a.pool.Exec(t.Context(), `UPDATE devalloc.leases SET expires_at = now() - interval '2 s' WHERE id = $1`, pending); err != nil {
 		t.Fatal(err)
