@@ -45,7 +45,7 @@ func (a *Allocator) claimLiveness(ctx context.Context, conn *pgx.Conn) error {
 		name := instanceName()
 		var err error
 		if id, err = dbsqlc.New(conn).RegisterInstance(ctx, dbsqlc.RegisterInstanceParams{
-			Name: name, SilentSeconds: a.silentAfter().Seconds(), ProbeSeconds: a.registeredProbeTimeout().Seconds(),
+			Name: name, SilentSeconds: a.keeper.silentAfter.Seconds(), ProbeSeconds: a.keeper.probeTimeout.Seconds(),
 		}); err != nil {
 			return fmt.Errorf("register instance: %w", err)
 		}
@@ -57,9 +57,7 @@ func (a *Allocator) claimLiveness(ctx context.Context, conn *pgx.Conn) error {
 		// instance alive again as soon as it has its lock back (and its row
 		// is back if another instance removed it). The reconnect's re-check
 		// then wakes the waiters that were skipped or lost their rows.
-		recreated, err := dbsqlc.New(conn).InstanceHeartbeat(ctx, dbsqlc.InstanceHeartbeatParams{
-			ID: id, Name: instanceName(), SilentSeconds: a.silentAfter().Seconds(), ProbeSeconds: a.registeredProbeTimeout().Seconds(),
-		})
+		recreated, err := a.keeper.heartbeatOn(ctx, dbsqlc.New(conn), id)
 		if err != nil {
 			return fmt.Errorf("heartbeat of instance %d on reconnect: %w", id, err)
 		}
@@ -205,7 +203,13 @@ func (k *instanceKeeper) run(ctx context.Context) {
 // heartbeat marks the instance alive, putting its row back if another
 // instance removed it; recreated says it had to.
 func (k *instanceKeeper) heartbeat(ctx context.Context, id int64) (recreated bool, err error) {
-	return k.q.InstanceHeartbeat(ctx, dbsqlc.InstanceHeartbeatParams{
+	return k.heartbeatOn(ctx, k.q, id)
+}
+
+// heartbeatOn is heartbeat through q (the listener's own session, on a
+// reconnect), with the bounds the instance registered.
+func (k *instanceKeeper) heartbeatOn(ctx context.Context, q *dbsqlc.Queries, id int64) (recreated bool, err error) {
+	return q.InstanceHeartbeat(ctx, dbsqlc.InstanceHeartbeatParams{
 		ID: id, Name: instanceName(), SilentSeconds: k.silentAfter.Seconds(), ProbeSeconds: k.probeTimeout.Seconds(),
 	})
 }
