@@ -108,9 +108,7 @@ func (a *Allocator) groupNotRenewed(ctx context.Context, id uuid.UUID, owner str
 		return err
 	}
 	for _, l := range leases {
-		// Pending, or confirmed (TTL started over) since the renew missed
-		// it: not renewed now, and not ended either (see endedError).
-		if l.Owner == owner && l.Active() && (l.HandoffPending || l.ExpiresAt.After(time.Now())) {
+		if l.Owner == owner && renewRefusedForNow(l) {
 			return fmt.Errorf("group %s: %w", id, errLeaseUnderProbe)
 		}
 	}

@@ -184,13 +184,7 @@ func (a *Allocator) endedError(ctx context.Context, id uuid.UUID) error {
 	if err != nil {
 		return err
 	}
-	if lease.Active() && (lease.HandoffPending || lease.ExpiresAt.After(time.Now())) {
-		// Handed from the line, its waiter still probing: nobody's answer
-		// yet, and it may be taken back; not renewed (503, retry later).
-		// Past its first expires_at too: the confirm starts its TTL over
-		// (migrations/00020), so "expired" would be taken back by a 201.
-		// Active, not pending and not lapsed: the confirm committed between
-		// the renew and this read; the renew's retry will succeed.
+	if renewRefusedForNow(lease) {
 		return fmt.Errorf("lease %s: %w", id, errLeaseUnderProbe)
 	}
 	if lease.Active() {
@@ -198,6 +192,18 @@ func (a *Allocator) endedError(ctx context.Context, id uuid.UUID) error {
 		lease.EndReason = EndExpired
 	}
 	return &LeaseEndedError{Lease: lease}
+}
+
+// renewRefusedForNow tells, of a lease a renew did not extend, whether the
+// renew was refused for now (503, retry later) rather than because the
+// lease ended. Handed from the line, its waiter still probing: nobody's
+// answer yet, and it may be taken back; not renewed. Past its first
+// expires_at too: the confirm starts its TTL over (migrations/00020), so
+// "expired" would be taken back by a 201. Active, not pending and not
+// lapsed: the confirm committed between the renew and this read; the
+// renew's retry will succeed.
+func renewRefusedForNow(l Lease) bool {
+	return l.Active() && (l.HandoffPending || l.ExpiresAt.After(time.Now()))
 }
 
 // withDevice fills in the lease's device details from the devices table.
