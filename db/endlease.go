@@ -79,6 +79,13 @@ func (a *Allocator) abandon(lease Lease) { a.abandonFrom(lease, nil) }
 // give-back that fails is retried by the re-checker.
 func (a *Allocator) abandonHanded(lease Lease, waiter uuid.UUID) { a.abandonFrom(lease, &waiter) }
 
+// abandonAllHanded gives back every lease of leases handed to waiter.
+func (a *Allocator) abandonAllHanded(leases []Lease, waiter uuid.UUID) {
+	for _, l := range leases {
+		a.abandonHanded(l, waiter)
+	}
+}
+
 func (a *Allocator) abandonFrom(lease Lease, waiter *uuid.UUID) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -117,9 +117,7 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *wake.Wai
 		}
 	}
 	if ctx.Err() != nil && req.IdempotencyKey == "" {
-		for _, l := range leases {
-			a.abandonHanded(l, w.ID)
-		}
+		a.abandonAllHanded(leases, w.ID)
 		return Lease{}, false, nil, ctx.Err()
 	}
 	if a.cfg.ProbeOnHandoff {
@@ -136,9 +134,7 @@ func (a *Allocator) collect(ctx context.Context, req AcquireRequest, w *wake.Wai
 		if ctx.Err() != nil && req.IdempotencyKey == "" {
 			// The client left while the confirm waited (on a row lock):
 			// nobody will read this answer, and no retry will replay it.
-			for _, l := range leases {
-				a.abandonHanded(l, w.ID)
-			}
+			a.abandonAllHanded(leases, w.ID)
 			return Lease{}, false, nil, ctx.Err()
 		}
 	}

@@ -64,8 +64,7 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 			// nil when an earlier try, whose answer was lost, joined and
 			// was served already: the wait below collects that.
 			at = p
-			w.MarkEnqueued()
-			a.joined.Signal(joinedLine{Waiter: w.ID, Owner: req.Owner, Pool: req.Selector.Pool})
+			a.inLine(w, req)
 			// A line with nothing idle for its newest member is busy; one
 			// with an idle device it fits may have emptied.
 			a.busyLines.saw(req.Selector.Pool, !fittingIdle)
@@ -123,9 +122,7 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 			// Back to the same place first, then the devices that answered
 			// go back to the line, whose head this waiter may well be.
 			err = a.rejoin(ctx, req, w, at, window)
-			for _, l := range giveBack {
-				a.abandonHanded(l, handedTo)
-			}
+			a.abandonAllHanded(giveBack, handedTo)
 			if err != nil {
 				return a.rejoinFailed(ctx, req, window, err)
 			}
@@ -195,9 +192,15 @@ func (a *Allocator) rejoin(ctx context.Context, req AcquireRequest, w *wake.Wait
 	if _, _, err := a.enqueue(ctx, req, w.ID, at, a.attemptBound(window.remaining())); err != nil {
 		return err
 	}
+	a.inLine(w, req)
+	return nil
+}
+
+// inLine marks w as in line (its row committed), for the hub and for the
+// tests that wait on a join.
+func (a *Allocator) inLine(w *wake.Waiter, req AcquireRequest) {
 	w.MarkEnqueued()
 	a.joined.Signal(joinedLine{Waiter: w.ID, Owner: req.Owner, Pool: req.Selector.Pool})
-	return nil
 }
 
 // retryQueueStep waits out a transient failure of a queue statement while
@@ -355,9 +358,7 @@ func (a *Allocator) leaveLine(ctx context.Context, req AcquireRequest, w *wake.W
 	// Served just before it could leave (or its row removed because a
 	// twin got the key's lease).
 	lease, replayed, giveBack, err := a.collect(ctx, req, w)
-	for _, l := range giveBack {
-		a.abandonHanded(l, w.ID)
-	}
+	a.abandonAllHanded(giveBack, w.ID)
 	if giveBack != nil {
 		// A device failed its probe and there is no time left to wait for
 		// another.
