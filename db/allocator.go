@@ -111,10 +111,9 @@ func (a *Allocator) Start(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.stop = cancel
-	a.reaper.Start(ctx)
-	a.health.Start(ctx)
-	a.pruner.Start(ctx)
-	a.rechecker.Start(ctx)
+	for _, s := range a.passServices() {
+		s.Start(ctx)
+	}
 	a.keeper.Start(ctx)
 	services := []func(context.Context){a.listener.Run, a.notifier.Run}
 	for _, run := range services {
@@ -132,10 +131,9 @@ func (a *Allocator) Stop() {
 	a.Drain()
 	// The passes first: what they free is announced through the notifier,
 	// which stops last.
-	a.reaper.Stop()
-	a.health.Stop()
-	a.pruner.Stop()
-	a.rechecker.Stop()
+	for _, s := range a.passServices() {
+		s.Stop()
+	}
 	// Idempotent acquires run on their own goroutines; draining ended
 	// their waits, so they finish within one attempt.
 	a.flights.running.Wait()
@@ -155,6 +153,18 @@ func (a *Allocator) Stop() {
 	}
 	a.running.Wait()
 	a.keeper.Stop()
+}
+
+// service is a background loop the Allocator starts and stops.
+type service interface {
+	Start(context.Context)
+	Stop()
+}
+
+// passServices are the services that run passes over the database: they
+// stop first at Stop (the keeper, which removes this instance's row, last).
+func (a *Allocator) passServices() []service {
+	return []service{a.reaper, a.health, a.pruner, a.rechecker}
 }
 
 // Drain makes this instance give up its waiting acquires at once, with
