@@ -8,15 +8,18 @@
 //   - The types callers see: types.go (devices, leases, labels, selectors,
 //     states), errors.go (what httpapi maps to answers), config.go,
 //     observer.go (metrics hooks). Rows become these types in convert.go.
-//   - An acquire: acquire.go (the request, the probing transaction, the
-//     answer), acquire_unprobed.go (the one-statement path), flight.go and
-//     idempotency.go (one request per key; replays, take-backs),
+//   - An acquire: acquire.go (the request and its four steps, in order),
+//     attempt.go and attempt_unprobed.go (step 1: a device at once, by
+//     one statement or by the probing transaction), probe.go (probing a
+//     device), satisfiable.go (step 2), replay.go (step 3 and every other
+//     answer with a key's lease: replays, take-backs of unsettled
+//     handoffs), flight.go and idempotency.go (one request per key),
 //     saferetry.go and transient.go (which failures are retried or 503).
 //   - The line: queue.go (join, wait, leave, dispatch), handoff.go
 //     (collect what was handed: probe, confirm, answer), queue_list.go
-//     (listing it), groups.go (multi-device acquires), busy.go
-//     and satisfiable.go (when an acquire may wait at all), stranded.go
-//     (rows left behind by a failed leave or collect).
+//     (listing it), groups.go (multi-device acquires), busy.go (which
+//     lines to join without an attempt), stranded.go (rows left behind by
+//     a failed leave or collect).
 //   - Holding and ending: leases.go (read, renew, release, revoke),
 //     endlease.go (the one EndLease call every ending goes through, what it
 //     tells afterwards, and the give-back of leases nobody will hold),

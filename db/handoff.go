@@ -19,6 +19,52 @@ import (
 // confirms them (clearing handoff_pending, migrations/00018 and 00020) and
 // answers; what it cannot answer with goes back to the line.
 
+// takeHandoff takes what the line handed w (collect): the answer, or a
+// place back in line (back true) when w's row went without a lease (its
+// instance was taken for dead while cut off) or a handed-over device
+// failed its probe; then w goes back to its old place (at), and the
+// devices that answered go back to the line. With a key, a lease a retry
+// got meanwhile is the answer instead.
+func (a *Allocator) takeHandoff(ctx context.Context, req AcquireRequest, w *wake.Waiter, at *place, window waitWindow) (lease Lease, replayed, back bool, err error) {
+	lease, replayed, giveBack, err := a.collect(ctx, req, w)
+	if errors.Is(err, errDropped) && window.remaining() > 0 && ctx.Err() == nil && !a.isDraining() {
+		a.log.Warn("a waiting request lost its place in line; putting it back", "pool", req.Selector.Pool, "waiter", w.ID)
+		if err := a.rejoin(ctx, req, w, at, window); err != nil {
+			lease, replayed, err := a.rejoinFailed(ctx, req, window, err)
+			return lease, replayed, false, err
+		}
+		return Lease{}, false, true, nil
+	}
+	if giveBack == nil {
+		return lease, replayed, false, err
+	}
+	handedTo := w.ID // before a rejoin renames w
+	// A handed-over device failed its probe (or its lease ended during the
+	// probe). Its key was given up with the handoff, so a retry may have
+	// got a lease with it meanwhile (elsewhere): that is the answer, rather
+	// than a place in line its key keeps from being served.
+	if req.IdempotencyKey != "" {
+		if lease, ok, rerr := a.replayWithin(ctx, req, attemptBoundSlack); rerr == nil && ok {
+			for _, l := range giveBack {
+				if !answers(lease, l.ID) {
+					a.abandonHanded(l, handedTo)
+				}
+			}
+			return lease, true, false, nil
+		}
+	}
+	// Back to the same place first, then the devices that answered go back
+	// to the line, whose head this waiter may well be.
+	err = a.rejoin(ctx, req, w, at, window)
+	a.abandonAllHanded(giveBack, handedTo)
+	if err != nil {
+		lease, replayed, err := a.rejoinFailed(ctx, req, window, err)
+		return lease, replayed, false, err
+	}
+	a.dispatch(ctx, req.Selector.Pool, a.attemptBound(window.remaining()))
+	return Lease{}, false, true, nil
+}
+
 // collect reads the leases handed to w and answers with them: probed first
 // when Config.ProbeOnHandoff asks, given back at once when the client left
 // (unless it has an idempotency key, whose retry needs them). When a device

@@ -51,83 +51,28 @@ const queueBound = 5 * time.Second
 // release hands its device to the first waiter it fits in the same
 // transaction, and the pool's dispatch serves the line from idle devices
 // when a device becomes idle some other way.
+//
+// Its steps: join (joinLine), wait for news (awaitWake; a hint that a
+// device became idle serves the line, dispatch), then take what was
+// handed over (takeHandoff, handoff.go), or leave when the wait ends
+// (leaveLine).
 func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window waitWindow) (Lease, bool, error) {
 	w := a.hub.Join(req.Selector)
 	defer w.Leave()
 	start := time.Now()
 	defer func() { a.cfg.Observer.AcquireWaited(time.Since(start)) }()
 
-	var at *place
-	for {
-		p, fittingIdle, err := a.enqueue(ctx, req, w.ID, at, a.attemptBound(window.remaining()))
-		if err == nil {
-			// nil when an earlier try, whose answer was lost, joined and
-			// was served already: the wait below collects that.
-			at = p
-			a.inLine(w, req)
-			// A line with nothing idle for its newest member is busy; one
-			// with an idle device it fits may have emptied.
-			a.busyLines.saw(req.Selector.Pool, !fittingIdle)
-			if fittingIdle {
-				a.dispatch(ctx, req.Selector.Pool, a.attemptBound(window.remaining()))
-			}
-			break
-		}
-		if errors.Is(err, errKeyHasLease) {
-			if lease, ok, err := a.replayTwin(ctx, req, window); err != nil || ok {
-				return lease, ok, err
-			}
-			// The key gave its lease up meanwhile (a handoff given back):
-			// join again, while the request may still wait.
-			if ctx.Err() != nil || window.remaining() <= 0 || a.isDraining() {
-				return Lease{}, false, fmt.Errorf("join the line of pool %q: %w", req.Selector.Pool, errDropped)
-			}
-			continue
-		}
-		if !a.retryQueueStep(ctx, window, err, start) {
-			return Lease{}, false, err
-		}
+	at, lease, replayed, err := a.joinLine(ctx, req, w, window)
+	if err != nil || replayed {
+		return lease, replayed, err
 	}
 	for {
 		if w.IsServed() {
-			lease, replayed, giveBack, err := a.collect(ctx, req, w)
-			if errors.Is(err, errDropped) && window.remaining() > 0 && ctx.Err() == nil && !a.isDraining() {
-				// Its row went without a lease (its instance was taken for
-				// dead while cut off): back to its old place.
-				a.log.Warn("a waiting request lost its place in line; putting it back", "pool", req.Selector.Pool, "waiter", w.ID)
-				if err := a.rejoin(ctx, req, w, at, window); err != nil {
-					return a.rejoinFailed(ctx, req, window, err)
-				}
+			lease, replayed, back, err := a.takeHandoff(ctx, req, w, at, window)
+			if back {
 				continue
 			}
-			if giveBack == nil {
-				return lease, replayed, err
-			}
-			handedTo := w.ID // before a rejoin renames w
-			// A handed-over device failed its probe (or its lease ended
-			// during the probe). Its key was given up with the handoff, so
-			// a retry may have got a lease with it meanwhile (elsewhere):
-			// that is the answer, rather than a place in line its key
-			// keeps from being served.
-			if req.IdempotencyKey != "" {
-				if lease, ok, rerr := a.replayWithin(ctx, req, attemptBoundSlack); rerr == nil && ok {
-					for _, l := range giveBack {
-						if !answers(lease, l.ID) {
-							a.abandonHanded(l, handedTo)
-						}
-					}
-					return lease, true, nil
-				}
-			}
-			// Back to the same place first, then the devices that answered
-			// go back to the line, whose head this waiter may well be.
-			err = a.rejoin(ctx, req, w, at, window)
-			a.abandonAllHanded(giveBack, handedTo)
-			if err != nil {
-				return a.rejoinFailed(ctx, req, window, err)
-			}
-			a.dispatch(ctx, req.Selector.Pool, a.attemptBound(window.remaining()))
-			continue
+			return lease, replayed, err
 		}
 		err := awaitWake(ctx, w, window, a.draining)
 		if err != nil {
@@ -143,83 +88,41 @@ func (a *Allocator) waitInLine(ctx context.Context, req AcquireRequest, window w
 	}
 }
 
-// replayTwin answers a request whose key has a lease already
-// (errKeyHasLease) with that lease, through replay (which knows what may
-// be replayed); ok false when the key has none any more.
-func (a *Allocator) replayTwin(ctx context.Context, req AcquireRequest, window waitWindow) (Lease, bool, error) {
-	lease, ok, err := a.replayWithin(ctx, req, a.attemptBound(window.remaining()))
-	if err != nil {
-		return Lease{}, false, fmt.Errorf("replay the lease its key already has: %w", err)
-	}
-	if ok {
-		a.log.Info("a twin in line is answered with its key's lease", "pool", req.Selector.Pool, "lease", lease.ID)
-	}
-	return lease, ok, nil
-}
-
-// rejoinFailed answers a request that could not go back in line: with its
-// key's lease when that is why (errKeyHasLease), else with err.
-func (a *Allocator) rejoinFailed(ctx context.Context, req AcquireRequest, window waitWindow, err error) (Lease, bool, error) {
-	if errors.Is(err, errKeyHasLease) {
-		if lease, ok, rerr := a.replayTwin(ctx, req, window); rerr != nil || ok {
-			return lease, ok, rerr
+// joinLine writes w's row in line (enqueue) and serves the line at once
+// when an idle device fits it, retrying a transient failure while the
+// request may still wait. at is w's place, nil when an earlier try, whose
+// answer was lost, joined and was served already: the wait collects that.
+// A request whose key has a lease already is not put in line: that lease
+// is the answer (replayed true).
+func (a *Allocator) joinLine(ctx context.Context, req AcquireRequest, w *wake.Waiter, window waitWindow) (at *place, lease Lease, replayed bool, err error) {
+	start := time.Now()
+	for {
+		p, fittingIdle, err := a.enqueue(ctx, req, w.ID, nil, a.attemptBound(window.remaining()))
+		if err == nil {
+			a.inLine(w, req)
+			// A line with nothing idle for its newest member is busy; one
+			// with an idle device it fits may have emptied.
+			a.busyLines.saw(req.Selector.Pool, !fittingIdle)
+			if fittingIdle {
+				a.dispatch(ctx, req.Selector.Pool, a.attemptBound(window.remaining()))
+			}
+			return p, Lease{}, false, nil
 		}
-		return Lease{}, false, fmt.Errorf("rejoin the line of pool %q: %w", req.Selector.Pool, errDropped)
-	}
-	return Lease{}, false, err
-}
-
-// registrationGrace is how long a request that may not wait still waits
-// for its instance to register (just after start, before the listener's
-// first connection), rather than fail.
-const registrationGrace = 2 * time.Second
-
-// joinedLine is a test signal: a request of Owner is in the line of Pool
-// (its row committed) as Waiter, by a join or a rejoin.
-type joinedLine struct {
-	Waiter uuid.UUID
-	Owner  string
-	Pool   string
-}
-
-// rejoin puts a served waiter back in line at its old place (at): its
-// devices were taken back, or its row was dropped. It goes back under a new
-// id: a waiter id is served at most once (see EnqueueWaiter), which is what
-// lets a retried join tell that it was served already.
-func (a *Allocator) rejoin(ctx context.Context, req AcquireRequest, w *wake.Waiter, at *place, window waitWindow) error {
-	a.hub.RenameWaiter(w) // first: late news for the old id is no longer w's
-	w.ResetServed()
-	if _, _, err := a.enqueue(ctx, req, w.ID, at, a.attemptBound(window.remaining())); err != nil {
-		return err
-	}
-	a.inLine(w, req)
-	return nil
-}
-
-// inLine marks w as in line (its row committed), for the hub and for the
-// tests that wait on a join.
-func (a *Allocator) inLine(w *wake.Waiter, req AcquireRequest) {
-	w.MarkEnqueued()
-	a.joined.Signal(joinedLine{Waiter: w.ID, Owner: req.Owner, Pool: req.Selector.Pool})
-}
-
-// retryQueueStep waits out a transient failure of a queue statement while
-// the request may still wait (or, for errNotRegistered, within
-// registrationGrace of start).
-func (a *Allocator) retryQueueStep(ctx context.Context, window waitWindow, err error, since time.Time) bool {
-	if errors.Is(err, errNotRegistered) && time.Since(since) < registrationGrace && ctx.Err() == nil && !a.isDraining() {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(20 * time.Millisecond):
-			return true
+		if errors.Is(err, errKeyHasLease) {
+			if lease, ok, err := a.replayTwin(ctx, req, window); err != nil || ok {
+				return nil, lease, ok, err
+			}
+			// The key gave its lease up meanwhile (a handoff given back):
+			// join again, while the request may still wait.
+			if ctx.Err() != nil || window.remaining() <= 0 || a.isDraining() {
+				return nil, Lease{}, false, fmt.Errorf("join the line of pool %q: %w", req.Selector.Pool, errDropped)
+			}
+			continue
+		}
+		if !a.retryQueueStep(ctx, window, err, start) {
+			return nil, Lease{}, false, err
 		}
 	}
-	if ctx.Err() != nil || !IsTransient(err) || window.remaining() <= 0 || a.isDraining() {
-		return false
-	}
-	a.log.Warn("joining the line failed; retrying", "err", err)
-	return pauseForRetry(ctx, window, retryPauseMax)
 }
 
 // enqueue writes the waiter's row; at, when set, is its old place. bound
@@ -296,32 +199,103 @@ func (a *Allocator) enqueue(ctx context.Context, req AcquireRequest, id uuid.UUI
 	return &place{seq: *row.Seq, enqueuedAt: *row.EnqueuedAt, rankedAt: *row.RankedAt}, row.FittingIdle, nil
 }
 
-// dispatch serves the pool's line from its idle devices and tells the
-// waiters served. A failure only delays them: the next hint or re-check
-// dispatches again. bound caps the statement.
-func (a *Allocator) dispatch(ctx context.Context, pool string, bound time.Duration) {
-	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
+// forgetWaiter removes a waiter's row that may have been written although
+// its statement failed. It tries once, briefly (the join's failure already
+// took the request's time); failing that, the row is stranded for the
+// re-checker to remove. No row: either the join never committed, or it did
+// and the row was served at once. The id is marked stranded then too, so
+// that if the request gives up now, the re-checker gives back what was
+// handed to it; a retried join that succeeds drops the mark (enqueue).
+func (a *Allocator) forgetWaiter(ctx context.Context, req AcquireRequest, id uuid.UUID) {
+	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), minStepBound)
 	defer cancel()
-	rows, err := a.q.Dispatch(stmtCtx, pool)
+	n, err := a.q.CancelWaiter(stmtCtx, id)
 	if err != nil {
-		a.log.Warn("serving the line failed; the next wake-up or re-check tries again", "pool", pool, "err", err)
+		a.strand(id, req, fmt.Errorf("make sure a failed join left no row in line: %w", err))
 		return
 	}
-	a.tellServed(rows)
+	if n == 0 {
+		a.stranded.add(id, req.IdempotencyKey != "")
+	}
 }
 
-// tellServed wakes the waiters that the leases were handed to.
-func (a *Allocator) tellServed(rows []dbsqlc.DevallocLease) {
-	var served []uuid.UUID
-	seen := map[uuid.UUID]bool{}
-	for _, r := range rows {
-		if r.WaiterID != nil && !seen[*r.WaiterID] {
-			seen[*r.WaiterID] = true
-			served = append(served, *r.WaiterID)
+// inLine marks w as in line (its row committed), for the hub and for the
+// tests that wait on a join.
+func (a *Allocator) inLine(w *wake.Waiter, req AcquireRequest) {
+	w.MarkEnqueued()
+	a.joined.Signal(joinedLine{Waiter: w.ID, Owner: req.Owner, Pool: req.Selector.Pool})
+}
+
+// joinedLine is a test signal: a request of Owner is in the line of Pool
+// (its row committed) as Waiter, by a join or a rejoin.
+type joinedLine struct {
+	Waiter uuid.UUID
+	Owner  string
+	Pool   string
+}
+
+// retryQueueStep waits out a transient failure of a queue statement while
+// the request may still wait (or, for errNotRegistered, within
+// registrationGrace of start).
+func (a *Allocator) retryQueueStep(ctx context.Context, window waitWindow, err error, since time.Time) bool {
+	if errors.Is(err, errNotRegistered) && time.Since(since) < registrationGrace && ctx.Err() == nil && !a.isDraining() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(20 * time.Millisecond):
+			return true
 		}
 	}
-	if len(served) > 0 {
-		a.notifier.HandedOver(served)
+	if ctx.Err() != nil || !IsTransient(err) || window.remaining() <= 0 || a.isDraining() {
+		return false
+	}
+	a.log.Warn("joining the line failed; retrying", "err", err)
+	return pauseForRetry(ctx, window, retryPauseMax)
+}
+
+// registrationGrace is how long a request that may not wait still waits
+// for its instance to register (just after start, before the listener's
+// first connection), rather than fail.
+const registrationGrace = 2 * time.Second
+
+// replayTwin answers a request whose key has a lease already
+// (errKeyHasLease) with that lease, through replay (which knows what may
+// be replayed); ok false when the key has none any more.
+func (a *Allocator) replayTwin(ctx context.Context, req AcquireRequest, window waitWindow) (Lease, bool, error) {
+	lease, ok, err := a.replayWithin(ctx, req, a.attemptBound(window.remaining()))
+	if err != nil {
+		return Lease{}, false, fmt.Errorf("replay the lease its key already has: %w", err)
+	}
+	if ok {
+		a.log.Info("a twin in line is answered with its key's lease", "pool", req.Selector.Pool, "lease", lease.ID)
+	}
+	return lease, ok, nil
+}
+
+// awaitWake blocks until w is woken (nil), the window closes (ErrNoDevice),
+// the instance drains (ErrShuttingDown) or ctx ends.
+func awaitWake(ctx context.Context, w *wake.Waiter, window waitWindow, draining <-chan struct{}) error {
+	for {
+		left := window.remaining()
+		if left <= 0 {
+			return ErrNoDevice
+		}
+		timer := time.NewTimer(left)
+		select {
+		case <-w.Wake():
+			timer.Stop()
+			return nil
+		case <-timer.C:
+			// Loop: the window may have grown meanwhile.
+		case <-window.grew():
+			timer.Stop()
+		case <-draining:
+			timer.Stop()
+			return ErrShuttingDown
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		}
 	}
 }
 
@@ -367,43 +341,57 @@ func (a *Allocator) leaveLine(ctx context.Context, req AcquireRequest, w *wake.W
 	return lease, replayed, err
 }
 
-// groupOf fills in lease.Group when the lease belongs to a group.
-func (a *Allocator) groupOf(ctx context.Context, lease Lease) (Lease, error) {
-	if lease.GroupID == nil {
-		return lease, nil
+// rejoin puts a served waiter back in line at its old place (at): its
+// devices were taken back, or its row was dropped. It goes back under a new
+// id: a waiter id is served at most once (see EnqueueWaiter), which is what
+// lets a retried join tell that it was served already.
+func (a *Allocator) rejoin(ctx context.Context, req AcquireRequest, w *wake.Waiter, at *place, window waitWindow) error {
+	a.hub.RenameWaiter(w) // first: late news for the old id is no longer w's
+	w.ResetServed()
+	if _, _, err := a.enqueue(ctx, req, w.ID, at, a.attemptBound(window.remaining())); err != nil {
+		return err
 	}
-	rows, err := a.q.GroupLeases(ctx, lease.GroupID)
-	if err != nil {
-		return Lease{}, fmt.Errorf("leases of group %s: %w", lease.GroupID, err)
-	}
-	group := make([]Lease, 0, len(rows))
-	for _, r := range rows {
-		l, err := leaseFromHanded(dbsqlc.WaiterLeasesRow(r))
-		if err != nil {
-			return Lease{}, err
-		}
-		group = append(group, l)
-	}
-	lease.Group = group
-	return lease, nil
+	a.inLine(w, req)
+	return nil
 }
 
-// forgetWaiter removes a waiter's row that may have been written although
-// its statement failed. It tries once, briefly (the join's failure already
-// took the request's time); failing that, the row is stranded for the
-// re-checker to remove. No row: either the join never committed, or it did
-// and the row was served at once. The id is marked stranded then too, so
-// that if the request gives up now, the re-checker gives back what was
-// handed to it; a retried join that succeeds drops the mark (enqueue).
-func (a *Allocator) forgetWaiter(ctx context.Context, req AcquireRequest, id uuid.UUID) {
-	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), minStepBound)
+// rejoinFailed answers a request that could not go back in line: with its
+// key's lease when that is why (errKeyHasLease), else with err.
+func (a *Allocator) rejoinFailed(ctx context.Context, req AcquireRequest, window waitWindow, err error) (Lease, bool, error) {
+	if errors.Is(err, errKeyHasLease) {
+		if lease, ok, rerr := a.replayTwin(ctx, req, window); rerr != nil || ok {
+			return lease, ok, rerr
+		}
+		return Lease{}, false, fmt.Errorf("rejoin the line of pool %q: %w", req.Selector.Pool, errDropped)
+	}
+	return Lease{}, false, err
+}
+
+// dispatch serves the pool's line from its idle devices and tells the
+// waiters served. A failure only delays them: the next hint or re-check
+// dispatches again. bound caps the statement.
+func (a *Allocator) dispatch(ctx context.Context, pool string, bound time.Duration) {
+	stmtCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
 	defer cancel()
-	n, err := a.q.CancelWaiter(stmtCtx, id)
+	rows, err := a.q.Dispatch(stmtCtx, pool)
 	if err != nil {
-		a.strand(id, req, fmt.Errorf("make sure a failed join left no row in line: %w", err))
+		a.log.Warn("serving the line failed; the next wake-up or re-check tries again", "pool", pool, "err", err)
 		return
 	}
-	if n == 0 {
-		a.stranded.add(id, req.IdempotencyKey != "")
+	a.tellServed(rows)
+}
+
+// tellServed wakes the waiters that the leases were handed to.
+func (a *Allocator) tellServed(rows []dbsqlc.DevallocLease) {
+	var served []uuid.UUID
+	seen := map[uuid.UUID]bool{}
+	for _, r := range rows {
+		if r.WaiterID != nil && !seen[*r.WaiterID] {
+			seen[*r.WaiterID] = true
+			served = append(served, *r.WaiterID)
+		}
+	}
+	if len(served) > 0 {
+		a.notifier.HandedOver(served)
 	}
 }

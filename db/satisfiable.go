@@ -1,8 +1,12 @@
 package db
 
 import (
+	"context"
+	"fmt"
 	"sync"
 	"time"
+
+	"github.com/devalloc/devalloc/db/internal/dbsqlc"
 )
 
 // satisfiableFor is how long a selector found satisfiable (some registered
@@ -40,4 +44,24 @@ func (c *satisfiableCache) remember(sel Selector, now time.Time) {
 		c.at = make(map[string]time.Time)
 	}
 	c.at[sel.Key()] = now
+}
+
+// checkSatisfiable fails with ErrUnsatisfiable when fewer than count
+// registered devices could ever fit sel. A selector found satisfiable for
+// one device recently is not asked about again (see satisfiableFor).
+func (a *Allocator) checkSatisfiable(ctx context.Context, sel Selector, count int, bound time.Duration) error {
+	if count <= 1 && a.satisfiable.fresh(sel, time.Now()) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	ok, err := a.q.SelectorCanMatch(ctx, dbsqlc.SelectorCanMatchParams{Pool: sel.Pool, Labels: sel.Labels.JSON(), Want: int32(max(count, 1))})
+	if err != nil {
+		return fmt.Errorf("check selector in pool %q: %w", sel.Pool, err)
+	}
+	if !ok {
+		return ErrUnsatisfiable
+	}
+	a.satisfiable.remember(sel, time.Now())
+	return nil
 }

@@ -77,3 +77,33 @@ func pauseForRetry(ctx context.Context, window waitWindow, d time.Duration) bool
 	}
 	return window.remaining() > 0 && ctx.Err() == nil
 }
+
+// stepRetry decides whether a step of one acquire waits out a transient
+// database failure (a dropped connection, a restart, a timeout) rather than
+// return it: only while the request may still wait. Its pauses double from
+// retryPauseMin up to retryPauseMax, across the acquire's steps.
+type stepRetry struct {
+	a      *Allocator
+	pool   string
+	window waitWindow
+	pause  time.Duration
+}
+
+func (a *Allocator) newStepRetry(pool string, window waitWindow) *stepRetry {
+	return &stepRetry{a: a, pool: pool, window: window, pause: retryPauseMin}
+}
+
+// again pauses before another try of the step that failed with err, and
+// reports whether to make it.
+func (r *stepRetry) again(ctx context.Context, err error) bool {
+	if ctx.Err() != nil || !IsTransient(err) || r.window.remaining() <= 0 || r.a.isDraining() {
+		return false
+	}
+	r.a.log.Warn("acquire attempt failed; retrying", "pool", r.pool, "err", err, "in", r.pause)
+	ok := pauseForRetry(ctx, r.window, r.pause)
+	r.pause = min(r.pause*2, retryPauseMax)
+	return ok
+}
+
+// reset starts the pauses over: the database answered.
+func (r *stepRetry) reset() { r.pause = retryPauseMin }

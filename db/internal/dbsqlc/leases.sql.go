@@ -51,7 +51,7 @@ type DueLeasesRow struct {
 // slower than the TTL must not lose it. Past its expires_at it is due once
 // the probe can no longer confirm it either, its settle bound after the
 // handoff (acquired_at): (devices in its group + 1) times the probe timeout
-// + 1 s, the shape of handoffSettleBound in db/idempotency.go. So a
+// + 1 s, the shape of handoffSettleBound in db/replay.go. So a
 // handoff whose waiter's instance died mid-probe ends at its expiry, as any
 // lease, unless its TTL is shorter than that bound.
 // The probe timeout is the longest any instance registered (the waiter's

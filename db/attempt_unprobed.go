@@ -2,7 +2,6 @@ package db
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -26,48 +25,6 @@ const (
 	// unprobedQueued: others wait in the pool's line; nothing was picked.
 	unprobedQueued
 )
-
-// attemptAny is one acquire attempt: the one-statement path first, unless
-// this pool's devices have been needing probes, then the transaction.
-func (a *Allocator) attemptAny(ctx context.Context, req AcquireRequest, bound time.Duration) (Lease, error) {
-	pool := req.Selector.Pool
-	if _, probes := a.probedPools.Load(pool); !probes {
-		lease, found, err := a.attemptUnprobed(ctx, req, bound)
-		switch {
-		case err != nil:
-			return Lease{}, err
-		case found == unprobedGranted:
-			return lease, nil
-		case found == unprobedNoneIdle:
-			return Lease{}, noneIdle{}
-		case found == unprobedQueued:
-			return Lease{}, noneIdle{queued: true}
-		}
-		a.probedPools.Store(pool, struct{}{})
-	}
-	start := time.Now()
-	lease, probed, err := a.attempt(ctx, req, bound)
-	if err == nil && !probed {
-		// The line has moved on to devices that need no probe.
-		a.probedPools.Delete(pool)
-	}
-	var none noneIdle
-	if errors.As(err, &none) && !none.probesFailed {
-		// The transaction picks nothing while others wait in line either;
-		// tell that apart from nothing idle.
-		// Within what is left of the attempt's bound: with every
-		// connection busy (a DBA's lock holding them), the wait for one
-		// must not outlast the request.
-		qctx, cancel := context.WithTimeout(ctx, leftOf(start.Add(bound)))
-		busy, qerr := a.q.QueueBusy(qctx, pool)
-		cancel()
-		if qerr != nil {
-			return Lease{}, fmt.Errorf("acquire in pool %q: look at the line: %w", pool, qerr)
-		}
-		return Lease{}, noneIdle{queued: busy}
-	}
-	return lease, err
-}
 
 // attemptUnprobed runs the whole acquire as one autocommitted statement
 // (GrantUnprobed): one round trip, one commit. It cannot probe, so it
