@@ -161,6 +161,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if r.Machine, err = machine(ctx, db); err != nil {
 		return err
 	}
+	if r.Machine.Autovacuum != "on" {
+		logger.Warn("autovacuum is off on this server: dead row versions pile up over the run and later scenarios pay for them; "+
+			"production runs with it on, so publish figures from a server that does", "autovacuum", r.Machine.Autovacuum)
+	}
 	b := &benchRun{cfg: c, db: db, progress: bench.NewProgress(stderr, c.quiet), log: logger}
 	for _, s := range c.scenarios {
 		if err := b.scenario(ctx, s, &r); err != nil {
@@ -211,8 +215,9 @@ func runBenchPlot(args []string, stdout io.Writer) error {
 // machine records where the figures come from.
 func machine(ctx context.Context, db *pgxpool.Pool) (bench.Machine, error) {
 	m := bench.Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version()}
-	err := db.QueryRow(ctx, `SELECT current_setting('server_version'), current_setting('fsync'), current_setting('synchronous_commit')`).
-		Scan(&m.Postgres, &m.Fsync, &m.SyncCommit)
+	err := db.QueryRow(ctx, `SELECT current_setting('server_version'), current_setting('fsync'),
+		current_setting('synchronous_commit'), current_setting('autovacuum')`).
+		Scan(&m.Postgres, &m.Fsync, &m.SyncCommit, &m.Autovacuum)
 	if err != nil {
 		return m, fmt.Errorf("read server settings: %w", err)
 	}

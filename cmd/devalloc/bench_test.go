@@ -88,6 +88,12 @@ func TestBenchRunsAgainstAnInstance(t *testing.T) {
 	if r.Cycle == nil || r.Cycle.CyclesPerSec <= 0 || r.Cycle.RawCyclesPerSec <= 0 || len(r.Baselines) != 4 || len(r.Notify) != 3 {
 		t.Fatalf("report = %+v", r)
 	}
+	if r.Machine.Postgres == "" || (r.Machine.Autovacuum != "on" && r.Machine.Autovacuum != "off") {
+		t.Fatalf("machine = %+v: the report must say which autovacuum setting its figures ran under", r.Machine)
+	}
+	if warned := strings.Contains(stderr.String(), "autovacuum is off"); warned != (r.Machine.Autovacuum == "off") {
+		t.Errorf("autovacuum %s, warned %v: the run warns exactly when it is off\n%s", r.Machine.Autovacuum, warned, stderr.String())
+	}
 	if len(r.Targets) != 3 || !strings.Contains(stderr.String(), "cycle rate over the SQL floor") {
 		t.Fatalf("targets %+v; stderr %s", r.Targets, stderr.String())
 	}

@@ -41,6 +41,10 @@ type Machine struct {
 	Postgres   string `json:"postgres"` // server_version
 	Fsync      string `json:"fsync"`
 	SyncCommit string `json:"synchronous_commit"`
+	// Autovacuum is the server's autovacuum setting: with it off, dead
+	// row versions pile up over a run and later scenarios pay for them,
+	// which no production server does.
+	Autovacuum string `json:"autovacuum"`
 }
 
 // Latency summarises a set of durations, in milliseconds.

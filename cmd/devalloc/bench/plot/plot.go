@@ -68,6 +68,9 @@ func caption(r bench.Report) string {
 	if v := r.Machine.SyncCommit; v != "" {
 		dur = append(dur, "synchronous_commit "+v)
 	}
+	if v := r.Machine.Autovacuum; v != "" {
+		dur = append(dur, "autovacuum "+v)
+	}
 	if len(dur) > 0 {
 		parts = append(parts, strings.Join(dur, ", "))
 	}

@@ -24,7 +24,7 @@ func sample() bench.Report {
 	return bench.Report{
 		Date:    "2026-05-01T12:00:00Z",
 		Command: "devalloc bench",
-		Machine: bench.Machine{CPUs: 2, GoVersion: "go1.26.0", Postgres: "17.5", Fsync: "on", SyncCommit: "on"},
+		Machine: bench.Machine{CPUs: 2, GoVersion: "go1.26.0", Postgres: "17.5", Fsync: "on", SyncCommit: "on", Autovacuum: "on"},
 		Sweep: []bench.SweepPoint{
 			{Clients: 1, CyclesPerSec: 410, RawCyclesPerSec: 980, AcquireP50: 1.1, AcquireP99: 2.9},
 			{Clients: 2, CyclesPerSec: 790, RawCyclesPerSec: 1850, AcquireP50: 1.2, AcquireP99: 3.4},
@@ -168,7 +168,7 @@ func TestWriteUnwritableDir(t *testing.T) {
 }
 
 func TestCaption(t *testing.T) {
-	if got, want := caption(sample()), "2026-05-01T12:00:00Z · 2 CPUs · PostgreSQL 17.5 · fsync on, synchronous_commit on"; got != want {
+	if got, want := caption(sample()), "2026-05-01T12:00:00Z · 2 CPUs · PostgreSQL 17.5 · fsync on, synchronous_commit on, autovacuum on"; got != want {
 		t.Errorf("caption = %q, want %q", got, want)
 	}
 	if got := caption(bench.Report{}); got != "date and machine not recorded" {
