@@ -88,7 +88,7 @@ func Cycle(ctx context.Context, o CycleOptions) (*CycleResult, error) {
 	}
 	res := &CycleResult{
 		Instances: o.Instances.Len(), Clients: o.Clients, Devices: o.Devices, Probe: o.Probe,
-		Seconds: o.Duration.Seconds(), Rounds: o.Rounds,
+		DeviceLabels: FarmLabelsDescription, Seconds: o.Duration.Seconds(), Rounds: o.Rounds,
 	}
 	err = b.measure(ctx, res)
 	if cerr := b.close(); err == nil {
@@ -184,7 +184,7 @@ func newCycleBench(ctx context.Context, o CycleOptions, maxClients int) (*cycleB
 		b.dev, address = dev, dev.Addr()
 	}
 	o.Progress.Begin(fmt.Sprintf("registering %d devices", o.Devices), 0, nil)
-	err := registerDevices(ctx, b.c, o.Instances.URL(0), b.pool, o.Devices, o.Probe, address)
+	err := registerDevices(ctx, b.c, o.Instances.URL(0), b.pool, o.Devices, o.Probe, address, FarmLabels)
 	o.Progress.End()
 	if err != nil {
 		_ = b.close()

@@ -38,9 +38,21 @@ const cleanupTimeout = 2 * time.Minute
 // default instance has.
 const registerParallel = 8
 
+// FarmLabels are the labels the cycle and handoff scenarios give device i,
+// as a farm labels its phones: ten models, one OS version. An acquire
+// naming only the pool still pays for them (the labels' index is updated
+// with every state change), which is what a farm runs.
+func FarmLabels(i int) map[string]string {
+	return map[string]string{"model": fmt.Sprintf("m%d", i%10), "os": "14"}
+}
+
+// FarmLabelsDescription says what FarmLabels gives, for the report.
+const FarmLabelsDescription = `{"model": "m0".."m9", "os": "14"}`
+
 // registerDevices registers n devices <pool>-<i> through the API at base,
-// with the given probe kind and address.
-func registerDevices(ctx context.Context, c *client, base, pool string, n int, probe, address string) error {
+// with the given probe kind and address, and labels(i) when labels is not
+// nil.
+func registerDevices(ctx context.Context, c *client, base, pool string, n int, probe, address string, labels func(int) map[string]string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	next := make(chan int)
@@ -52,10 +64,14 @@ func registerDevices(ctx context.Context, c *client, base, pool string, n int, p
 	for range min(registerParallel, n) {
 		wg.Go(func() {
 			for i := range next {
-				body := encode(deviceRequest{
+				req := deviceRequest{
 					Name: fmt.Sprintf("%s-%d", pool, i), Pool: pool,
 					Address: address, Probe: probe,
-				})
+				}
+				if labels != nil {
+					req.Labels = labels(i)
+				}
+				body := encode(req)
 				if err := c.registerDevice(ctx, base, body); err != nil {
 					mu.Lock()
 					if firstErr == nil {

@@ -83,7 +83,7 @@ type handoffRun struct {
 func (h *handoffRun) measure(ctx context.Context) (*HandoffResult, error) {
 	o := h.o
 	o.Progress.Begin(fmt.Sprintf("registering %d devices", o.Devices), 0, nil)
-	err := registerDevices(ctx, h.c, o.Instances.URL(0), h.pool, o.Devices, "none", "127.0.0.1:9")
+	err := registerDevices(ctx, h.c, o.Instances.URL(0), h.pool, o.Devices, "none", "127.0.0.1:9", FarmLabels)
 	o.Progress.End()
 	if err != nil {
 		return nil, err
@@ -139,7 +139,7 @@ func (h *handoffRun) measure(ctx context.Context) (*HandoffResult, error) {
 		lat[i] = x.latency()
 	}
 	res := &HandoffResult{
-		Instances: o.Instances.Len(), Waiters: o.Waiters, Devices: o.Devices,
+		Instances: o.Instances.Len(), Waiters: o.Waiters, Devices: o.Devices, DeviceLabels: FarmLabelsDescription,
 		HoldMS: ms(o.Hold), Seconds: (to - from).Seconds(), Handoffs: len(hs),
 		Handoff: Summarize(lat), Errors: int(h.failed.Load()),
 	}

@@ -60,10 +60,10 @@ func Probe(ctx context.Context, o ProbeOptions) (*ProbeResult, error) {
 
 func probeRun(ctx context.Context, o ProbeOptions, c *client, nonePool, tcpPool, addr string) (*ProbeResult, error) {
 	base := o.Instances.URL(0)
-	if err := registerDevices(ctx, c, base, nonePool, 1, "none", addr); err != nil {
+	if err := registerDevices(ctx, c, base, nonePool, 1, "none", addr, nil); err != nil {
 		return nil, err
 	}
-	if err := registerDevices(ctx, c, base, tcpPool, 1, "tcp", addr); err != nil {
+	if err := registerDevices(ctx, c, base, tcpPool, 1, "tcp", addr, nil); err != nil {
 		return nil, err
 	}
 	bodies := [2][]byte{

@@ -58,12 +58,14 @@ type Latency struct {
 
 // CycleResult is the throughput scenario.
 type CycleResult struct {
-	Instances int     `json:"instances"`
-	Clients   int     `json:"clients"`
-	Devices   int     `json:"devices"`
-	Probe     string  `json:"probe"`
-	Seconds   float64 `json:"seconds"` // per run
-	Rounds    int     `json:"rounds"`  // interleaved devalloc/raw pairs
+	Instances int    `json:"instances"`
+	Clients   int    `json:"clients"`
+	Devices   int    `json:"devices"`
+	Probe     string `json:"probe"`
+	// DeviceLabels are the labels every device carries (FarmLabels).
+	DeviceLabels string  `json:"device_labels"`
+	Seconds      float64 `json:"seconds"` // per run
+	Rounds       int     `json:"rounds"`  // interleaved devalloc/raw pairs
 	// CyclesPerSec and RawCyclesPerSec are the medians over the rounds.
 	CyclesPerSec    float64   `json:"cycles_per_sec"`
 	RawCyclesPerSec float64   `json:"raw_cycles_per_sec"`
@@ -91,12 +93,14 @@ type SweepPoint struct {
 // HandoffResult is the contention scenario: Waiters clients on Instances
 // instances share Devices devices, each holding a lease HoldMS.
 type HandoffResult struct {
-	Instances int     `json:"instances"`
-	Waiters   int     `json:"waiters"`
-	Devices   int     `json:"devices"`
-	HoldMS    float64 `json:"hold_ms"`
-	Seconds   float64 `json:"seconds"`
-	Handoffs  int     `json:"handoffs"`
+	Instances int `json:"instances"`
+	Waiters   int `json:"waiters"`
+	Devices   int `json:"devices"`
+	// DeviceLabels are the labels every device carries (FarmLabels).
+	DeviceLabels string  `json:"device_labels"`
+	HoldMS       float64 `json:"hold_ms"`
+	Seconds      float64 `json:"seconds"`
+	Handoffs     int     `json:"handoffs"`
 	// Handoff is from the moment a holder sends its release to the moment
 	// the waiting client that gets the device reads its 201.
 	Handoff Latency `json:"handoff"`

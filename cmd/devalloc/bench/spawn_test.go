@@ -51,7 +51,7 @@ func TestSpawn(t *testing.T) {
 
 	c := newClient(in.Key(), 1)
 	defer c.close()
-	if err := registerDevices(t.Context(), c, in.URL(0), "bench-spawn", 1, "none", "127.0.0.1:9"); err != nil {
+	if err := registerDevices(t.Context(), c, in.URL(0), "bench-spawn", 1, "none", "127.0.0.1:9", nil); err != nil {
 		t.Fatal(err)
 	}
 	lease, err := c.acquire(t.Context(), in.URL(0), encode(acquireRequest{Pool: "bench-spawn"}))

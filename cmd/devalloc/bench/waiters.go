@@ -197,7 +197,7 @@ func (w *waitersRun) waitAndMeasure(ctx context.Context, mon *dbMonitor, res *Wa
 func (w *waitersRun) setup(ctx context.Context) error {
 	o := w.o
 	base := o.Instances.URL(0)
-	if err := registerDevices(ctx, w.c, base, w.pool, 1, "none", "127.0.0.1:9"); err != nil {
+	if err := registerDevices(ctx, w.c, base, w.pool, 1, "none", "127.0.0.1:9", nil); err != nil {
 		return err
 	}
 	ttl := int(o.Timeout/time.Second) + 60
