@@ -94,8 +94,9 @@ func (a *Allocator) acquireOrReplay(ctx context.Context, req AcquireRequest) (Le
 //  4. the line (waitInLine, queue.go): wait there until a device is handed
 //     over (collect, handoff.go) or the window closes.
 //
-// A transient database failure in any step is waited out while the request
-// may still wait (stepRetry).
+// A transient database failure in steps 1 to 3 is waited out while the
+// request may still wait (stepRetry); the line retries its own statements
+// (retryQueueStep).
 func (a *Allocator) acquire(ctx context.Context, req AcquireRequest, window waitWindow) (Lease, bool, error) {
 	if req.TTL <= 0 {
 		req.TTL = a.cfg.DefaultTTL

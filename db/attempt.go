@@ -40,7 +40,8 @@ func (keyTaken) Error() string { return "idempotency key already has a lease" }
 
 // atOnce is the first step of an acquire: attempts (attemptAny) until one
 // grants a lease or finds nothing it may lease, which is noneIdle (queued:
-// others wait in the pool's line) and sends the acquire on to the line. A
+// others wait in the pool's line) and sends the acquire on to its next
+// steps. A
 // group, and a request that may wait for a pool whose line looks busy
 // (busyLineMemory), go to the line without an attempt: the pool's dispatch
 // is what gathers several devices without racing other groups, and a busy

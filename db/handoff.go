@@ -21,10 +21,12 @@ import (
 
 // takeHandoff takes what the line handed w (collect): the answer, or a
 // place back in line (back true) when w's row went without a lease (its
-// instance was taken for dead while cut off) or a handed-over device
-// failed its probe; then w goes back to its old place (at), and the
-// devices that answered go back to the line. With a key, a lease a retry
-// got meanwhile is the answer instead.
+// instance was taken for dead while cut off), or what was handed cannot be
+// the answer (a device failed its probe, a lease ended before it was read
+// or confirmed: collect's giveBack). Then w goes back to its old place (at;
+// the end of the line when at is nil, an earlier try of the join having
+// been served), and the devices that answered go back to the line. With a
+// key, a lease a retry got meanwhile is the answer instead.
 func (a *Allocator) takeHandoff(ctx context.Context, req AcquireRequest, w *wake.Waiter, at *place, window waitWindow) (lease Lease, replayed, back bool, err error) {
 	lease, replayed, giveBack, err := a.collect(ctx, req, w)
 	if errors.Is(err, errDropped) && window.remaining() > 0 && ctx.Err() == nil && !a.isDraining() {

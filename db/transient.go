@@ -81,7 +81,8 @@ func pauseForRetry(ctx context.Context, window waitWindow, d time.Duration) bool
 // stepRetry decides whether a step of one acquire waits out a transient
 // database failure (a dropped connection, a restart, a timeout) rather than
 // return it: only while the request may still wait. Its pauses double from
-// retryPauseMin up to retryPauseMax, across the acquire's steps.
+// retryPauseMin up to retryPauseMax, across the steps before the line (the
+// line retries its statements with retryQueueStep).
 type stepRetry struct {
 	a      *Allocator
 	pool   string
