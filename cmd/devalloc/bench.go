@@ -22,7 +22,7 @@ import (
 
 // benchScenarios are the scenarios "devalloc bench" knows, in the order
 // "all" runs them.
-var benchScenarios = []string{"cycle", "sweep", "handoff", "waiters", "scale", "probe", "baselines", "notify"}
+var benchScenarios = []string{"cycle", "sweep", "handoff", "scale-after-load", "waiters", "scale", "probe", "baselines", "notify"}
 
 // benchConfig is everything "devalloc bench" is told by flags or env.
 type benchConfig struct {

@@ -56,7 +56,9 @@ func (b *benchRun) settle(ctx context.Context) {
 
 func (b *benchRun) scenario(ctx context.Context, name string, r *bench.Report) (err error) {
 	c := b.cfg
-	b.settle(ctx)
+	if name != "scale-after-load" {
+		b.settle(ctx)
+	}
 	switch name {
 	case "baselines":
 		r.Baselines, err = rawsql.Baselines(ctx, c.databaseURL, c.clients, c.devices, c.sqlDuration)
@@ -98,11 +100,17 @@ func (b *benchRun) scenario(ctx context.Context, name string, r *bench.Report) (
 		r.Waiters, err = bench.Waiters(ctx, bench.WaitersOptions{
 			Instances: in, DB: b.db, Waiters: c.waiters, Progress: b.progress,
 		})
-	case "scale":
+	case "scale", "scale-after-load":
 		counts, _ := intList(c.scale)
-		r.Scale, err = bench.Scale(ctx, bench.ScaleOptions{
+		points, serr := bench.Scale(ctx, bench.ScaleOptions{
 			Instances: in, DB: b.db, Counts: counts, Cycles: c.scaleCycles, Progress: b.progress,
 		})
+		if name == "scale" {
+			r.Scale = points
+		} else {
+			r.ScaleAfterLoad = points
+		}
+		err = serr
 	case "probe":
 		r.Probe, err = b.probe(ctx, in)
 	default:

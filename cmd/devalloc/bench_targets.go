@@ -62,14 +62,20 @@ func checkTargets(r bench.Report) []bench.TargetCheck {
 				hi.XactsPerSec <= targetLoadGrowth*lo.XactsPerSec+1)
 		}
 	}
-	if len(r.Scale) >= 2 {
-		small, big := r.Scale[0], r.Scale[len(r.Scale)-1]
-		add("acquire latency against devices",
+	for _, s := range []struct {
+		points []bench.ScalePoint
+		after  string
+	}{{r.Scale, ""}, {r.ScaleAfterLoad, " after load"}} {
+		if len(s.points) < 2 {
+			continue
+		}
+		small, big := s.points[0], s.points[len(s.points)-1]
+		add("acquire latency against devices"+s.after,
 			fmt.Sprintf("p50 at %d <= %.1fx p50 at %d", big.Devices, targetScaleAny, small.Devices),
 			fmt.Sprintf("%.2f ms vs %.2f ms = %.2fx", big.Acquire.P50, small.Acquire.P50, big.Acquire.P50/small.Acquire.P50),
 			big.Acquire.P50 <= targetScaleAny*small.Acquire.P50)
 		if big.Labeled != nil {
-			add("labeled acquire latency against devices",
+			add("labeled acquire latency against devices"+s.after,
 				fmt.Sprintf("0.1 %% selector p50 at %d <= %.1fx p50 at %d", big.Devices, targetScaleLabeled, small.Devices),
 				fmt.Sprintf("%.2f ms vs %.2f ms = %.2fx", big.Labeled.P50, small.Acquire.P50, big.Labeled.P50/small.Acquire.P50),
 				big.Labeled.P50 <= targetScaleLabeled*small.Acquire.P50)

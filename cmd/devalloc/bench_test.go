@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/devalloc/devalloc/cmd/devalloc/bench"
 	"github.com/devalloc/devalloc/httpapi/apitest"
@@ -46,6 +47,10 @@ func TestBenchTargets(t *testing.T) {
 			{Devices: 100, Acquire: bench.Latency{P50: 1}},
 			{Devices: 1_000_000, Acquire: bench.Latency{P50: 1.4}, Labeled: &bench.Latency{P50: 3.5}},
 		},
+		ScaleAfterLoad: []bench.ScalePoint{
+			{Devices: 100, Acquire: bench.Latency{P50: 1}},
+			{Devices: 1_000_000, Acquire: bench.Latency{P50: 3.4}, Labeled: &bench.Latency{P50: 2.1}},
+		},
 	}
 	met := map[string]bool{}
 	for _, c := range checkTargets(r) {
@@ -59,6 +64,9 @@ func TestBenchTargets(t *testing.T) {
 		"database load while waiting":             true,
 		"acquire latency against devices":         true,
 		"labeled acquire latency against devices": false, // 3.5x > 3x
+		// The figures of the independent run that filed issue 14.
+		"acquire latency against devices after load":         false, // 3.4x > 1.5x
+		"labeled acquire latency against devices after load": true,
 	}
 	for name, w := range want {
 		if got, ok := met[name]; !ok || got != w {
@@ -96,5 +104,53 @@ func TestBenchRunsAgainstAnInstance(t *testing.T) {
 	}
 	if len(r.Targets) != 3 || !strings.Contains(stderr.String(), "cycle rate over the SQL floor") {
 		t.Fatalf("targets %+v; stderr %s", r.Targets, stderr.String())
+	}
+}
+
+// The after-load scale runs on the database as the scenarios before it left
+// it: no VACUUM first, as every other scenario gets.
+func TestBenchScaleAfterLoadDoesNotVacuumFirst(t *testing.T) {
+	srv := apitest.Start(t, apitest.Options{})
+	key := srv.Key(t, "bench-admin", "admin")
+	vacuums := func() (n int64) {
+		t.Helper()
+		if err := srv.Pool.QueryRow(t.Context(), `SELECT vacuum_count FROM pg_stat_user_tables
+			WHERE schemaname = 'devalloc' AND relname = 'devices'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	runScale := func(scenario string) bench.Report {
+		t.Helper()
+		var stdout, stderr strings.Builder
+		code := run(context.Background(), []string{"bench",
+			"--database-url", srv.Pool.Config().ConnString(), "--url", srv.URL, "--key", key,
+			"--scale", "10,30", "--scale-cycles", "5", "--quiet", scenario}, &stdout, &stderr)
+		if code != 0 {
+			t.Fatalf("%s: exit %d: %s", scenario, code, stderr.String())
+		}
+		var r bench.Report
+		if err := json.Unmarshal([]byte(stdout.String()), &r); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	before := vacuums()
+	r := runScale("scale-after-load")
+	if len(r.ScaleAfterLoad) != 2 || r.Scale != nil {
+		t.Fatalf("scale-after-load reported scale %+v, after load %+v", r.Scale, r.ScaleAfterLoad)
+	}
+	// The statistics reach the shared counters within a second or so.
+	time.Sleep(1500 * time.Millisecond)
+	if got := vacuums(); got != before {
+		t.Errorf("devices vacuumed %d times during scale-after-load; want none", got-before)
+	}
+	r = runScale("scale")
+	if len(r.Scale) != 2 || r.ScaleAfterLoad != nil {
+		t.Fatalf("scale reported scale %+v, after load %+v", r.Scale, r.ScaleAfterLoad)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if got := vacuums(); got == before {
+		t.Errorf("devices not vacuumed before scale: the check above could not fail")
 	}
 }

@@ -24,6 +24,11 @@ type Report struct {
 	Waiters *WaitersResult `json:"waiters,omitempty"`
 	// Scale: acquire latency against the number of registered devices.
 	Scale []ScalePoint `json:"scale,omitempty"`
+	// ScaleAfterLoad: Scale on a database that has just carried the
+	// scenarios before it (the cycle, the handoff), with no VACUUM in
+	// between: what a farm that has run for months sees, rather than a
+	// fresh table.
+	ScaleAfterLoad []ScalePoint `json:"scale_after_load,omitempty"`
 	// Probe: what probing (tcp to loopback) adds to an acquire.
 	Probe *ProbeResult `json:"probe,omitempty"`
 	// Baselines: naive allocator designs in bare SQL, side by side.

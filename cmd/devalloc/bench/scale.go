@@ -89,7 +89,7 @@ type scaleRun struct {
 
 func (s *scaleRun) measure(ctx context.Context) ([]ScalePoint, error) {
 	anyBody := encode(acquireRequest{Pool: s.pool, TTLSeconds: 300, Holder: "devalloc-bench"})
-	labeledBody := encode(acquireRequest{Pool: s.pool, Labels: map[string]string{"rack": specialRack}, TTLSeconds: 300, Holder: "devalloc-bench"})
+	labeledBody := encode(acquireRequest{Pool: s.pool, Labels: map[string]string{"model": rareModel}, TTLSeconds: 300, Holder: "devalloc-bench"})
 	var points []ScalePoint
 	for _, count := range s.o.Counts {
 		if err := s.grow(ctx, count); err != nil {

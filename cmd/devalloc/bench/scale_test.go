@@ -34,16 +34,18 @@ func TestScaleDevicesMatchOneInAThousand(t *testing.T) {
 	if err := insertScaleDevices(t.Context(), db, "bench-scale-t", 10, 3001, nil); err != nil {
 		t.Fatal(err)
 	}
-	var all, special int
+	var all, rare, withOS, models int
 	err := db.QueryRow(t.Context(), `
-		SELECT count(*), count(*) FILTER (WHERE labels @> '{"rack":"r-special"}')
-		FROM devalloc.devices WHERE pool = 'bench-scale-t'`).Scan(&all, &special)
+		SELECT count(*), count(*) FILTER (WHERE labels @> '{"model":"rare"}'),
+		       count(*) FILTER (WHERE labels @> '{"os":"14"}'), count(DISTINCT labels->>'model')
+		FROM devalloc.devices WHERE pool = 'bench-scale-t'`).Scan(&all, &rare, &withOS, &models)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Devices 0, 1000, 2000 and 3000.
-	if all != 3001 || special != 4 {
-		t.Errorf("%d devices, %d special", all, special)
+	// Devices 0, 1000, 2000 and 3000 are rare; every device is labelled as
+	// a farm's are (ten models and the rare one, one OS).
+	if all != 3001 || rare != 4 || withOS != all || models != 11 {
+		t.Errorf("%d devices, %d rare, %d with os 14, %d models", all, rare, withOS, models)
 	}
 	if err := dropPool(db, "bench-scale-t"); err != nil {
 		t.Fatal(err)

@@ -7,10 +7,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// specialRack is the label value every 1000th scale device carries, so a
-// selector on it matches 0.1 % of the pool (and at least one device: the
-// first).
-const specialRack = "r-special"
+// rareModel is the model every 1000th scale device is, so a selector on
+// it matches 0.1 % of the pool (and at least one device: the first).
+const rareModel = "rare"
 
 // loadBatch is how many devices one INSERT adds: large enough to load a
 // million rows in seconds, small enough to show progress and not hold one
@@ -18,8 +17,8 @@ const specialRack = "r-special"
 const loadBatch = 100_000
 
 // insertScaleDevices adds devices <pool>-<i> for i in [from, to) with SQL,
-// far faster than the API. Device i has labels {"rack": "r-special"} when
-// i is a multiple of 1000, else {"rack": "r-<i mod 100>"}; probe none.
+// far faster than the API. Device i has labels {"model": "rare", "os": "14"}
+// when i is a multiple of 1000, else FarmLabels(i); probe none.
 //
 // The rows are inserted with session_replication_role = replica where the
 // role may set it (a superuser): that skips the trigger that NOTIFYs
@@ -51,11 +50,11 @@ func insertScaleDevices(ctx context.Context, db *pgxpool.Pool, pool string, from
 		_, err := conn.Exec(ctx, `
 			INSERT INTO devalloc.devices (name, pool, labels, address, probe)
 			SELECT $1 || '-' || i, $1,
-			       CASE WHEN i % 1000 = 0 THEN jsonb_build_object('rack', $4::text)
-			            ELSE jsonb_build_object('rack', 'r-' || (i % 100)) END,
+			       CASE WHEN i % 1000 = 0 THEN jsonb_build_object('model', $4::text, 'os', '14')
+			            ELSE jsonb_build_object('model', 'm' || (i % 10), 'os', '14') END,
 			       '127.0.0.1:9', 'none'
 			FROM generate_series($2::int, $3::int - 1) AS i`,
-			pool, lo, hi, specialRack)
+			pool, lo, hi, rareModel)
 		if err != nil {
 			return fmt.Errorf("load devices %d..%d into pool %s: %w", lo, hi, pool, err)
 		}
