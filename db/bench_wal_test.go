@@ -33,6 +33,7 @@ func BenchmarkCycleWAL(b *testing.B) {
 				b.Fatal(err)
 			}
 			sel := Selector{Pool: "lab", Labels: Labels{"model": "m3"}}
+			inspect := walInspect(b, a.pool)
 			before := walStats(b, a.pool)
 			for b.Loop() {
 				l, err := a.Acquire(b.Context(), AcquireRequest{Selector: sel, Owner: "bench"})
@@ -49,6 +50,11 @@ func BenchmarkCycleWAL(b *testing.B) {
 			b.ReportMetric(float64(after.wal-before.wal)/n, "WAL-B/cycle")
 			b.ReportMetric(hotShare(after.devUpd-before.devUpd, after.devHot-before.devHot), "devices-HOT-%")
 			b.ReportMetric(hotShare(after.leaseUpd-before.leaseUpd, after.leaseHot-before.leaseHot), "leases-HOT-%")
+			if inspect {
+				for rmgr, bytes := range walByKind(b, a.pool, before.lsn, after.lsn) {
+					b.ReportMetric(float64(bytes)/n, rmgr+"-WAL-B/cycle")
+				}
+			}
 		})
 	}
 }
@@ -57,6 +63,7 @@ func BenchmarkCycleWAL(b *testing.B) {
 // two tables a cycle changes.
 type cycleStats struct {
 	wal                                int64
+	lsn                                string
 	devUpd, devHot, leaseUpd, leaseHot int64
 }
 
@@ -69,12 +76,12 @@ func walStats(b *testing.B, pool *pgxpool.Pool) cycleStats {
 	defer cancel()
 	var s cycleStats
 	if err := pool.QueryRow(ctx, `
-		SELECT pg_current_wal_lsn() - '0/0'::pg_lsn,
+		SELECT pg_current_wal_lsn() - '0/0'::pg_lsn, pg_current_wal_lsn()::text,
 		       (SELECT n_tup_upd FROM pg_stat_user_tables WHERE schemaname = 'devalloc' AND relname = 'devices'),
 		       (SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE schemaname = 'devalloc' AND relname = 'devices'),
 		       (SELECT n_tup_upd FROM pg_stat_user_tables WHERE schemaname = 'devalloc' AND relname = 'leases'),
 		       (SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE schemaname = 'devalloc' AND relname = 'leases')`).
-		Scan(&s.wal, &s.devUpd, &s.devHot, &s.leaseUpd, &s.leaseHot); err != nil {
+		Scan(&s.wal, &s.lsn, &s.devUpd, &s.devHot, &s.leaseUpd, &s.leaseHot); err != nil {
 		b.Fatal(err)
 	}
 	return s
@@ -85,4 +92,53 @@ func hotShare(updates, hot int64) float64 {
 		return 0
 	}
 	return 100 * float64(hot) / float64(updates)
+}
+
+// walInspect makes pg_walinspect available in the benchmark's database, to
+// tell the WAL of a cycle apart by kind (heap, B-tree, GIN, commit), and
+// keeps the server from recycling the WAL it will read (a replication slot
+// that reserves it, dropped at the end). It needs a superuser and
+// PostgreSQL 15; without them the split is left out.
+func walInspect(b *testing.B, pool *pgxpool.Pool) bool {
+	slot := fmt.Sprintf("devalloc_bench_wal_%d", time.Now().UnixNano())
+	_, err := pool.Exec(b.Context(), `CREATE EXTENSION IF NOT EXISTS pg_walinspect`)
+	if err == nil {
+		_, err = pool.Exec(b.Context(), `SELECT pg_create_physical_replication_slot($1, true)`, slot)
+	}
+	if err != nil {
+		b.Logf("no WAL split by kind: %v", err)
+		return false
+	}
+	b.Cleanup(func() {
+		if _, err := pool.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, slot); err != nil {
+			b.Errorf("drop the slot that kept the WAL: %v", err)
+		}
+	})
+	return true
+}
+
+// walByKind is the WAL between two positions by resource manager (Heap,
+// Heap2, Btree, Gin, Transaction, ...), in bytes, records and full-page
+// images together.
+func walByKind(b *testing.B, pool *pgxpool.Pool, from, to string) map[string]int64 {
+	b.Helper()
+	rows, err := pool.Query(b.Context(), `
+		SELECT "resource_manager/record_type", combined_size
+		FROM pg_get_wal_stats($1::pg_lsn, $2::pg_lsn) WHERE count > 0`, from, to)
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := map[string]int64{}
+	for rows.Next() {
+		var kind string
+		var bytes int64
+		if err := rows.Scan(&kind, &bytes); err != nil {
+			b.Fatal(err)
+		}
+		out[kind] = bytes
+	}
+	if err := rows.Err(); err != nil {
+		b.Fatal(err)
+	}
+	return out
 }
