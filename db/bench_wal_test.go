@@ -96,23 +96,30 @@ func hotShare(updates, hot int64) float64 {
 
 // walInspect makes pg_walinspect available in the benchmark's database, to
 // tell the WAL of a cycle apart by kind (heap, B-tree, GIN, commit), and
-// keeps the server from recycling the WAL it will read (a replication slot
-// that reserves it, dropped at the end). It needs a superuser and
-// PostgreSQL 15; without them the split is left out.
+// keeps the server from recycling the WAL it will read: a temporary
+// replication slot, held on a connection of its own until the benchmark
+// ends, so a benchmark killed midway leaves no slot holding WAL back. It
+// needs a superuser and PostgreSQL 15; without them the split is left out.
 func walInspect(b *testing.B, pool *pgxpool.Pool) bool {
-	slot := fmt.Sprintf("devalloc_bench_wal_%d", time.Now().UnixNano())
 	_, err := pool.Exec(b.Context(), `CREATE EXTENSION IF NOT EXISTS pg_walinspect`)
-	if err == nil {
-		_, err = pool.Exec(b.Context(), `SELECT pg_create_physical_replication_slot($1, true)`, slot)
-	}
 	if err != nil {
 		b.Logf("no WAL split by kind: %v", err)
 		return false
 	}
+	conn, err := pool.Acquire(b.Context())
+	if err != nil {
+		b.Fatal(err)
+	}
+	slot := fmt.Sprintf("devalloc_bench_wal_%d", time.Now().UnixNano())
+	if _, err := conn.Exec(b.Context(), `SELECT pg_create_physical_replication_slot($1, true, true)`, slot); err != nil {
+		conn.Release()
+		b.Logf("no WAL split by kind: %v", err)
+		return false
+	}
 	b.Cleanup(func() {
-		if _, err := pool.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, slot); err != nil {
-			b.Errorf("drop the slot that kept the WAL: %v", err)
-		}
+		// Closing the session drops the temporary slot.
+		_ = conn.Conn().Close(context.Background())
+		conn.Release()
 	})
 	return true
 }
