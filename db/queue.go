@@ -246,7 +246,7 @@ func (a *Allocator) retryQueueStep(ctx context.Context, window waitWindow, err e
 			return true
 		}
 	}
-	if ctx.Err() != nil || !IsTransient(err) || window.remaining() <= 0 || a.isDraining() {
+	if !a.mayWaitOut(ctx, window, err) {
 		return false
 	}
 	a.log.Warn("joining the line failed; retrying", "err", err)

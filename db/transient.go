@@ -78,6 +78,14 @@ func pauseForRetry(ctx context.Context, window waitWindow, d time.Duration) bool
 	return window.remaining() > 0 && ctx.Err() == nil
 }
 
+// mayWaitOut tells whether a request may wait out err rather than answer
+// with it: err is transient, and the request is still there, may still
+// wait, and its instance is not draining. Both retries of an acquire's
+// statements (stepRetry, retryQueueStep) ask it.
+func (a *Allocator) mayWaitOut(ctx context.Context, window waitWindow, err error) bool {
+	return ctx.Err() == nil && IsTransient(err) && window.remaining() > 0 && !a.isDraining()
+}
+
 // stepRetry decides whether a step of one acquire waits out a transient
 // database failure (a dropped connection, a restart, a timeout) rather than
 // return it: only while the request may still wait. Its pauses double from
@@ -97,7 +105,7 @@ func (a *Allocator) newStepRetry(pool string, window waitWindow) *stepRetry {
 // again pauses before another try of the step that failed with err, and
 // reports whether to make it.
 func (r *stepRetry) again(ctx context.Context, err error) bool {
-	if ctx.Err() != nil || !IsTransient(err) || r.window.remaining() <= 0 || r.a.isDraining() {
+	if !r.a.mayWaitOut(ctx, r.window, err) {
 		return false
 	}
 	r.a.log.Warn("acquire attempt failed; retrying", "pool", r.pool, "err", err, "in", r.pause)
